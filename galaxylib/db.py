@@ -1,0 +1,204 @@
+"""The ``predictions`` table and its store, shared by predict.sh, the API and the dashboard.
+
+``DATABASE_URL`` picks the database (PostgreSQL in production, an SQLite file by
+default). The schema is owned by Alembic (``galaxylib/migrations``);
+``PredictionStore`` upgrades it on first use, and doing that twice is harmless.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import (JSON, DateTime, Float, Index, Integer, String, create_engine, delete, event,
+                        func, select, text)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from galaxylib.config import database_url
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+MetadataJSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class PredictionRecord(Base):
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    filename: Mapped[str] = mapped_column(String(512), nullable=False)
+    predicted_class: Mapped[str] = mapped_column(String(64), nullable=False)
+    confidence: Mapped[float] = mapped_column(Float, nullable=False)
+    # "metadata" is reserved on declarative classes, so the attribute is ``meta``.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", MetadataJSON, nullable=False, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_predictions_created_at", "created_at"),
+        Index("ix_predictions_predicted_class", "predicted_class"),
+        Index("ix_predictions_confidence", "confidence"),
+        Index("ix_predictions_filename", "filename"),
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        created = self.created_at
+        if created is not None and created.tzinfo is None:  # SQLite drops the zone; we store UTC
+            created = created.replace(tzinfo=dt.timezone.utc)
+        return {
+            "id": self.id,
+            "filename": self.filename,
+            "predicted_class": self.predicted_class,
+            "confidence": self.confidence,
+            "metadata": self.meta,
+            "created_at": created.isoformat() if created else None,
+        }
+
+
+@dataclass(frozen=True)
+class PredictionFilter:
+    """The filters shared by listing and deleting."""
+
+    predicted_class: str | None = None
+    min_confidence: float | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    filename: str | None = None
+
+    def is_empty(self) -> bool:
+        return all(v is None for v in (self.predicted_class, self.min_confidence, self.since,
+                                       self.until, self.filename))
+
+    def clauses(self) -> list:
+        c = PredictionRecord
+        out = []
+        if self.predicted_class is not None:
+            out.append(c.predicted_class == self.predicted_class)
+        if self.min_confidence is not None:
+            out.append(c.confidence >= self.min_confidence)
+        if self.since is not None:
+            out.append(c.created_at >= self.since)
+        if self.until is not None:
+            out.append(c.created_at <= self.until)
+        if self.filename is not None:
+            out.append(c.filename == self.filename)
+        return out
+
+
+def make_engine(url: str | None = None) -> Engine:
+    url = url or database_url()
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # several writers (gunicorn workers, predict.sh)
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args={"connect_timeout": 5})
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Alembic ``upgrade head``; serialised on PostgreSQL so parallel workers don't race."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(861027)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class PredictionStore:
+    """Writes and queries prediction rows; one transaction per call."""
+
+    def __init__(self, url: str | None = None, engine: Engine | None = None, upgrade: bool = True):
+        self.engine = engine or make_engine(url)
+        self.url = self.engine.url.render_as_string(hide_password=True)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if upgrade:
+            upgrade_schema(self.engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def add_many(self, rows: Iterable[dict[str, Any]]) -> list[PredictionRecord]:
+        """Insert rows (filename, predicted_class, confidence, metadata) atomically."""
+        records = [PredictionRecord(filename=r["filename"], predicted_class=r["predicted_class"],
+                                    confidence=float(r["confidence"]), meta=r.get("metadata", {}),
+                                    created_at=r.get("created_at") or utcnow()) for r in rows]
+        if not records:
+            return []
+        with self.session() as s, s.begin():
+            s.add_all(records)
+            s.flush()
+        return records
+
+    def get(self, prediction_id: int) -> PredictionRecord | None:
+        with self.session() as s:
+            return s.get(PredictionRecord, prediction_id)
+
+    def count(self, flt: PredictionFilter | None = None) -> int:
+        stmt = select(func.count()).select_from(PredictionRecord)
+        if flt:
+            stmt = stmt.where(*flt.clauses())
+        with self.session() as s:
+            return int(s.execute(stmt).scalar_one())
+
+    def list(self, flt: PredictionFilter | None = None, limit: int = 50, offset: int = 0,
+             before_id: int | None = None) -> tuple[list[PredictionRecord], int]:
+        """Newest first, with the total matching the filters (ignoring paging)."""
+        clauses = flt.clauses() if flt else []
+        stmt = select(PredictionRecord).where(*clauses)
+        if before_id is not None:  # cursor paging: stable while rows are being added
+            stmt = stmt.where(PredictionRecord.id < before_id)
+        stmt = stmt.order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
+        stmt = stmt.limit(limit).offset(offset)
+        total_stmt = select(func.count()).select_from(PredictionRecord).where(*clauses)
+        with self.session() as s:
+            rows = list(s.execute(stmt).scalars())
+            total = int(s.execute(total_stmt).scalar_one())
+        return rows, total
+
+    def class_counts(self) -> dict[str, int]:
+        stmt = select(PredictionRecord.predicted_class, func.count()).group_by(PredictionRecord.predicted_class)
+        with self.session() as s:
+            return {name: int(n) for name, n in s.execute(stmt)}
+
+    def delete(self, ids: list[int] | None = None, flt: PredictionFilter | None = None) -> int:
+        if ids is None and (flt is None or flt.is_empty()):
+            raise ValueError("refusing to delete without ids or a filter; use reset to clear everything")
+        stmt = delete(PredictionRecord)
+        if ids is not None:
+            stmt = stmt.where(PredictionRecord.id.in_(ids))
+        if flt is not None:
+            stmt = stmt.where(*flt.clauses())
+        with self.session() as s, s.begin():
+            return int(s.execute(stmt).rowcount or 0)
+
+    def reset(self) -> None:
+        """Drop and recreate the predictions table (schema stays at the Alembic head)."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(861027)"))
+            PredictionRecord.__table__.drop(conn, checkfirst=True)
+            PredictionRecord.__table__.create(conn)

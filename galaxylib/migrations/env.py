@@ -1,0 +1,25 @@
+"""Alembic environment: runs on the connection galaxylib.db hands it (or DATABASE_URL)."""
+from alembic import context
+from sqlalchemy import pool
+
+from galaxylib.db import Base, make_engine
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    engine = make_engine(config.get_main_option("sqlalchemy.url") or None)
+    with engine.connect() as conn:
+        context.configure(connection=conn, target_metadata=target_metadata)
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+run()

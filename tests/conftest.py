@@ -1,0 +1,84 @@
+"""Shared fixtures: real sample cutouts, a tiny real artifact, database URLs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from galaxylib.config import SAMPLES_DIR
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> Path:
+    """The 40 real Galaxy10 DECaLS cutouts in ../shared (never copied into the repo)."""
+    if not (SAMPLES_DIR / "labels.csv").is_file():
+        pytest.fail(f"the real sample cutouts are missing: expected {SAMPLES_DIR}/labels.csv "
+                    "(../shared/galaxy10_samples beside the repository)")
+    return SAMPLES_DIR
+
+
+@pytest.fixture(scope="session")
+def sample_files(samples_dir) -> list[Path]:
+    return sorted(samples_dir.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """A real artifact (keras + tflite + sidecar) of an untrained 32 px EfficientNetB0.
+
+    Untrained is enough for plumbing tests; the training tests train their own.
+    """
+    from galaxylib.artifact import save_artifact
+    from galaxylib.model import ModelParams, build_model
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all",
+                                    freeze_batchnorm=False, learning_rate=1e-3))
+    run_dir = tmp_path_factory.mktemp("models") / "tiny"
+    save_artifact(model, run_dir, run_name="tiny", dataset={"name": "none", "sha256": "0" * 64},
+                  split={}, params={"image_size": 32}, synthetic=True)
+    return run_dir
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """A fresh database on the local PostgreSQL; fails (never skips) when it is unreachable."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"galaxy_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} and is not reachable: {exc}")
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'predictions.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Runs a test on both databases."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'predictions.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def random_rgb(seed: int = 0, size: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
