@@ -38,5 +38,17 @@ def database_url() -> str:
     return f"sqlite:///{DATA_DIR / 'predictions.db'}"
 
 
+MLRUNS_DIR = PROJECT_ROOT / "mlruns"
+
+
 def mlflow_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or (PROJECT_ROOT / "mlruns").as_uri()
+    """``MLFLOW_TRACKING_URI``, or an SQLite store inside ``./mlruns``.
+
+    MLflow 3 refuses new plain-file stores, so the local default is
+    ``mlruns/mlflow.db`` with run artifacts under ``mlruns/artifacts``.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if uri:
+        return uri
+    MLRUNS_DIR.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}"

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from galaxylib.classes import NUM_CLASSES
 from galaxylib.config import CACHE_DIR

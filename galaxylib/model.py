@@ -26,6 +26,9 @@ class ModelParams:
     dropout: float = 0.3
     dense_units: list[int] = field(default_factory=lambda: [256, 128, 64])
     learning_rate: float = 1e-5
+    # BatchNormalization momentum; None keeps Keras' 0.99. Training from scratch on a
+    # few thousand images needs ~0.9, or the moving statistics lag and val stays at chance.
+    bn_momentum: float | None = None
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "ModelParams":
@@ -63,6 +66,10 @@ def build_model(params: ModelParams):
                 "weights file (e.g. -p weights path/to/efficientnetb0_notop.h5)") from exc
         raise
     set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
+    if params.bn_momentum is not None:
+        for layer in base.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = float(params.bn_momentum)
     x = keras.layers.Dropout(params.dropout, name="head_dropout")(base.output)
     for i, units in enumerate(params.dense_units):
         x = keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")(x)

@@ -1,0 +1,75 @@
+"""Evaluation metrics: accuracy, macro-F1, per-class table, confusion, calibration."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support)
+
+from galaxylib.classes import CLASS_NAMES, COARSE_NAMES, COARSE_OF_CLASS, NUM_CLASSES
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
+    """ECE over equal-width confidence bins, plus the bins for a reliability plot."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece, bins = 0.0, []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        mask = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        n = int(mask.sum())
+        acc = float(correct[mask].mean()) if n else None
+        mean_conf = float(conf[mask].mean()) if n else None
+        if n:
+            ece += n / len(y_true) * abs(acc - mean_conf)
+        bins.append({"lower": float(lo), "upper": float(hi), "count": n, "accuracy": acc, "confidence": mean_conf})
+    return float(ece), bins
+
+
+def evaluate(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Everything the evaluation report shows, as plain JSON-able values."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(NUM_CLASSES))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    ece, bins = expected_calibration_error(y_true, probs)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if len(y_true) else 0.0,
+        "ece": ece,
+        "reliability": bins,
+        "per_class": [
+            {"class_index": i, "class_name": CLASS_NAMES[i], "precision": float(precision[i]),
+             "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i in labels
+        ],
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "misclassified": [int(i) for i in np.flatnonzero(y_pred != y_true)],
+    }
+
+
+def fold_to_coarse(probs: np.ndarray) -> np.ndarray:
+    """Sum the ten class probabilities into Galaxy Zoo 1's four coarse classes."""
+    out = np.zeros((len(probs), len(COARSE_NAMES)))
+    for cls, coarse in COARSE_OF_CLASS.items():
+        out[:, COARSE_NAMES.index(coarse)] += probs[:, cls]
+    return out
+
+
+def coarse_transfer(coarse_true: list[str], probs: np.ndarray) -> dict[str, Any]:
+    """Balanced accuracy on the four coarse classes (chance is 0.25)."""
+    y_true = np.array([COARSE_NAMES.index(c) for c in coarse_true])
+    y_pred = fold_to_coarse(probs).argmax(axis=1)
+    labels = list(range(len(COARSE_NAMES)))
+    return {
+        "n": int(len(y_true)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "classes": list(COARSE_NAMES),
+    }

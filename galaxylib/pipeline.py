@@ -1,0 +1,179 @@
+"""Run configuration and the steps the notebooks call (pure functions where possible).
+
+A run is described by one YAML file (``configs/*.yaml``) plus command-line
+overrides; train.sh writes the resolved copy to ``reports/<run>/config.yaml``
+and every notebook reads that copy, so a report always shows what produced it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from galaxylib.config import DATA_DIR, MODELS_DIR, REPORTS_DIR
+
+DEFAULTS: dict[str, Any] = {
+    "dataset": "real",
+    "synthetic_per_class": 250,
+    "seed": 42,
+    "split_fractions": [0.70, 0.15, 0.15],
+    "image_size": 224,
+    "model": {},
+    "train": {},
+    "evaluate": {"max_misclassified": 24, "gz1_max_images": 0},
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """``-p KEY VALUE`` values are YAML scalars: 3, 1e-4, true, none, [1, 2]."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if value is None and text.lower() not in ("null", "~", "") else value
+
+
+def set_dotted(config: dict, key: str, value: Any) -> None:
+    """``model.learning_rate`` sets a nested key; a known nested name may be given bare."""
+    parts = key.split(".")
+    if len(parts) == 1 and key not in config:
+        for section in ("model", "train", "evaluate"):
+            if key in _known(section):
+                parts = [section, key]
+                break
+        else:
+            raise ConfigError(f"unknown parameter {key!r}; known: {', '.join(sorted(known_keys()))}")
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _known(section: str) -> set[str]:
+    from dataclasses import fields
+
+    from galaxylib.model import ModelParams
+    from galaxylib.training import TrainParams
+
+    if section == "model":
+        return {f.name for f in fields(ModelParams)} - {"image_size"}
+    if section == "train":
+        return {f.name for f in fields(TrainParams)} - {"seed"}
+    return set(DEFAULTS["evaluate"])
+
+
+def known_keys() -> set[str]:
+    return set(DEFAULTS) | {f"{s}.{k}" for s in ("model", "train", "evaluate") for k in _known(s)}
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of parameters")
+        config = _merge(config, loaded)
+    for key, value in (overrides or {}).items():
+        set_dotted(config, key, value)
+    validate_config(config)
+    return config
+
+
+def validate_config(config: dict) -> None:
+    unknown = [k for k in config if k not in DEFAULTS]
+    if unknown:
+        raise ConfigError(f"unknown config keys: {unknown}")
+    for section in ("model", "train", "evaluate"):
+        bad = set(config[section]) - _known(section)
+        if bad:
+            raise ConfigError(f"unknown {section} parameters: {sorted(bad)}")
+    size = int(config["image_size"])
+    if not 32 <= size <= 600:
+        raise ConfigError(f"image_size must be between 32 and 600, got {size}")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run's outputs go."""
+
+    run_name: str
+    reports: Path
+    model: Path
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    @property
+    def config(self) -> Path:
+        return self.reports / "config.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.reports / "state.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.reports / "metrics.json"
+
+
+def run_paths(run_name: str, reports_root: str | os.PathLike | None = None,
+              models_root: str | os.PathLike | None = None) -> RunPaths:
+    reports_root = Path(reports_root) if reports_root else REPORTS_DIR
+    models_root = Path(models_root) if models_root else MODELS_DIR
+    return RunPaths(run_name, reports_root / run_name, models_root / run_name)
+
+
+def write_config(config: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def read_state(paths: RunPaths) -> dict:
+    return json.loads(paths.state.read_text()) if paths.state.is_file() else {}
+
+
+def update_state(paths: RunPaths, **values: Any) -> dict:
+    """Small JSON hand-off between the notebooks of one run."""
+    state = {**read_state(paths), **values}
+    paths.state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = paths.state.with_name("state.json.tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str))
+    os.replace(tmp, paths.state)
+    return state
+
+
+def write_metrics(paths: RunPaths, **values: Any) -> dict:
+    current = json.loads(paths.metrics.read_text()) if paths.metrics.is_file() else {}
+    current.update(values)
+    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics.write_text(json.dumps(current, indent=2))
+    return current
+
+
+def data_workdir() -> Path:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    return DATA_DIR

@@ -1,0 +1,128 @@
+"""Figures for the reports; each returns a matplotlib Figure and can save it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from galaxylib.classes import CLASS_NAMES, NUM_CLASSES
+
+SHORT = [n.replace("Unbarred ", "").replace("In-between ", "In-betw. ").replace(" without ", " w/o ")
+         .replace(" with ", " w/ ") for n in CLASS_NAMES]
+
+
+def _save(fig, path: str | Path | None):
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def class_counts(labels: np.ndarray, title: str, path=None):
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    ax.bar(range(NUM_CLASSES), counts, color="#4c72b0")
+    ax.set_xticks(range(NUM_CLASSES), SHORT, rotation=35, ha="right")
+    for i, c in enumerate(counts):
+        ax.text(i, c, str(c), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def example_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 4, title: str = "", path=None,
+                 captions: Sequence[str] | None = None):
+    """Rows = classes, columns = examples."""
+    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 1.6, NUM_CLASSES * 1.6))
+    for cls in range(NUM_CLASSES):
+        idx = np.flatnonzero(labels == cls)[:per_class]
+        for j in range(per_class):
+            ax = axes[cls, j]
+            ax.axis("off")
+            if j < len(idx):
+                ax.imshow(images[idx[j]])
+        axes[cls, 0].set_title(CLASS_NAMES[cls], fontsize=7, loc="left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def learning_curves(history: dict[str, list[float]], path=None):
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax in (("loss", a1), ("accuracy", a2)):
+        if key in history:
+            ax.plot(np.arange(1, len(history[key]) + 1), history[key], label="train")
+        if f"val_{key}" in history:
+            ax.plot(np.arange(1, len(history[f"val_{key}"]) + 1), history[f"val_{key}"], label="val")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_heatmap(cm: Sequence[Sequence[int]], path=None, normalise: bool = True,
+                      names: Sequence[str] = SHORT):
+    cm = np.asarray(cm, dtype=float)
+    shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
+    fig, ax = plt.subplots(figsize=(0.75 * len(names) + 2, 0.7 * len(names) + 1.5))
+    im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalise else None)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{shown[i, j]:.2f}" if normalise else int(cm[i, j]), ha="center", va="center",
+                    fontsize=7, color="white" if shown[i, j] > (0.5 if normalise else shown.max() / 2) else "black")
+    ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (rows normalised to recall)" if normalise else "Confusion matrix")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability(bins: list[dict], ece: float, path=None):
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    used = [b for b in bins if b["count"]]
+    centers = [(b["lower"] + b["upper"]) / 2 for b in used]
+    ax.bar(centers, [b["accuracy"] for b in used], width=1 / len(bins), edgecolor="k", alpha=0.75, label="accuracy")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability (ECE = {ece:.3f})")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def misclassified_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray,
+                       max_images: int = 24, path=None):
+    n = min(max_images, len(images))
+    cols = 6
+    rows = max(1, int(np.ceil(n / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 2.3), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k])
+            ax.set_title(f"true: {SHORT[y_true[k]]}\npred: {SHORT[y_pred[k]]} ({conf[k]:.2f})", fontsize=7)
+    if n == 0:
+        axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def prediction_grid(images: Sequence[np.ndarray], titles: Sequence[str], cols: int = 5, path=None):
+    rows = max(1, int(np.ceil(len(images) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k < len(images):
+            ax.imshow(images[k])
+            ax.set_title(titles[k], fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

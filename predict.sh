@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Classify cutouts with a trained model (see README.md).
+#   ./predict.sh --model models/<run> IMAGE_OR_DIR_OR_H5 ... [--out predictions.csv]
+set -euo pipefail
+PY="${PYTHON:-python}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+[ -x "$HERE/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${PYTHON:-}" ] && PY="$HERE/.venv/bin/python"
+exec "$PY" -m galaxylib.predict_cli "$@"
