@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                     raw = item.path.read_bytes()
                     pending.append((item, predictor.preprocess(raw), raw))
             except (ImageError, OSError) as exc:
-                message = str(exc).replace("<bytes>: ", "")
+                message = str(exc)
                 writer.writerow({"filename": item.name, "error": message, "model_version": predictor.model_version})
                 errors.append(f"{item.name}: {message}")
                 n_err += 1

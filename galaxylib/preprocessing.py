@@ -61,12 +61,12 @@ def preprocessing_contract(image_size: int) -> dict:
 
 def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray)):
-        return bytes(source), "<bytes>"
+        return bytes(source), ""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         return path.read_bytes(), path.name
     if hasattr(source, "read"):
-        return source.read(), getattr(source, "name", "<stream>")
+        return source.read(), str(getattr(source, "name", ""))
     raise TypeError(f"cannot read an image from {type(source).__name__}")
 
 
@@ -91,37 +91,46 @@ def _to_rgb8(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(source: ImageSource) -> Image.Image:
+def decode_image(source: ImageSource, name: str | None = None) -> Image.Image:
     """Decode and validate an uploaded or on-disk image into 8-bit RGB.
 
-    Raises an ``ImageError`` subclass with a message fit to show a user.
+    Raises an ``ImageError`` subclass with a message fit to show a user
+    (prefixed with ``name``, or the file's name, when known).
     """
     if isinstance(source, Image.Image):
         return _to_rgb8(source)
     if isinstance(source, np.ndarray):
         return Image.fromarray(_validate_array(source), "RGB")
-    data, name = _read_bytes(source)
+    data, found = _read_bytes(source)
+    try:
+        return _decode(data)
+    except ImageError as exc:
+        label = name or found
+        if label:
+            raise type(exc)(f"{label}: {exc}") from exc.__cause__
+        raise
+
+
+def _decode(data: bytes) -> Image.Image:
     if not data:
-        raise EmptyImageError(f"{name}: the file is empty")
+        raise EmptyImageError("the file is empty")
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{name}: image is too large to decode safely") from exc
+        raise ImageTooLargeError(f"the image is over the limit of {MAX_IMAGE_PIXELS:,} pixels ({exc})") from exc
     except Exception as exc:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError...
-        raise UnsupportedImageError(f"{name}: not a JPEG or PNG image") from exc
+        raise UnsupportedImageError("not a JPEG or PNG image") from exc
     if img.format not in ALLOWED_FORMATS:
-        raise UnsupportedImageError(f"{name}: {img.format} images are not accepted; send JPEG or PNG")
+        raise UnsupportedImageError(f"{img.format} images are not accepted; send JPEG or PNG")
     width, height = img.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageTooLargeError(
-            f"{name}: {width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels"
-        )
+        raise ImageTooLargeError(f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels")
     if width < 8 or height < 8:
-        raise ImageError(f"{name}: {width}x{height} is too small to be a galaxy cutout")
+        raise ImageError(f"{width}x{height} is too small to be a galaxy cutout")
     try:
         img.load()
     except Exception as exc:
-        raise ImageError(f"{name}: the image data is truncated or corrupt ({exc})") from exc
+        raise ImageError(f"the image data is truncated or corrupt ({exc})") from exc
     return _to_rgb8(img)
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One-command install: a .venv with the pinned kit, plus Debian's Chromium for the browser test.
+#   ./install.sh            (re-running it is safe)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON_BIN="${PYTHON_BIN:-python3.11}"
+command -v "$PYTHON_BIN" >/dev/null || { echo "install.sh: Python 3.11 is required ($PYTHON_BIN not found); set PYTHON_BIN" >&2; exit 1; }
+[ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "Installing Debian's chromium for the browser tests..."
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+  else
+    echo "NOTE: the browser test needs Debian's chromium: sudo apt-get install -y chromium" >&2
+  fi
+fi
+.venv/bin/python -c "import galaxylib, tensorflow, ai_edge_litert; print('galaxylib', galaxylib.__version__, '| tensorflow', tensorflow.__version__)" 2>/dev/null
+echo "Installed into .venv (activate with: source .venv/bin/activate)"

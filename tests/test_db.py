@@ -1,0 +1,65 @@
+"""The predictions table on PostgreSQL and SQLite: migrations, writes, queries."""
+import datetime as dt
+
+import pytest
+from sqlalchemy import inspect
+
+from galaxylib.db import PredictionFilter, PredictionStore
+
+
+def rows(n, cls="Round Smooth", conf=0.9):
+    return [{"filename": f"g{i}.jpg", "predicted_class": cls, "confidence": conf,
+             "metadata": {"model_version": "m1", "probabilities": {"Round Smooth": conf}}} for i in range(n)]
+
+
+def test_the_schema_is_created_by_alembic_and_upgrading_twice_is_harmless(database_url):
+    store = PredictionStore(database_url)
+    PredictionStore(database_url)
+    insp = inspect(store.engine)
+    assert {"predictions", "alembic_version"} <= set(insp.get_table_names())
+    cols = {c["name"] for c in insp.get_columns("predictions")}
+    assert cols == {"id", "filename", "predicted_class", "confidence", "metadata", "created_at"}
+
+
+def test_metadata_is_jsonb_on_postgresql(postgres_url):
+    store = PredictionStore(postgres_url)
+    col = [c for c in inspect(store.engine).get_columns("predictions") if c["name"] == "metadata"][0]
+    assert type(col["type"]).__name__ == "JSONB"
+
+
+def test_rows_round_trip_with_their_metadata(database_url):
+    store = PredictionStore(database_url)
+    [rec] = store.add_many(rows(1))
+    got = store.get(rec.id).as_dict()
+    assert got["filename"] == "g0.jpg" and got["metadata"]["probabilities"] == {"Round Smooth": 0.9}
+    assert dt.datetime.fromisoformat(got["created_at"]).tzinfo is not None
+
+
+def test_listing_is_newest_first_with_total_and_filters(database_url):
+    store = PredictionStore(database_url)
+    store.add_many(rows(3, "Merging", 0.4))
+    store.add_many(rows(2, "Barred Spiral", 0.95))
+    listed, total = store.list(limit=2)
+    assert total == 5 and [r.predicted_class for r in listed] == ["Barred Spiral", "Barred Spiral"]
+    listed, total = store.list(PredictionFilter(min_confidence=0.5))
+    assert total == 2
+    _, total = store.list(PredictionFilter(predicted_class="Merging", filename="g1.jpg"))
+    assert total == 1
+
+
+def test_deleting_by_ids_and_by_filter(database_url):
+    store = PredictionStore(database_url)
+    recs = store.add_many(rows(4))
+    assert store.delete(ids=[recs[0].id, recs[1].id]) == 2
+    assert store.delete(flt=PredictionFilter(filename="g3.jpg")) == 1
+    assert store.count() == 1
+    with pytest.raises(ValueError):
+        store.delete()  # no ids and no filter would delete everything
+
+
+def test_reset_empties_the_table_and_keeps_it_usable(database_url):
+    store = PredictionStore(database_url)
+    store.add_many(rows(3))
+    store.reset()
+    assert store.count() == 0
+    assert store.add_many(rows(1))[0].id >= 1

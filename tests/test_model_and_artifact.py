@@ -1,0 +1,109 @@
+"""The EfficientNetB0 model, the artifact round trip, and TFLite agreeing with Keras."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from galaxylib.artifact import ArtifactError, load_keras_model, read_artifact
+from galaxylib.classes import CLASS_NAMES
+from galaxylib.model import ModelParams, WeightsError, build_model
+from galaxylib.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def design_model():
+    return build_model(ModelParams(image_size=64, weights="none"))
+
+
+def test_the_head_is_dense_256_128_64_then_softmax_10(design_model):
+    dense = [l for l in design_model.layers if l.name.startswith(("head_dense", "probabilities"))]
+    assert [l.units for l in dense] == [256, 128, 64, 10]
+    assert design_model.get_layer("head_dropout").rate == 0.3
+    assert design_model.output_shape == (None, 10)
+
+
+def test_only_the_last_100_base_layers_train_and_batchnorm_stays_frozen(design_model):
+    import keras
+
+    base = [l for l in design_model.layers if not l.name.startswith(("head_", "probabilities"))]
+    assert not any(l.trainable for l in base[:-100])
+    tail = base[-100:]
+    assert all(l.trainable for l in tail if not isinstance(l, keras.layers.BatchNormalization))
+    assert not any(l.trainable for l in tail if isinstance(l, keras.layers.BatchNormalization))
+
+
+def test_the_design_optimiser_is_adam_at_1e_5_with_sparse_crossentropy(design_model):
+    assert type(design_model.optimizer).__name__ == "Adam"
+    assert float(design_model.optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
+    assert design_model.loss == "sparse_categorical_crossentropy"
+
+
+def test_a_local_weights_file_is_loaded(tmp_path):
+    import keras
+
+    donor = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    donor.save_weights(path)
+    model = build_model(ModelParams(image_size=32, weights=str(path)))
+    np.testing.assert_array_equal(model.get_layer("stem_conv").get_weights()[0], donor.get_layer("stem_conv").get_weights()[0])
+
+
+def test_a_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="does not exist"):
+        build_model(ModelParams(image_size=32, weights=str(tmp_path / "nope.h5")))
+
+
+def test_the_artifact_round_trips_with_its_sidecar(tiny_artifact):
+    artifact = read_artifact(tiny_artifact, need_keras=True)
+    assert artifact.sidecar["class_names"] == list(CLASS_NAMES)
+    assert artifact.image_size == 32 and artifact.model_version.startswith("tiny-")
+    assert load_keras_model(artifact).input_shape == (None, 32, 32, 3)
+
+
+def test_tflite_agrees_with_keras_on_the_same_inputs(tiny_artifact, sample_files):
+    predictor = Predictor(tiny_artifact)
+    batch = np.stack([predictor.preprocess(p) for p in sample_files[:8]])
+    keras_probs = load_keras_model(read_artifact(tiny_artifact)).predict(batch, verbose=0)
+    tflite_probs = predictor.predict_arrays(batch)
+    np.testing.assert_allclose(tflite_probs, keras_probs, atol=1e-4)
+    assert np.allclose(tflite_probs.sum(axis=1), 1, atol=1e-5)
+
+
+def test_one_image_and_a_batch_give_the_same_answer(tiny_artifact, sample_files):
+    predictor = Predictor(tiny_artifact)
+    batch = predictor.predict_batch(sample_files[:5])
+    single = predictor.predict(sample_files[2])
+    assert single.probabilities == pytest.approx(batch[2].probabilities, abs=1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("delete_sidecar", "no model.json"),
+    ("delete_tflite", "missing model.tflite"),
+    ("corrupt_tflite", "checksum"),
+    ("drop_key", "incomplete"),
+    ("other_classes", "other class names"),
+    ("other_contract", "preprocessing contract"),
+])
+def test_a_broken_artifact_is_refused_with_a_clear_error(tiny_artifact, tmp_path, damage, message):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_artifact, broken)
+    sidecar = json.loads((broken / "model.json").read_text())
+    if damage == "delete_sidecar":
+        (broken / "model.json").unlink()
+    elif damage == "delete_tflite":
+        (broken / "model.tflite").unlink()
+    elif damage == "corrupt_tflite":
+        with open(broken / "model.tflite", "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\x00" * 16)
+    else:
+        if damage == "drop_key":
+            del sidecar["image_size"]
+        elif damage == "other_classes":
+            sidecar["class_names"][3] = "Smooth, Cigar shaped"  # astroNN's mislabel
+        else:
+            sidecar["preprocessing"]["version"] = 99
+        (broken / "model.json").write_text(json.dumps(sidecar))
+    with pytest.raises(ArtifactError, match=message):
+        Predictor(broken)

@@ -1,0 +1,84 @@
+"""./predict.sh as a user runs it: real cutouts plus broken files in one folder."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from galaxylib.config import PROJECT_ROOT
+from galaxylib.db import PredictionStore
+from galaxylib.predictor import Predictor
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, sample_files):
+    folder = tmp_path / "cutouts"
+    folder.mkdir()
+    for src in sample_files[:6]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a text file, not a galaxy")
+    (folder / "truncated.jpg").write_bytes(sample_files[7].read_bytes()[:2000])
+    return folder
+
+
+def run_predict(*args, env_db=None):
+    import os
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    if env_db:
+        env["DATABASE_URL"] = env_db
+    return subprocess.run([str(PROJECT_ROOT / "predict.sh"), *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_every_real_image_gets_one_line_and_one_row_and_broken_files_none(tiny_artifact, mixed_folder, tmp_path, database_url):
+    out = tmp_path / "out.csv"
+    result = run_predict("--model", tiny_artifact, mixed_folder, "--out", out, env_db=database_url)
+    assert result.returncode == 0, result.stderr
+    lines = read_csv(out)
+    good = [l for l in lines if not l["error"]]
+    bad = {Path(l["filename"]).name: l["error"] for l in lines if l["error"]}
+    assert len(good) == 6 and len(lines) == 9
+    assert set(bad) == {"empty.jpg", "notes.jpg", "truncated.jpg"}
+    assert "empty" in bad["empty.jpg"] and "not a JPEG or PNG" in bad["notes.jpg"] and "truncated" in bad["truncated.jpg"]
+    for name in bad:
+        assert name in result.stderr  # each broken file is reported by name
+    store = PredictionStore(database_url)
+    assert store.count() == 6
+    assert {Path(r.filename).name for r in store.list(limit=50)[0]} == {Path(l["filename"]).name for l in good}
+
+
+def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, sample_files, tmp_path, sqlite_url):
+    out = tmp_path / "one.csv"
+    assert run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url).returncode == 0
+    [line] = read_csv(out)
+    expected = Predictor(tiny_artifact).predict(sample_files[0])
+    assert line["predicted_class"] == expected.predicted_class
+    assert float(line["confidence"]) == pytest.approx(expected.confidence, abs=1e-6)
+    assert [line["top1"], line["top2"], line["top3"]] == [n for n, _ in expected.top3]
+    assert line["model_version"] == expected.model_version and line["prediction_id"]
+
+
+def test_a_galaxy10_h5_is_classified_row_by_row(tiny_artifact, tmp_path, sqlite_url):
+    h5 = tmp_path / "g10.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("images", data=np.random.default_rng(0).integers(0, 256, (5, 256, 256, 3), dtype=np.uint8))
+        f.create_dataset("ans", data=np.arange(5, dtype=np.uint8))
+    out = tmp_path / "h5.csv"
+    assert run_predict("--model", tiny_artifact, h5, "--out", out, env_db=sqlite_url).returncode == 0
+    assert [l["filename"] for l in read_csv(out)] == [f"{h5}[{i}]" for i in range(5)]
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, sample_files):
+    result = run_predict("--model", tmp_path / "nope", sample_files[0], "--out", tmp_path / "x.csv")
+    assert result.returncode == 2 and "cannot load the model" in result.stderr
+    assert not (tmp_path / "x.csv").exists()

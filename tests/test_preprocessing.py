@@ -1,0 +1,87 @@
+"""The one preprocessing path: every entry point gives the same model input."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from galaxylib.preprocessing import (EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError,
+                                     decode_image, load_image, preprocess_image, preprocessing_contract)
+
+
+def test_a_real_cutout_becomes_float32_in_0_255_at_the_model_size(sample_files):
+    x = load_image(sample_files[0], 128)
+    assert x.shape == (128, 128, 3) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 255 and x.max() > 1  # not rescaled to 0..1: EfficientNet does that
+
+
+def test_path_bytes_stream_and_h5_array_give_identical_inputs(sample_files):
+    path = sample_files[3]
+    raw = path.read_bytes()
+    from_path = load_image(path, 96)
+    as_h5_row = np.asarray(Image.open(path).convert("RGB"))  # what Galaxy10_DECals.h5 stores
+    for other in (load_image(raw, 96), load_image(io.BytesIO(raw), 96), preprocess_image(as_h5_row, 96)):
+        np.testing.assert_array_equal(from_path, other)
+
+
+def test_a_lossless_png_of_a_cutout_gives_the_same_input_as_its_array(sample_files):
+    array = np.asarray(decode_image(sample_files[5]))
+    png = io.BytesIO()
+    Image.fromarray(array).save(png, format="PNG")
+    np.testing.assert_array_equal(load_image(png.getvalue(), 64), preprocess_image(array, 64))
+
+
+def test_greyscale_rgba_and_16_bit_pngs_are_converted_to_rgb():
+    grey = Image.fromarray(np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8))
+    rgba = Image.fromarray(np.full((64, 64, 4), 200, np.uint8))
+    deep = Image.fromarray((np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16))
+    assert deep.mode == "I;16"
+    for img in (grey, rgba, deep):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        x = load_image(buf.getvalue(), 32)
+        assert x.shape == (32, 32, 3)
+    buf = io.BytesIO()
+    deep.save(buf, format="PNG")
+    assert load_image(buf.getvalue(), 64).max() == 255  # 16-bit scaled down, not clipped
+
+
+def test_an_empty_file_is_refused_with_a_clear_error():
+    with pytest.raises(EmptyImageError, match="empty"):
+        decode_image(b"")
+
+
+def test_a_text_file_is_not_an_image():
+    with pytest.raises(UnsupportedImageError, match="not a JPEG or PNG"):
+        decode_image(b"galaxy, but in words")
+
+
+def test_a_truncated_jpeg_is_refused(sample_files):
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode_image(sample_files[0].read_bytes()[:2500])
+
+
+def test_a_png_bomb_is_refused_from_its_header_without_decoding(tmp_path):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # A valid 30000x30000 PNG header with almost no data: decoding it would need 2.7 GB.
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    with pytest.raises(ImageTooLargeError, match="over the limit"):
+        decode_image(bomb)
+
+
+def test_other_formats_are_not_accepted():
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="GIF")
+    with pytest.raises(UnsupportedImageError, match="GIF"):
+        decode_image(buf.getvalue())
+
+
+def test_the_contract_names_its_version_and_size():
+    contract = preprocessing_contract(224)
+    assert contract["image_size"] == 224 and contract["range"] == [0.0, 255.0] and contract["version"] >= 1
