@@ -48,6 +48,10 @@ class Artifact:
         return int(self.sidecar["image_size"])
 
     @property
+    def crop(self) -> float:
+        return float(self.sidecar["preprocessing"].get("crop", 1.0))
+
+    @property
     def tflite_path(self) -> Path:
         return self.path / TFLITE_FILE
 
@@ -90,7 +94,7 @@ def export_tflite(model, path: Path) -> Path:
 
 def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str, dataset: dict[str, Any],
                   split: dict[str, Any], params: dict[str, Any], metrics: dict[str, Any] | None = None,
-                  synthetic: bool = False) -> Artifact:
+                  synthetic: bool = False, crop: float = 1.0) -> Artifact:
     """Write the three files into a temp folder, then move it into place whole."""
     run_dir = Path(run_dir)
     tmp = run_dir.with_name(run_dir.name + ".tmp")
@@ -107,7 +111,7 @@ def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str, dataset: 
         "architecture": "EfficientNetB0 transfer learning",
         "class_names": list(CLASS_NAMES),
         "image_size": image_size,
-        "preprocessing": preprocessing_contract(image_size),
+        "preprocessing": preprocessing_contract(image_size, crop),
         "synthetic": bool(synthetic),
         "dataset": dataset,
         "split": split,

@@ -163,14 +163,15 @@ def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_pr
 
 
 def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path = CACHE_DIR,
-                  show_progress: bool = True) -> np.ndarray:
+                  show_progress: bool = True, crop: float = 1.0) -> np.ndarray:
     """All images through the one preprocessing path, as a uint8 memmap on disk.
 
     Built once per (dataset, size) in chunks, so memory stays small even for
     the real 17,736-image file; later runs reuse it.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{data.fingerprint()[:16]}_{image_size}px.npy"
+    tag = f"_crop{crop:.3f}" if crop < 1.0 else ""
+    target = cache_dir / f"{data.fingerprint()[:16]}_{image_size}px{tag}.npy"
     shape = (data.n_images, image_size, image_size, 3)
     if target.is_file():
         arr = np.load(target, mmap_mode="r")
@@ -181,7 +182,7 @@ def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path = CACHE_D
     with tqdm(total=data.n_images, desc=f"Resizing to {image_size}px", disable=not show_progress) as bar:
         for start, chunk in data.iter_chunks():
             for j, img in enumerate(chunk):
-                out[start + j] = preprocess_uint8(img, image_size)
+                out[start + j] = preprocess_uint8(img, image_size, crop)
             bar.update(len(chunk))
     out.flush()
     del out

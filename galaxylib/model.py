@@ -29,6 +29,9 @@ class ModelParams:
     # BatchNormalization momentum; None keeps Keras' 0.99. Training from scratch on a
     # few thousand images needs ~0.9, or the moving statistics lag and val stays at chance.
     bn_momentum: float | None = None
+    # EfficientNet's stochastic depth (Keras: 0.2, scaled per block). None keeps it;
+    # 0 switches it off, which speeds up short from-scratch runs.
+    drop_connect_rate: float | None = None
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "ModelParams":
@@ -66,6 +69,10 @@ def build_model(params: ModelParams):
                 "weights file (e.g. -p weights path/to/efficientnetb0_notop.h5)") from exc
         raise
     set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
+    if params.drop_connect_rate is not None:
+        blocks = [l for l in base.layers if isinstance(l, keras.layers.Dropout) and l.name.endswith("_drop")]
+        for i, layer in enumerate(blocks):  # Keras scales the rate linearly with block depth
+            layer.rate = float(params.drop_connect_rate) * (i + 1) / len(blocks)
     if params.bn_momentum is not None:
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):

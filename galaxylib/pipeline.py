@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "seed": 42,
     "split_fractions": [0.70, 0.15, 0.15],
     "image_size": 224,
+    "crop": 1.0,  # central fraction of the cutout kept before resizing (part of the artifact's contract)
     "model": {},
     "train": {},
     "evaluate": {"max_misclassified": 24, "gz1_max_images": 0},
@@ -112,6 +113,8 @@ def validate_config(config: dict) -> None:
     size = int(config["image_size"])
     if not 32 <= size <= 600:
         raise ConfigError(f"image_size must be between 32 and 600, got {size}")
+    if not 0.1 <= float(config["crop"]) <= 1.0:
+        raise ConfigError(f"crop must be between 0.1 and 1, got {config['crop']}")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class Predictor:
 
         self.artifact: Artifact = read_artifact(model_dir, verify_hashes=verify_hashes)
         self.image_size = self.artifact.image_size
+        self.crop = self.artifact.crop
         self.model_version = self.artifact.model_version
         self.num_threads = num_threads or default_threads()
         self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path),
@@ -71,7 +72,7 @@ class Predictor:
             self._batch = batch
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
-        return preprocess_image(decode_image(source), self.image_size)
+        return preprocess_image(decode_image(source), self.image_size, self.crop)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, 3) model inputs -> (N, 10) probabilities, in one forward pass."""

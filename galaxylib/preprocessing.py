@@ -46,12 +46,13 @@ class ImageTooLargeError(ImageError):
     code = "image_too_large"
 
 
-def preprocessing_contract(image_size: int) -> dict:
+def preprocessing_contract(image_size: int, crop: float = 1.0) -> dict:
     """What the artifact sidecar records, so a loader can refuse a mismatch."""
     return {
         "version": CONTRACT_VERSION,
         "input": "RGB, 8 bits per channel (greyscale/alpha/16-bit converted)",
-        "resize": f"PIL bilinear to {image_size}x{image_size}",
+        "crop": float(crop),
+        "resize": f"central {crop:.0%} of each side, then PIL bilinear to {image_size}x{image_size}",
         "dtype": "float32",
         "range": [0.0, 255.0],
         "normalisation": "none outside the model (EfficientNet rescales internally)",
@@ -142,24 +143,33 @@ def _validate_array(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
-def preprocess_image(image: Image.Image | np.ndarray, image_size: int) -> np.ndarray:
+def center_crop(img: Image.Image, crop: float) -> Image.Image:
+    """Keep the central ``crop`` fraction of each side: the galaxy sits at the centre
+    of a Galaxy10 cutout, so a crop spends the model's pixels on it."""
+    if not 0.1 <= crop <= 1.0:
+        raise ValueError(f"crop must be between 0.1 and 1, got {crop}")
+    if crop >= 1.0:
+        return img
+    width, height = img.size
+    cw, ch = max(1, round(width * crop)), max(1, round(height * crop))
+    left, top = (width - cw) // 2, (height - ch) // 2
+    return img.crop((left, top, left + cw, top + ch))
+
+
+def preprocess_image(image: Image.Image | np.ndarray, image_size: int, crop: float = 1.0) -> np.ndarray:
     """Decoded image or uint8 (H, W, 3) array -> float32 (size, size, 3) in 0..255."""
     img = decode_image(image) if isinstance(image, np.ndarray) else _to_rgb8(image)
+    img = center_crop(img, crop)
     if img.size != (image_size, image_size):
         img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.float32)
 
 
-def preprocess_uint8(image: Image.Image | np.ndarray, image_size: int) -> np.ndarray:
+def preprocess_uint8(image: Image.Image | np.ndarray, image_size: int, crop: float = 1.0) -> np.ndarray:
     """The same mapping as ``preprocess_image``, kept as uint8 for compact caches."""
-    return preprocess_image(image, image_size).astype(np.uint8)
+    return preprocess_image(image, image_size, crop).astype(np.uint8)
 
 
-def load_image(source: ImageSource, image_size: int) -> np.ndarray:
+def load_image(source: ImageSource, image_size: int, crop: float = 1.0) -> np.ndarray:
     """Bytes, a path, a stream or an array -> the model input for one image."""
-    return preprocess_image(decode_image(source), image_size)
-
-
-def load_batch(sources: list[ImageSource], image_size: int) -> np.ndarray:
-    return np.stack([load_image(s, image_size) for s in sources]) if sources else np.zeros(
-        (0, image_size, image_size, 3), np.float32)
+    return preprocess_image(decode_image(source), image_size, crop)

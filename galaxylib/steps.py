@@ -58,7 +58,8 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     keras.utils.set_random_seed(int(config["seed"]))
     model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
-    images = resized_cache(data, model_params.image_size, show_progress=show_progress)
+    crop = float(config["crop"])
+    images = resized_cache(data, model_params.image_size, show_progress=show_progress, crop=crop)
     labels = data.labels()
     model = build_model(model_params)
     history = train_model(model, images, labels, split, train_params, on_epoch=on_epoch)
@@ -72,7 +73,7 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
         params={"model": asdict(model_params), "train": asdict(train_params)},
         metrics={"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                  "epochs_run": len(history.get("loss", []))},
-        synthetic=data.synthetic)
+        synthetic=data.synthetic, crop=crop)
     return {"history": history, "val": val, "artifact": artifact, "model": model,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "total_params": int(model.count_params())}
@@ -83,7 +84,7 @@ def predict_split(predictor, data: Galaxy10File, indices: np.ndarray, batch_size
     """Served-model (TFLite) probabilities for dataset rows, through the one preprocessing path."""
     from tqdm import tqdm
 
-    images = resized_cache(data, predictor.image_size, show_progress=show_progress)
+    images = resized_cache(data, predictor.image_size, show_progress=show_progress, crop=predictor.crop)
     out = []
     for start in tqdm(range(0, len(indices), batch_size), desc="Classifying", disable=not show_progress):
         batch = indices[start:start + batch_size]
@@ -116,21 +117,21 @@ def gz1_transfer(predictor, gz1_dir: Path = GZ1_DIR, max_images: int = 0, seed: 
     return result
 
 
-def preprocessing_entry_points_agree(path: Path, image_size: int) -> dict[str, Any]:
+def preprocessing_entry_points_agree(path: Path, image_size: int, crop: float = 1.0) -> dict[str, Any]:
     """The same file through bytes, path and stream gives one tensor; so does its h5-style array."""
     from PIL import Image
 
     from galaxylib.preprocessing import decode_image, load_image, preprocess_image
 
     raw = path.read_bytes()
-    a = load_image(path, image_size)
-    b = load_image(raw, image_size)
-    c = load_image(io.BytesIO(raw), image_size)
+    a = load_image(path, image_size, crop)
+    b = load_image(raw, image_size, crop)
+    c = load_image(io.BytesIO(raw), image_size, crop)
     array = np.asarray(decode_image(raw))  # what a Galaxy10 h5 row holds: uint8 (H, W, 3)
-    d = preprocess_image(array, image_size)
+    d = preprocess_image(array, image_size, crop)
     png = io.BytesIO()
     Image.fromarray(array).save(png, format="PNG")
-    e = load_image(png.getvalue(), image_size)
+    e = load_image(png.getvalue(), image_size, crop)
     same = all(np.array_equal(a, x) for x in (b, c, d, e))
     return {"file": path.name, "shape": list(a.shape), "dtype": str(a.dtype),
             "min": float(a.min()), "max": float(a.max()), "identical": bool(same)}

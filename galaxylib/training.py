@@ -25,6 +25,7 @@ class TrainParams:
     augment_dihedral: bool = True  # the 8 rotations and flips
     augment_brightness: float = 0.1  # +-10 % brightness
     augment_zoom: float = 0.1  # +-10 % zoom
+    lr_schedule: str = "constant"  # "constant" | "cosine" (decays to 0 over `epochs`) | "plateau"
     max_train_minutes: float = 0  # 0 = no wall-clock cap
     seed: int = 42
 
@@ -129,10 +130,20 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     for layer in _augmenter(params):
         x = layer(x)
     trainer = keras.Model(inputs, model(x), name="trainer")
-    trainer.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+    optimizer = model.optimizer
+    if params.lr_schedule == "cosine":
+        base_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        optimizer = type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
+            base_lr, decay_steps=len(train_seq) * int(params.epochs)))
+    elif params.lr_schedule not in ("constant", "plateau"):
+        raise ValueError(f"lr_schedule must be constant, cosine or plateau, not {params.lr_schedule!r}")
+    trainer.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
 
     callbacks: list = [keras.callbacks.EarlyStopping(
         monitor=params.monitor, patience=int(params.patience), restore_best_weights=True, verbose=1)]
+    if params.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=params.monitor, factor=0.3,
+                                                           patience=max(1, int(params.patience) // 3), verbose=1))
     if params.max_train_minutes:
         callbacks.append(_WallClockStop(params.max_train_minutes * 60))
     if on_epoch is not None:

@@ -107,3 +107,15 @@ def test_a_broken_artifact_is_refused_with_a_clear_error(tiny_artifact, tmp_path
         (broken / "model.json").write_text(json.dumps(sidecar))
     with pytest.raises(ArtifactError, match=message):
         Predictor(broken)
+
+
+def test_the_predictor_applies_the_crop_its_artifact_was_trained_with(tiny_artifact, tmp_path, sample_files):
+    from galaxylib.preprocessing import load_image
+
+    cropped = tmp_path / "cropped"
+    shutil.copytree(tiny_artifact, cropped)
+    sidecar = json.loads((cropped / "model.json").read_text())
+    sidecar["preprocessing"]["crop"] = 0.6
+    (cropped / "model.json").write_text(json.dumps(sidecar))
+    predictor = Predictor(cropped)
+    np.testing.assert_array_equal(predictor.preprocess(sample_files[1]), load_image(sample_files[1], 32, crop=0.6))

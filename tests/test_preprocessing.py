@@ -85,3 +85,15 @@ def test_other_formats_are_not_accepted():
 def test_the_contract_names_its_version_and_size():
     contract = preprocessing_contract(224)
     assert contract["image_size"] == 224 and contract["range"] == [0.0, 255.0] and contract["version"] >= 1
+
+
+def test_a_centre_crop_keeps_the_middle_of_the_cutout_before_resizing(sample_files):
+    from galaxylib.preprocessing import center_crop
+
+    img = decode_image(sample_files[0])
+    cropped = center_crop(img, 0.5)
+    assert cropped.size == (128, 128)
+    np.testing.assert_array_equal(np.asarray(cropped), np.asarray(img)[64:192, 64:192])
+    raw = sample_files[0].read_bytes()
+    np.testing.assert_array_equal(load_image(raw, 64, crop=0.65),
+                                  preprocess_image(np.asarray(img), 64, crop=0.65))
