@@ -307,21 +307,21 @@ def _paint_smooth(s: _Scene, q_range: tuple[float, float], n_range: tuple[float,
 
 
 def _paint_round_smooth(s: _Scene) -> None:
-    _paint_smooth(s, (0.85, 1.0), (2.0, 4.0), (4.0, 18.0))
+    _paint_smooth(s, (0.88, 1.0), (2.0, 4.0), (5.0, 18.0))
 
 
 def _paint_in_between_smooth(s: _Scene) -> None:
-    _paint_smooth(s, (0.5, 0.8), (1.5, 4.0), (4.0, 18.0))
+    _paint_smooth(s, (0.52, 0.74), (1.5, 4.0), (5.0, 18.0))
 
 
 def _paint_cigar_smooth(s: _Scene) -> None:
-    _paint_smooth(s, (0.2, 0.45), (1.0, 2.5), (5.0, 20.0))
+    _paint_smooth(s, (0.18, 0.4), (1.0, 2.5), (5.0, 20.0))
 
 
 def _disk_geometry(s: _Scene, h_range: tuple[float, float]) -> tuple[float, float, float]:
     """Scale length, projected axis ratio and position angle of a disk seen at random inclination."""
     rng = s.rng
-    return _loguniform(rng, *h_range) * s.scale, rng.uniform(0.4, 1.0), rng.uniform(0, math.pi)
+    return _loguniform(rng, *h_range) * s.scale, rng.uniform(0.55, 1.0), rng.uniform(0, math.pi)
 
 
 def _paint_bulge(s: _Scene, re: float, n: float, q: float, pa: float, flux: float) -> None:
@@ -330,12 +330,12 @@ def _paint_bulge(s: _Scene, re: float, n: float, q: float, pa: float, flux: floa
 
 def _paint_barred_spiral(s: _Scene) -> None:
     rng = s.rng
-    h, q, pa = _disk_geometry(s, (6.0, 18.0))
-    bt, bar_flux = rng.uniform(0.08, 0.25), rng.uniform(0.06, 0.15)
-    bar_len = h * rng.uniform(0.9, 1.8)
+    h, q, pa = _disk_geometry(s, (8.0, 18.0))
+    bt, bar_flux = rng.uniform(0.08, 0.25), rng.uniform(0.12, 0.22)
+    bar_len = h * rng.uniform(1.2, 1.9)
     bar_angle = rng.uniform(0, math.pi)
     _paint_bulge(s, h * rng.uniform(0.15, 0.35), rng.uniform(1.5, 3.0), q, pa, bt)
-    _add_bar(s, s.cx, s.cy, bar_len, rng.uniform(0.2, 0.35), bar_angle, q, pa, bar_flux)
+    _add_bar(s, s.cx, s.cy, bar_len, rng.uniform(0.18, 0.3), bar_angle, q, pa, bar_flux)
     if rng.random() < 0.35:
         _add_ring(s, s.cx, s.cy, bar_len, 0.15 * bar_len + 1.0, q, pa, rng.uniform(0.04, 0.1))
     arms = _Arms(m=2, pitch_deg=rng.uniform(12, 30), phase=bar_angle, r_start=bar_len,
@@ -346,10 +346,10 @@ def _paint_barred_spiral(s: _Scene) -> None:
 
 def _paint_tight_spiral(s: _Scene) -> None:
     rng = s.rng
-    h, q, pa = _disk_geometry(s, (6.0, 18.0))
+    h, q, pa = _disk_geometry(s, (8.0, 18.0))
     bt = rng.uniform(0.2, 0.45)
     _paint_bulge(s, h * rng.uniform(0.25, 0.5), rng.uniform(1.5, 3.5), q, pa, bt)
-    arms = _Arms(m=int(rng.choice([2, 2, 2, 3])), pitch_deg=rng.uniform(8, 15), phase=rng.uniform(0, 2 * math.pi),
+    arms = _Arms(m=int(rng.choice([2, 2, 2, 3])), pitch_deg=rng.uniform(7, 13), phase=rng.uniform(0, 2 * math.pi),
                  r_start=h * rng.uniform(0.4, 0.8), sharpness=rng.uniform(1.2, 3.5),
                  fraction=rng.uniform(0.2, 0.4), knot_fraction=rng.uniform(0.0, 0.04),
                  knots=int(rng.integers(0, 20)))
@@ -358,11 +358,11 @@ def _paint_tight_spiral(s: _Scene) -> None:
 
 def _paint_loose_spiral(s: _Scene) -> None:
     rng = s.rng
-    h, q, pa = _disk_geometry(s, (6.0, 18.0))
+    h, q, pa = _disk_geometry(s, (8.0, 18.0))
     bt = rng.uniform(0.0, 0.12)
     if bt > 0.02:
         _paint_bulge(s, h * rng.uniform(0.12, 0.3), rng.uniform(1.0, 2.5), q, pa, bt)
-    arms = _Arms(m=int(rng.choice([2, 2, 3, 4])), pitch_deg=rng.uniform(20, 35), phase=rng.uniform(0, 2 * math.pi),
+    arms = _Arms(m=int(rng.choice([2, 2, 3, 4])), pitch_deg=rng.uniform(24, 38), phase=rng.uniform(0, 2 * math.pi),
                  r_start=h * rng.uniform(0.3, 0.9), sharpness=rng.uniform(1.2, 3.0),
                  fraction=rng.uniform(0.25, 0.45), knot_fraction=rng.uniform(0.04, 0.12),
                  knots=int(rng.integers(15, 60)))
@@ -424,7 +424,7 @@ def _paint_merging(s: _Scene) -> None:
     n = 3 if rng.random() < 0.25 else 2
     fluxes = np.array([1.0] + list(rng.uniform(0.25, 1.0, n - 1)))
     fluxes /= fluxes.sum()
-    sep = rng.uniform(8.0, 40.0) * s.scale
+    sep = rng.uniform(14.0, 40.0) * s.scale
     axis = rng.uniform(0, 2 * math.pi)
     angles = [axis, axis + math.pi] + [axis + rng.uniform(0.6, 2.5) * rng.choice([-1, 1])]
     dists = [sep * fluxes[1], sep * fluxes[0]] + [sep * rng.uniform(0.8, 1.5)]
@@ -461,20 +461,20 @@ def _paint_disturbed(s: _Scene) -> None:
             _add_tail(s, s.cx, s.cy, lop_angle, re * rng.uniform(4, 8), rng.uniform(-1.0, 1.0),
                       2.0 * s.scale, 0.06, s.colour(0.1))
         return
-    h = _loguniform(rng, 4.0, 14.0) * s.scale
+    h = _loguniform(rng, 6.0, 14.0) * s.scale
     q = rng.uniform(0.35, 1.0)
     young = kind == "irregular"
     disk_colour = s.colour(-0.16 if young else _DISK)
-    _add_sersic(s, s.cx, s.cy, h * 1.68, 1.0, q, pa, 0.45, disk_colour, rng.uniform(0.4, 0.9), lop_angle)
-    off = h * rng.uniform(0.5, 1.3)
+    _add_sersic(s, s.cx, s.cy, h * 1.68, 1.0, q, pa, 0.45, disk_colour, rng.uniform(0.6, 0.95), lop_angle)
+    off = h * rng.uniform(0.8, 1.5)
     _add_sersic(s, s.cx + off * math.cos(lop_angle), s.cy + off * math.sin(lop_angle), h * 2.2, 1.0,
-                q * rng.uniform(0.7, 1.2), pa + rng.normal(0, 0.4), 0.25, disk_colour)
+                q * rng.uniform(0.7, 1.2), pa + rng.normal(0, 0.4), 0.3, disk_colour)
     if not young:
         _add_sersic(s, s.cx, s.cy, h * 0.3, 2.0, min(1.0, q + 0.3), pa, 0.12, s.colour(_OLD))
         if rng.random() < 0.6:
             _add_tail(s, s.cx, s.cy, lop_angle + rng.normal(0, 0.5), h * rng.uniform(4, 8), rng.uniform(-1.5, 1.5),
                       2.0 * s.scale, 0.08, s.colour(_DISK))
-    _add_clumps(s, h, q, pa, 0.2 if young else 0.1)
+    _add_clumps(s, h, q, pa, 0.28 if young else 0.16)
 
 
 def _add_clumps(s: _Scene, h: float, q: float, pa: float, flux: float) -> None:
@@ -670,7 +670,7 @@ def render_galaxy(class_index: int, rng: np.random.Generator, size: int = IMAGE_
     survey = _draw_survey(rng)
     jitter = np.clip(rng.normal(0.0, 2.0 * scale, 2), -6 * scale, 6 * scale)
     s = _Scene(
-        rng=rng, size=size, field_scale=scale, scale=scale * _loguniform(rng, 0.8, 1.5),
+        rng=rng, size=size, field_scale=scale, scale=scale * _loguniform(rng, 1.0, 1.6),
         cx=centre + jitter[0], cy=centre + jitter[1],
         psf=survey.psf * scale, tint=_calibration_tint(rng),
         sharp=np.zeros((size, size, 3), np.float32), diffuse=np.zeros((size, size, 3), np.float32),
