@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, DateTime, Float, Index, Integer, String, create_engine, delete, event,
-                        func, select, text)
+from sqlalchemy import (JSON, DateTime, Float, Index, Integer, String, and_, create_engine, delete, event,
+                        func, or_, select, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -165,12 +165,21 @@ class PredictionStore:
             return int(s.execute(stmt).scalar_one())
 
     def list(self, flt: PredictionFilter | None = None, limit: int = 50, offset: int = 0,
-             before_id: int | None = None) -> tuple[list[PredictionRecord], int]:
-        """Newest first, with the total matching the filters (ignoring paging)."""
+             before_id: int | None = None, before: tuple[dt.datetime, int] | None = None,
+             ) -> tuple[list[PredictionRecord], int]:
+        """Newest first, with the total matching the filters (ignoring paging).
+
+        ``before`` is a keyset cursor, the (created_at, id) of the last row already
+        seen; unlike ``before_id`` it matches the sort order, so rows written by
+        concurrent workers (a later created_at with a smaller id) are not skipped.
+        """
         clauses = flt.clauses() if flt else []
         stmt = select(PredictionRecord).where(*clauses)
         if before_id is not None:  # cursor paging: stable while rows are being added
             stmt = stmt.where(PredictionRecord.id < before_id)
+        if before is not None:
+            c = PredictionRecord
+            stmt = stmt.where(or_(c.created_at < before[0], and_(c.created_at == before[0], c.id < before[1])))
         stmt = stmt.order_by(PredictionRecord.created_at.desc(), PredictionRecord.id.desc())
         stmt = stmt.limit(limit).offset(offset)
         total_stmt = select(func.count()).select_from(PredictionRecord).where(*clauses)

@@ -1,0 +1,49 @@
+"""gunicorn settings for ``gunicorn serve.app:app`` (read from the working directory).
+
+Command-line flags override these (``gunicorn -w 4 -b 0.0.0.0:$PORT serve.app:app``).
+"""
+import os
+import select
+
+import galaxylib.config  # noqa: F401 - loads .env, so PORT, WEB_CONCURRENCY and MODEL_URL apply here too
+from serve.threads import limit_native_threads
+
+# Native thread pools default to one thread; the model's own threads are GALAXY_NUM_THREADS
+# (default: all cores). Set here, in the master, so every forked worker inherits them.
+limit_native_threads()
+
+bind = [f"0.0.0.0:{os.environ['PORT']}"] if os.environ.get("PORT") else ["127.0.0.1:8000"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+# CPU-bound requests, one at a time per process: a sync worker, woken alone per connection
+# (serve/gunicorn_worker.py; stock sync workers all wake for every connection).
+worker_class = "serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE") else "sync"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))  # a 32-image batch queued behind others
+graceful_timeout = 30
+# The model and the database pool are created in each worker, after the fork: a LiteRT
+# interpreter or an open connection must never be shared between processes.
+preload_app = False
+# uploads are capped by MAX_UPLOAD_MB in the app; headers by gunicorn's defaults.
+accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None  # "-" for stdout
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+
+def on_starting(server):
+    """Download MODEL_URL once, in the master, before the workers start.
+
+    Each worker would otherwise fetch it at import time, where a slow download
+    counts against the worker boot timeout. A failure is only logged: the
+    workers then report it and answer 503 instead of crash-looping.
+    """
+    model_path = os.environ.get("MODEL_PATH", "").strip()
+    if not os.environ.get("MODEL_URL", "").strip() or (model_path and os.path.isdir(model_path)):
+        return  # nothing to fetch: keep the master free of numpy and friends
+    try:
+        from serve.logs import configure_logging
+        from serve.model_loader import resolve_model_dir
+        from serve.settings import Settings
+
+        configure_logging()
+        resolve_model_dir(Settings.from_env())
+    except Exception as exc:  # noqa: BLE001 - reported again, clearly, by every worker
+        server.log.error("could not fetch MODEL_URL before start: %s", exc)

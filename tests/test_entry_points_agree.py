@@ -1,0 +1,76 @@
+"""One file, one answer: the Predictor, predict.sh, the API and the dashboard agree.
+
+The artifact here records a centre crop in its preprocessing contract, so the test
+also proves that every entry point applies the artifact's contract, not its own.
+"""
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from galaxylib.config import PROJECT_ROOT
+from galaxylib.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def cropped_artifact(tmp_path_factory):
+    """A 32 px model whose output depends visibly on its input, saved with a 0.6 crop.
+
+    An untrained EfficientNet's features are ~1e-5, so its softmax is flat; a large
+    random last layer makes the probabilities move with the pixels."""
+    import keras
+    import numpy as np
+
+    from galaxylib.artifact import save_artifact
+    from galaxylib.model import ModelParams, build_model
+
+    keras.utils.set_random_seed(1)
+    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False))
+    layer = model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.random.default_rng(0).normal(0, 3e5, kernel.shape).astype("float32"), bias])
+    path = tmp_path_factory.mktemp("cropped") / "run"
+    save_artifact(model, path, run_name="cropped", dataset={"sha256": "0" * 64}, split={}, params={},
+                  synthetic=True, crop=0.6)
+    return path
+
+
+def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
+        cropped_artifact, sample_files, make_app, sqlite_url, tmp_path):
+    from galaxylib.dashboard import Upload, classify_uploads
+
+    files = sample_files[:3]
+    predictor = Predictor(cropped_artifact)
+    expected = [predictor.predict(f).probabilities for f in files]
+    # The crop must matter to this model, or the comparison below could not catch a path ignoring it.
+    from galaxylib.preprocessing import load_image
+
+    uncropped = predictor.to_prediction(predictor.predict_arrays(load_image(files[0], 32)[None])[0]).probabilities
+    assert max(abs(uncropped[k] - expected[0][k]) for k in uncropped) > 1e-5
+
+    out = tmp_path / "out.csv"
+    env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url}
+    run = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(cropped_artifact), *map(str, files),
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    with open(out, newline="") as fh:
+        lines = list(csv.DictReader(fh))
+
+    client = make_app(sqlite_url, model_path=str(cropped_artifact)).test_client()
+    response = client.post("/predict", data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in files]},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    api = response.get_json()["predictions"]
+
+    dashboard = classify_uploads(predictor, [Upload(f.name, f.read_bytes(), f.stat().st_size) for f in files])
+
+    for i, probs in enumerate(expected):
+        top = max(probs, key=probs.get)
+        assert lines[i]["predicted_class"] == top
+        assert float(lines[i]["confidence"]) == pytest.approx(probs[top], abs=1e-6)  # CSV keeps 6 decimals
+        assert api[i]["probabilities"] == pytest.approx(probs, abs=1e-7)
+        assert dashboard[i].prediction.probabilities == pytest.approx(probs, abs=1e-7)

@@ -1,0 +1,248 @@
+"""The real entry point, ``gunicorn serve.app:app``, configured only through the environment.
+
+Concurrency: 4 workers, 8 parallel clients, 240 requests mixing single images,
+batches and bad files; no 5xx, and exactly one row per successful prediction.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import ADMIN_TOKEN, POSTGRES_ADMIN_URL, encode_image, random_rgb, row_count
+
+REPO = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+INTERPRETER_THREADS = 2
+
+
+class Gunicorn:
+    def __init__(self, env: dict[str, str], workers: int, log_path: Path):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL",
+                                                                      "ADMIN_TOKEN", "WEB_CONCURRENCY",
+                                                                      "GUNICORN_CMD_ARGS")}
+        full_env.update(env)
+        self.proc = subprocess.Popen(
+            [str(GUNICORN), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
+             "serve.app:app"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def wait_until_serving(self, workers: int, timeout: float = 120) -> None:
+        """Until every worker has logged that it finished starting (ready or not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
+            if self.log().count("serve: ready:") >= workers:
+                return
+            time.sleep(0.1)
+        pytest.fail(f"gunicorn workers did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def worker_pids(self) -> set[int]:
+        import psutil
+
+        return {c.pid for c in psutil.Process(self.proc.pid).children()}
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)  # quick shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url():
+    """One database for the module's server; fails (never skips) when PostgreSQL is unreachable."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"galaxy_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} and is not reachable: {exc}")
+    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact, module_postgres_url, tmp_path_factory):
+    """gunicorn -w 4 on PostgreSQL, with the environment a user would set."""
+    tmp = tmp_path_factory.mktemp("gunicorn")
+    server = Gunicorn({"DATABASE_URL": module_postgres_url, "MODEL_PATH": str(tiny_artifact),
+                       "ADMIN_TOKEN": ADMIN_TOKEN, "MAX_UPLOAD_MB": "1", "MAX_BATCH": "8",
+                       "GALAXY_NUM_THREADS": str(INTERPRETER_THREADS)}, workers=4, log_path=tmp / "log")
+    server.wait_until_serving(4)
+    yield server
+    server.stop()
+
+
+def test_four_workers_answer_eight_parallel_clients_without_a_5xx_and_store_each_success(
+        server, module_postgres_url, sample_files):
+    real = [(p.name, p.read_bytes()) for p in sample_files]
+    generated = [(f"gen-{i}.png", encode_image(random_rgb(seed=i, size=64))) for i in range(10)]
+    bad = ("notes.txt", b"this is not an image")
+
+    def request_files(i: int) -> list[tuple[str, bytes]]:
+        if i % 10 == 9:
+            return [bad]
+        if i % 4 == 3:
+            return [real[i % len(real)], generated[i % 10], bad]  # a batch with one bad file
+        if i % 4 == 2:
+            return [real[i % len(real)], real[(i + 1) % len(real)], generated[(i + 3) % 10]]
+        return [(real + generated)[i % (len(real) + len(generated))]]
+
+    def send(i: int) -> tuple[int, dict]:
+        files = [("file", (name, data)) for name, data in request_files(i)]
+        response = requests.post(f"{server.url}/predict", files=files, timeout=60)
+        return response.status_code, response.json()
+
+    before = row_count(module_postgres_url)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(send, range(240)))
+
+    statuses = [status for status, _ in results]
+    assert not [s for s in statuses if s >= 500], server.log()[-3000:]
+    assert set(statuses) == {200, 415}
+    successes = [p for status, body in results if status == 200 for p in body["predictions"] if "error" not in p]
+    failures = [p for _, body in results for p in body["predictions"] if "error" in p]
+    planned = [request_files(i) for i in range(240)]
+    assert len(successes) == sum(f != bad for files in planned for f in files)
+    assert len(failures) == sum(f == bad for files in planned for f in files)
+    assert len({p["prediction_id"] for p in successes}) == len(successes)
+    assert row_count(module_postgres_url) - before == len(successes)
+
+
+def test_each_worker_runs_no_more_threads_than_the_interpreter_needs(server):
+    """No TensorFlow, BLAS or OpenMP pools: the main thread plus the interpreter's threads."""
+    import psutil
+
+    threads = [psutil.Process(pid).num_threads() for pid in server.worker_pids()]
+
+    assert len(threads) == 4
+    assert max(threads) <= 1 + INTERPRETER_THREADS, threads
+
+
+def test_a_new_connection_wakes_one_idle_worker_not_all_four(server):
+    """gunicorn.conf.py's worker accepts with EPOLLEXCLUSIVE; stock sync workers measured ~5 wake-ups."""
+    import http.client
+
+    import psutil
+
+    workers = [psutil.Process(pid) for pid in server.worker_pids()]
+    before = sum(w.num_ctx_switches().voluntary for w in workers)
+    for _ in range(50):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("GET", "/health/live")
+        assert conn.getresponse().read()
+        conn.close()
+        time.sleep(0.01)  # let every worker go idle again
+    wakeups = (sum(w.num_ctx_switches().voluntary for w in workers) - before) / 50
+
+    assert wakeups < 3, wakeups
+
+
+def test_an_oversized_upload_gets_a_json_413_over_a_real_socket(server, module_postgres_url):
+    before = row_count(module_postgres_url)
+
+    response = requests.post(f"{server.url}/predict", files={"file": ("big.jpg", os.urandom(3 * 1024 * 1024))},
+                             timeout=60)
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert row_count(module_postgres_url) == before
+
+
+def test_admin_endpoints_work_through_gunicorn_only_with_the_token(server, module_postgres_url):
+    before = row_count(module_postgres_url)
+    assert before > 0
+
+    refused = requests.post(f"{server.url}/reset_db", headers={"Authorization": "Bearer wrong"}, timeout=30)
+    assert refused.status_code == 401 and row_count(module_postgres_url) == before
+
+    done = requests.post(f"{server.url}/reset_db", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    assert done.json() == {"reset": True, "deleted": before}
+    assert requests.get(f"{server.url}/predictions", timeout=30).json()["total"] == 0
+
+
+def test_a_missing_model_keeps_gunicorn_up_answering_503_without_restarting_workers(tmp_path, sqlite_url):
+    server = Gunicorn({"DATABASE_URL": sqlite_url, "MODEL_PATH": str(tmp_path / "no-such-run")}, workers=2,
+                      log_path=tmp_path / "log")
+    try:
+        server.wait_until_serving(2)
+        pids = server.worker_pids()
+
+        health = requests.get(f"{server.url}/health", timeout=30)
+        predicted = requests.post(f"{server.url}/predict", files={"file": ("a.png", encode_image(random_rgb()))},
+                                  timeout=30)
+        time.sleep(1.0)
+
+        assert health.status_code == 503 and health.json()["model"]["loaded"] is False
+        assert predicted.status_code == 503 and predicted.json()["error"]["code"] == "model_unavailable"
+        assert requests.get(f"{server.url}/health/live", timeout=30).status_code == 200
+        assert server.proc.poll() is None and server.worker_pids() == pids  # no crash loop
+        assert "MODEL NOT LOADED" in server.log() and "no-such-run" in server.log()
+    finally:
+        server.stop()
+
+
+def test_model_url_is_fetched_once_before_the_workers_start(tiny_artifact, tmp_path, sqlite_url):
+    import http.server
+    import tarfile
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+    with tarfile.open(www / "model.tar.gz", "w:gz") as tar:
+        tar.add(tiny_artifact, arcname="run")
+    fetched = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(www), **kwargs)
+
+        def log_message(self, *args):
+            fetched.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    target = tmp_path / "models" / "served"
+    server = Gunicorn({"DATABASE_URL": sqlite_url, "MODEL_PATH": str(target),
+                       "MODEL_URL": f"http://127.0.0.1:{httpd.server_address[1]}/model.tar.gz"}, workers=2,
+                      log_path=tmp_path / "log")
+    try:
+        server.wait_until_serving(2)
+
+        assert requests.get(f"{server.url}/health", timeout=30).json()["model"]["loaded"] is True
+        assert len(fetched) == 1 and "/model.tar.gz" in fetched[0]
+        assert f"[{server.proc.pid}] [INFO] serve: downloading the model artifact" in server.log()  # the master
+        assert (target / "model.json").is_file()
+    finally:
+        server.stop()
+        httpd.shutdown()
+        httpd.server_close()
