@@ -9,7 +9,7 @@ import pytest
 
 from galaxylib.config import SAMPLES_DIR
 
-POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from support import ADMIN_TOKEN, POSTGRES_ADMIN_URL  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -80,14 +80,7 @@ def database_url(request, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
-def random_rgb(seed: int = 0, size: int = 256) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
 # --- serve/ (the REST API): shared by tests/test_api_*.py and tests/test_serve_*.py ---
-
-ADMIN_TOKEN = "test-admin-token-0123456789"
-
 
 @pytest.fixture
 def make_app(tiny_artifact):
@@ -101,27 +94,3 @@ def make_app(tiny_artifact):
         return create_app(Settings(**values))
 
     return make
-
-
-def encode_image(image, fmt: str = "PNG", **save_kwargs) -> bytes:
-    """A PIL image or uint8/uint16 array, encoded as an upload would be."""
-    import io
-
-    from PIL import Image
-
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    buf = io.BytesIO()
-    image.save(buf, format=fmt, **save_kwargs)
-    return buf.getvalue()
-
-
-def row_count(url: str) -> int:
-    """Rows in the predictions table, read straight from the database."""
-    from galaxylib.db import PredictionStore
-
-    store = PredictionStore(url, upgrade=False)
-    try:
-        return store.count()
-    finally:
-        store.engine.dispose()

@@ -11,7 +11,7 @@ import io
 import pytest
 
 import serve.auth
-from conftest import ADMIN_TOKEN, row_count
+from support import ADMIN_TOKEN, row_count
 from galaxylib.db import PredictionStore
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)

@@ -16,7 +16,7 @@ import threading
 import pytest
 from sqlalchemy.engine import make_url
 
-from conftest import row_count
+from support import row_count
 from galaxylib.artifact import SIDECAR, TFLITE_FILE, sha256_of
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from conftest import row_count
+from support import row_count
 
 
 @pytest.fixture

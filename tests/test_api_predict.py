@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_image, random_rgb, row_count
+from support import encode_image, random_rgb, row_count
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.predictor import Predictor
 

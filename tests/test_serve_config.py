@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from conftest import row_count
+from support import row_count
 from galaxylib.artifact import SIDECAR
 from serve.settings import Settings, SettingsError
 

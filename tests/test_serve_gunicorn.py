@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ADMIN_TOKEN, POSTGRES_ADMIN_URL, encode_image, random_rgb, row_count
+from support import ADMIN_TOKEN, POSTGRES_ADMIN_URL, encode_image, random_rgb, row_count
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")

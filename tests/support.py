@@ -1,0 +1,41 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py).
+
+Imported as ``from support import ...``: a module named conftest would clash with
+notebooks/conftest.py under pytest's default import mode.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+ADMIN_TOKEN = "test-admin-token-0123456789"
+
+
+def random_rgb(seed: int = 0, size: int = 256) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def encode_image(image, fmt: str = "PNG", **save_kwargs) -> bytes:
+    """A PIL image or uint8/uint16 array, encoded as an upload would be."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save_kwargs)
+    return buf.getvalue()
+
+
+def row_count(url: str) -> int:
+    """Rows in the predictions table, read straight from the database."""
+    from galaxylib.db import PredictionStore
+
+    store = PredictionStore(url, upgrade=False)
+    try:
+        return store.count()
+    finally:
+        store.engine.dispose()
