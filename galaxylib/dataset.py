@@ -22,9 +22,7 @@ from galaxylib.classes import NUM_CLASSES
 from galaxylib.config import CACHE_DIR
 from galaxylib.preprocessing import decode_image, preprocess_uint8
 
-H5_KEYS = ("images", "ans", "ra", "dec", "redshift", "pxscale")
 CUTOUT_SIZE = 256
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 class DatasetError(ValueError):

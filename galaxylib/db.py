@@ -165,18 +165,15 @@ class PredictionStore:
             return int(s.execute(stmt).scalar_one())
 
     def list(self, flt: PredictionFilter | None = None, limit: int = 50, offset: int = 0,
-             before_id: int | None = None, before: tuple[dt.datetime, int] | None = None,
-             ) -> tuple[list[PredictionRecord], int]:
+             before: tuple[dt.datetime, int] | None = None) -> tuple[list[PredictionRecord], int]:
         """Newest first, with the total matching the filters (ignoring paging).
 
         ``before`` is a keyset cursor, the (created_at, id) of the last row already
-        seen; unlike ``before_id`` it matches the sort order, so rows written by
-        concurrent workers (a later created_at with a smaller id) are not skipped.
+        seen; it matches the sort order, so rows written by concurrent workers
+        (a later created_at with a smaller id) are not skipped.
         """
         clauses = flt.clauses() if flt else []
         stmt = select(PredictionRecord).where(*clauses)
-        if before_id is not None:  # cursor paging: stable while rows are being added
-            stmt = stmt.where(PredictionRecord.id < before_id)
         if before is not None:
             c = PredictionRecord
             stmt = stmt.where(or_(c.created_at < before[0], and_(c.created_at == before[0], c.id < before[1])))

@@ -107,7 +107,3 @@ def compile_model(model, learning_rate: float) -> None:
         metrics=["accuracy"],
     )
 
-
-def base_of(model):
-    """The EfficientNetB0 layers of a built model (they precede the head)."""
-    return [layer for layer in model.layers if not layer.name.startswith(("head_", "probabilities"))]

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from galaxylib.config import DATA_DIR, MODELS_DIR, REPORTS_DIR
+from galaxylib.config import MODELS_DIR, REPORTS_DIR
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "real",
@@ -176,7 +176,3 @@ def write_metrics(paths: RunPaths, **values: Any) -> dict:
     paths.metrics.write_text(json.dumps(current, indent=2))
     return current
 
-
-def data_workdir() -> Path:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    return DATA_DIR

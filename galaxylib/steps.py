@@ -11,7 +11,7 @@ import numpy as np
 
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import DATA_DIR, GZ1_DIR
-from galaxylib.dataset import Galaxy10File, open_galaxy10, resized_cache, resolve_dataset
+from galaxylib.dataset import Galaxy10File, resized_cache, resolve_dataset
 from galaxylib.split import Split, load_split, make_split, save_split
 
 

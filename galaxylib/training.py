@@ -71,43 +71,39 @@ def _augmenter(params: TrainParams):
     return layers
 
 
-class _Batches:
-    """Builds a keras PyDataset over a uint8 array (memmap) by index."""
-
-    @staticmethod
-    def make(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
+def _batches(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
              shuffle: bool, seed: int, sample_weights_by_class: np.ndarray | None = None):
-        import keras
+    """A keras PyDataset over a uint8 array (memmap), read by index one batch at a time."""
+    import keras
 
-        class Seq(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__(workers=1, use_multiprocessing=False)
-                self.rng = np.random.default_rng(seed)
-                self.order = np.array(indices)
-                self.on_epoch_end()
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.rng = np.random.default_rng(seed)
+            self.order = np.array(indices)
+            self.on_epoch_end()
 
-            def __len__(self):
-                return math.ceil(len(indices) / batch_size)
+        def __len__(self):
+            return math.ceil(len(indices) / batch_size)
 
-            def on_epoch_end(self):
-                if sample_weights_by_class is not None:
-                    p = sample_weights_by_class[labels[indices]]
-                    self.order = self.rng.choice(indices, size=len(indices), p=p / p.sum())
-                elif shuffle:
-                    self.order = self.rng.permutation(indices)
+        def on_epoch_end(self):
+            if sample_weights_by_class is not None:  # oversampling: rare classes drawn more often
+                p = sample_weights_by_class[labels[indices]]
+                self.order = self.rng.choice(indices, size=len(indices), p=p / p.sum())
+            elif shuffle:
+                self.order = self.rng.permutation(indices)
 
-            def __getitem__(self, i):
-                batch = np.sort(self.order[i * batch_size:(i + 1) * batch_size])
-                return images[batch].astype(np.float32), labels[batch]
+        def __getitem__(self, i):
+            batch = np.sort(self.order[i * batch_size:(i + 1) * batch_size])  # sorted reads from the memmap
+            return images[batch].astype(np.float32), labels[batch]
 
-        return Seq()
+    return Batches()
 
 
 def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: TrainParams,
                 on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
     """Fit on ``split.train``, select on ``split.val``; returns the Keras history."""
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
@@ -121,8 +117,8 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     elif params.balance != "none":
         raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
 
-    train_seq = _Batches.make(images, labels, split.train, params.batch_size, True, params.seed, oversample)
-    val_seq = _Batches.make(images, labels, split.val, params.batch_size, False, params.seed)
+    train_seq = _batches(images, labels, split.train, params.batch_size, True, params.seed, oversample)
+    val_seq = _batches(images, labels, split.val, params.batch_size, False, params.seed)
 
     size = model.input_shape[1]
     inputs = keras.Input((size, size, 3))
@@ -150,7 +146,6 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
     history = trainer.fit(train_seq, validation_data=val_seq, epochs=int(params.epochs),
                           class_weight=weights, callbacks=callbacks, verbose=2)
-    del tf
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 

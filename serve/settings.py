@@ -28,27 +28,16 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _number(env: Mapping[str, str], name: str, default, minimum, kind=int):
+    """An int or float setting from the environment, with a message naming the variable."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+        what = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from exc
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -98,11 +87,11 @@ class Settings:
             "model_url": env.get("MODEL_URL", "").strip() or None,
             "model_sha256": env.get("MODEL_SHA256", "").strip() or None,
             "admin_token": env.get("ADMIN_TOKEN") or None,
-            "max_upload_mb": _float(env, "MAX_UPLOAD_MB", 16.0, 0.001),
-            "max_batch": _int(env, "MAX_BATCH", 32, 1),
-            "num_threads": _int(env, "GALAXY_NUM_THREADS", cpu_cores(), 1),
-            "forward_batch": _int(env, "GALAXY_FORWARD_BATCH", 8, 1),
-            "db_retry_seconds": _float(env, "DB_RETRY_SECONDS", 2.0, 0.0),
+            "max_upload_mb": _number(env, "MAX_UPLOAD_MB", 16.0, 0.001, float),
+            "max_batch": _number(env, "MAX_BATCH", 32, 1),
+            "num_threads": _number(env, "GALAXY_NUM_THREADS", cpu_cores(), 1),
+            "forward_batch": _number(env, "GALAXY_FORWARD_BATCH", 8, 1),
+            "db_retry_seconds": _number(env, "DB_RETRY_SECONDS", 2.0, 0.0, float),
         }
         if env.get("SECRET_KEY", "").strip():
             kwargs["secret_key"] = env["SECRET_KEY"].strip()

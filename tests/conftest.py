@@ -1,15 +1,13 @@
 """Shared fixtures: real sample cutouts, a tiny real artifact, database URLs."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from galaxylib.config import SAMPLES_DIR
 
-from support import ADMIN_TOKEN, POSTGRES_ADMIN_URL  # noqa: E402
+from support import ADMIN_TOKEN, temporary_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -49,22 +47,8 @@ def tiny_artifact(tmp_path_factory) -> Path:
 @pytest.fixture
 def postgres_url() -> str:
     """A fresh database on the local PostgreSQL; fails (never skips) when it is unreachable."""
-    import uuid
-
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"galaxy_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} and is not reachable: {exc}")
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with temporary_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ also proves that every entry point applies the artifact's contract, not its own.
 """
 import csv
 import io
-import json
 import os
 import subprocess
 import sys

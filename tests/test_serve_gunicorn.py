@@ -11,14 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
 
-from support import ADMIN_TOKEN, POSTGRES_ADMIN_URL, encode_image, random_rgb, row_count
+from support import ADMIN_TOKEN, encode_image, random_rgb, row_count, temporary_postgres_database
 
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
@@ -75,19 +74,8 @@ class Gunicorn:
 @pytest.fixture(scope="module")
 def module_postgres_url():
     """One database for the module's server; fails (never skips) when PostgreSQL is unreachable."""
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"galaxy_test_{uuid.uuid4().hex[:10]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.fail(f"PostgreSQL is required at {POSTGRES_ADMIN_URL} and is not reachable: {exc}")
-    yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with temporary_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

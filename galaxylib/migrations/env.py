@@ -1,6 +1,5 @@
 """Alembic environment: runs on the connection galaxylib.db hands it (or DATABASE_URL)."""
 from alembic import context
-from sqlalchemy import pool
 
 from galaxylib.db import Base, make_engine
 
