@@ -25,7 +25,10 @@ class TrainParams:
     augment_dihedral: bool = True  # the 8 rotations and flips
     augment_brightness: float = 0.1  # +-10 % brightness
     augment_zoom: float = 0.1  # +-10 % zoom
-    lr_schedule: str = "constant"  # "constant" | "cosine" (decays to 0 over `epochs`) | "plateau"
+    # "constant" | "cosine" (decays to 0 over `epochs`) | "plateau" | "cosine_budget" (decays
+    # to 0 over `max_train_minutes` of wall clock, then stops: the schedule completes on a
+    # slow machine too, at the cost of a step count that depends on the machine's speed)
+    lr_schedule: str = "constant"
     max_train_minutes: float = 0  # 0 = no wall-clock cap
     seed: int = 42
 
@@ -71,54 +74,55 @@ def _augmenter(params: TrainParams):
     return layers
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
-             shuffle: bool, seed: int, sample_weights_by_class: np.ndarray | None = None):
-    """A keras PyDataset over a uint8 array (memmap), read by index one batch at a time."""
-    import keras
+def epoch_orders(indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str) -> np.ndarray:
+    """Every epoch's sample order, drawn up front: a fresh permutation per epoch, or
+    (``balance="oversample"``) draws weighted so each class is seen equally often."""
+    rng = np.random.default_rng(seed)
+    indices = np.asarray(indices)
+    if balance == "oversample":
+        counts = np.bincount(labels[indices], minlength=NUM_CLASSES).astype(float)
+        p = 1.0 / counts[labels[indices]]
+        return rng.choice(indices, size=(epochs, len(indices)), p=p / p.sum())
+    return np.stack([rng.permutation(indices) for _ in range(epochs)])
 
-    class Batches(keras.utils.PyDataset):
-        def __init__(self):
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.rng = np.random.default_rng(seed)
-            self.order = np.array(indices)
-            self.on_epoch_end()
 
-        def __len__(self):
-            return math.ceil(len(indices) / batch_size)
+def _dataset(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
+    """A tf.data pipeline over uint8 images already in memory.
 
-        def on_epoch_end(self):
-            if sample_weights_by_class is not None:  # oversampling: rare classes drawn more often
-                p = sample_weights_by_class[labels[indices]]
-                self.order = self.rng.choice(indices, size=len(indices), p=p / p.sum())
-            elif shuffle:
-                self.order = self.rng.permutation(indices)
+    No Python runs per batch (a keras PyDataset ran at half the speed here and once
+    hung between epochs), so the two cores go to the network.
+    """
+    import tensorflow as tf
 
-        def __getitem__(self, i):
-            batch = np.sort(self.order[i * batch_size:(i + 1) * batch_size])  # sorted reads from the memmap
-            return images[batch].astype(np.float32), labels[batch]
-
-    return Batches()
+    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
+    ds = ds.map(lambda i: (tf.cast(tf.gather(images, i), tf.float32), tf.gather(labels, i)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(2)
 
 
 def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: TrainParams,
                 on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
     """Fit on ``split.train``, select on ``split.val``; returns the Keras history."""
     import keras
+    import tensorflow as tf
 
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
-    oversample = None
-    weights = None
-    if params.balance == "class_weight":
-        weights = class_weights(labels[split.train])
-    elif params.balance == "oversample":
-        counts = np.bincount(labels[split.train], minlength=NUM_CLASSES).astype(float)
-        oversample = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-    elif params.balance != "none":
+    if params.balance not in ("class_weight", "oversample", "none"):
         raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
+    weights = class_weights(labels[split.train]) if params.balance == "class_weight" else None
 
-    train_seq = _batches(images, labels, split.train, params.batch_size, True, params.seed, oversample)
-    val_seq = _batches(images, labels, split.val, params.batch_size, False, params.seed)
+    # Only train and val rows are read, once, in index order (cheap on a memmap).
+    used = np.union1d(split.train, split.val)
+    position = np.full(len(labels), -1, dtype=np.int64)
+    position[used] = np.arange(len(used))
+    pixels = tf.constant(np.asarray(images[used]))
+    used_labels = tf.constant(labels[used])
+    epochs = int(params.epochs)
+    steps = math.ceil(len(split.train) / params.batch_size)
+    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance)].reshape(-1)
+    train_ds = _dataset(pixels, used_labels, train_order, params.batch_size)
+    val_ds = _dataset(pixels, used_labels, position[np.asarray(split.val)], params.batch_size)
 
     size = model.input_shape[1]
     inputs = keras.Input((size, size, 3))
@@ -130,9 +134,12 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     if params.lr_schedule == "cosine":
         base_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         optimizer = type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
-            base_lr, decay_steps=len(train_seq) * int(params.epochs)))
-    elif params.lr_schedule not in ("constant", "plateau"):
-        raise ValueError(f"lr_schedule must be constant, cosine or plateau, not {params.lr_schedule!r}")
+            base_lr, decay_steps=steps * epochs))
+    elif params.lr_schedule == "cosine_budget" and not params.max_train_minutes:
+        raise ValueError("lr_schedule cosine_budget needs max_train_minutes > 0")
+    elif params.lr_schedule not in ("constant", "plateau", "cosine_budget"):
+        raise ValueError("lr_schedule must be constant, cosine, cosine_budget or plateau, "
+                         f"not {params.lr_schedule!r}")
     trainer.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
 
     callbacks: list = [keras.callbacks.EarlyStopping(
@@ -140,11 +147,14 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     if params.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=params.monitor, factor=0.3,
                                                            patience=max(1, int(params.patience) // 3), verbose=1))
-    if params.max_train_minutes:
+    if params.lr_schedule == "cosine_budget":
+        callbacks.append(_BudgetCosine(float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                                       params.max_train_minutes * 60))
+    elif params.max_train_minutes:
         callbacks.append(_WallClockStop(params.max_train_minutes * 60))
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
-    history = trainer.fit(train_seq, validation_data=val_seq, epochs=int(params.epochs),
+    history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, shuffle=False,
                           class_weight=weights, callbacks=callbacks, verbose=2)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
@@ -164,6 +174,42 @@ def _WallClockStop(seconds: float):
                 self.model.stop_training = True
 
     return WallClockStop()
+
+
+def _BudgetCosine(base_lr: float, seconds: float):
+    import keras
+
+    class BudgetCosine(keras.callbacks.Callback):
+        """Cosine learning-rate decay over a wall-clock budget, then a stop.
+
+        The budget counts from the start of training (graph tracing included); the
+        decay runs from the end of the first batch, when steps take their steady time.
+        Validation still runs on the cut-short last epoch.
+        """
+
+        def on_train_begin(self, logs=None):
+            self.deadline = time.monotonic() + seconds
+            self.decay_start = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            now = time.monotonic()
+            if self.decay_start is None:
+                lr = base_lr
+            else:
+                span = max(self.deadline - self.decay_start, 1e-9)
+                lr = 0.5 * base_lr * (1 + math.cos(math.pi * min(1.0, (now - self.decay_start) / span)))
+            self.model.optimizer.learning_rate.assign(lr)
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.monotonic()
+            if self.decay_start is None:
+                self.decay_start = now
+            if now >= self.deadline and not self.model.stop_training:
+                print(f"Stopping: the {seconds / 60:.1f}-minute training budget is spent "
+                      "(learning rate decayed to 0).")
+                self.model.stop_training = True
+
+    return BudgetCosine()
 
 
 def predict_probabilities(model, images: np.ndarray, indices: np.ndarray, batch_size: int = 64) -> np.ndarray:

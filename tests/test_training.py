@@ -1,0 +1,56 @@
+"""Training's sample order, class balance and time-budgeted schedule, on tiny data."""
+import numpy as np
+import pytest
+
+from galaxylib.split import make_split
+from galaxylib.training import TrainParams, epoch_orders, train_model
+
+
+def test_each_epoch_visits_every_training_image_once_in_a_new_order():
+    indices = np.arange(10, 40)
+    orders = epoch_orders(indices, np.zeros(50, np.int64), epochs=3, seed=0, balance="class_weight")
+    assert orders.shape == (3, 30)
+    assert all(sorted(order) == list(indices) for order in orders)
+    assert not np.array_equal(orders[0], orders[1])
+
+
+def test_oversampling_draws_a_rare_class_as_often_as_a_common_one():
+    labels = np.array([0] * 95 + [4] * 5)  # class 4 is under 2 % of the real data
+    orders = epoch_orders(np.arange(100), labels, epochs=40, seed=1, balance="oversample")
+    drawn = np.bincount(labels[orders.ravel()], minlength=5)
+    assert drawn[4] / drawn[0] == pytest.approx(1.0, abs=0.1)
+
+
+def _tiny_model(size: int):
+    import keras
+
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def test_the_budget_schedule_decays_the_learning_rate_to_zero_and_stops_on_time():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (200, 16, 16, 3), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 20)
+    split = make_split(labels, "0" * 64, seed=0)
+    model = _tiny_model(16)
+    params = TrainParams(epochs=100_000, batch_size=8, patience=100_000, lr_schedule="cosine_budget",
+                         max_train_minutes=0.1, augment_zoom=0, augment_brightness=0)
+
+    history = train_model(model, images, labels, split, params)
+
+    assert len(history["loss"]) < 100_000 and "val_loss" in history  # stopped by the clock, validated
+    assert float(model.optimizer.learning_rate.numpy()) < 1e-2 * 0.01
+
+
+def test_the_budget_schedule_needs_a_budget():
+    labels = np.repeat(np.arange(10), 20)
+    split = make_split(labels, "0" * 64, seed=0)
+    with pytest.raises(ValueError, match="max_train_minutes"):
+        train_model(_tiny_model(16), np.zeros((200, 16, 16, 3), np.uint8), labels, split,
+                    TrainParams(lr_schedule="cosine_budget", max_train_minutes=0))
