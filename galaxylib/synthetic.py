@@ -738,13 +738,23 @@ def _metadata(meta_seq: np.random.SeedSequence, n: int) -> dict[str, np.ndarray]
     }
 
 
+def _render_one(job: tuple[int, np.random.SeedSequence]) -> np.ndarray:
+    label, seq = job
+    return render_galaxy(int(label), np.random.default_rng(seq), IMAGE_SIZE)
+
+
 def write_synthetic_h5(path: str | os.PathLike[str], n_per_class: int = 100, seed: int = 0,
-                       show_progress: bool = True) -> Path:
+                       show_progress: bool = True, workers: int | None = None) -> Path:
     """Write a stand-in for ``Galaxy10_DECals.h5`` with the real file's keys, dtypes and shapes.
 
-    Written to a temporary file beside ``path`` and renamed at the end, so an interrupted run
-    never leaves a half-written file where a loader would trust it.
+    Rendering is spread over ``workers`` processes (default: every core); each image has
+    its own seed, so the file is the same whatever the worker count. Written to a temporary
+    file beside ``path`` and renamed at the end, so an interrupted run never leaves a
+    half-written file where a loader would trust it.
     """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     import h5py
     from tqdm import tqdm
 
@@ -765,9 +775,23 @@ def write_synthetic_h5(path: str | os.PathLike[str], n_per_class: int = 100, see
             f.create_dataset("ans", data=labels, dtype=np.uint8)
             for key, values in _metadata(meta_seq, n).items():
                 f.create_dataset(key, data=values, dtype=np.float64)
-            rows = tqdm(range(n), desc="synthetic galaxies", unit="img", disable=not show_progress)
-            for i in rows:
-                images[i] = render_galaxy(int(labels[i]), np.random.default_rng(seqs[i]), IMAGE_SIZE)
+            jobs = list(zip(labels.tolist(), seqs))
+            workers = max(1, min(int(workers or os.cpu_count() or 1), n))
+            bar = tqdm(total=n, desc="synthetic galaxies", unit="img", disable=not show_progress)
+            if workers == 1:
+                rendered = map(_render_one, jobs)
+                pool = None
+            else:  # spawn: safe even in a process that has already started TensorFlow's threads
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                rendered = pool.map(_render_one, jobs, chunksize=8)
+            try:
+                for i, image in enumerate(rendered):
+                    images[i] = image
+                    bar.update()
+            finally:
+                bar.close()
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -145,9 +145,17 @@ def test_interrupted_h5_write_leaves_nothing_behind(tmp_path: Path, monkeypatch:
         raise RuntimeError("simulated crash mid-write")
 
     monkeypatch.setattr(synthetic, "render_galaxy", crash)
-    with pytest.raises(RuntimeError):
-        write_synthetic_h5(tmp_path / "Galaxy10_DECals.h5", n_per_class=1, show_progress=False)
+    with pytest.raises(RuntimeError):  # one worker: the patched renderer runs in this process
+        write_synthetic_h5(tmp_path / "Galaxy10_DECals.h5", n_per_class=1, show_progress=False, workers=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_h5_is_the_same_whatever_the_number_of_rendering_processes(tmp_path: Path) -> None:
+    one = write_synthetic_h5(tmp_path / "one.h5", n_per_class=1, seed=5, show_progress=False, workers=1)
+    two = write_synthetic_h5(tmp_path / "two.h5", n_per_class=1, seed=5, show_progress=False, workers=2)
+    with h5py.File(one) as a, h5py.File(two) as b:
+        assert np.array_equal(a["images"][:], b["images"][:])
+        assert np.array_equal(a["ans"][:], b["ans"][:])
 
 
 def test_cigar_shaped_galaxies_are_more_elongated_than_round_ones() -> None:
