@@ -7,6 +7,9 @@ default). The schema is owned by Alembic (``galaxylib/migrations``);
 from __future__ import annotations
 
 import datetime as dt
+import json
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,6 +18,7 @@ from sqlalchemy import (JSON, DateTime, Float, Index, Integer, String, and_, cre
                         func, or_, select, text)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from galaxylib.config import database_url
@@ -131,8 +135,15 @@ class PredictionStore:
         self.engine = engine or make_engine(url)
         self.url = self.engine.url.render_as_string(hide_password=True)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer = _PostgresWriter(self.engine) if self.engine.dialect.name == "postgresql" else None
         if upgrade:
             upgrade_schema(self.engine)
+
+    def close(self) -> None:
+        """Release every connection, the writer's held one included."""
+        if self._writer is not None:
+            self._writer.close()
+        self.engine.dispose()
 
     def session(self) -> Session:
         return self._sessions()
@@ -148,6 +159,10 @@ class PredictionStore:
                                     created_at=r.get("created_at") or utcnow()) for r in rows]
         if not records:
             return []
+        if self._writer is not None:
+            for record, new_id in zip(records, self._writer.insert(records)):
+                record.id = new_id
+            return records
         with self.session() as s, s.begin():
             s.add_all(records)
             s.flush()
@@ -208,3 +223,72 @@ class PredictionStore:
                 conn.execute(text("SELECT pg_advisory_xact_lock(861027)"))
             PredictionRecord.__table__.drop(conn, checkfirst=True)
             PredictionRecord.__table__.create(conn)
+
+
+class _PostgresWriter:
+    """Inserts prediction rows on PostgreSQL over one held connection.
+
+    Every API request writes its rows, so this is the hot path: a prepared
+    ``INSERT ... RETURNING`` on a connection kept checked out (no pool checkout or
+    pre-ping round trip, no ORM unit of work) took the write from ~2 ms to under
+    1 ms (docs/performance.md). One statement in autocommit is atomic: a batch is
+    stored whole or not at all. Durability is PostgreSQL's default
+    (``synchronous_commit``): a row is on disk before its prediction is answered.
+    """
+
+    # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
+    SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
+           "SELECT f, c, p, m, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
+           "%s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, t, n) ORDER BY n RETURNING id")
+    PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._fairy = None  # the pool's wrapper; kept checked out
+        self._last_used = 0.0
+
+    def insert(self, records: list[PredictionRecord]) -> list[int]:
+        params = ([r.filename for r in records], [r.predicted_class for r in records],
+                  [float(r.confidence) for r in records], [json.dumps(r.meta) for r in records],
+                  [r.created_at for r in records])
+        import psycopg
+
+        with self._lock:
+            try:
+                conn = self._connection()
+                rows = conn.execute(self.SQL, params, prepare=True).fetchall()
+            except psycopg.Error as exc:
+                self._drop()
+                raise DBAPIError.instance(self.SQL, None, exc, psycopg.Error) from exc
+            self._last_used = time.monotonic()
+        return sorted(r[0] for r in rows)
+
+    def _connection(self):
+        if self._fairy is not None and time.monotonic() - self._last_used > self.PING_AFTER_IDLE_S:
+            try:  # a read, so a failure here is safe to retry on a new connection
+                self._fairy.driver_connection.execute("SELECT 1")
+            except Exception:
+                self._drop()
+        if self._fairy is None:
+            self._fairy = self.engine.raw_connection()  # the pool pre-pings it
+            self._fairy.driver_connection.autocommit = True
+        return self._fairy.driver_connection
+
+    def _drop(self) -> None:
+        if self._fairy is not None:
+            try:
+                self._fairy.invalidate()
+            except Exception:
+                pass
+            self._fairy = None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fairy is not None:
+                try:
+                    self._fairy.driver_connection.autocommit = False
+                    self._fairy.close()  # back to the pool, which dispose() then closes
+                except Exception:
+                    self._drop()
+                self._fairy = None

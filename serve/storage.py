@@ -17,9 +17,6 @@ from galaxylib.db import PredictionStore, make_engine, upgrade_schema
 from serve.errors import DatabaseUnavailable
 
 log = logging.getLogger("serve")
-# SQLAlchemy's insertmanyvalues page size: up to this many rows are one INSERT statement.
-AUTOCOMMIT_MAX_ROWS = 1000
-
 
 class Database:
     def __init__(self, url: str, retry_seconds: float = 2.0):
@@ -28,7 +25,6 @@ class Database:
         self._schema_ready = False
         self._last_attempt = float("-inf")
         self._store: PredictionStore | None = None
-        self._autocommit: PredictionStore | None = None
         try:
             self._store = PredictionStore(engine=make_engine(url), upgrade=False)
         except Exception as exc:  # a malformed DATABASE_URL or a missing driver
@@ -36,10 +32,6 @@ class Database:
             log.error("DATABASE_URL is not usable (%s: %s); every database call answers 503",
                       type(exc).__name__, reason)
             return
-        if self._store.engine.dialect.name == "postgresql":
-            # Same pool, no BEGIN/COMMIT: see writer().
-            self._autocommit = PredictionStore(
-                engine=self._store.engine.execution_options(isolation_level="AUTOCOMMIT"), upgrade=False)
         self.ensure_schema(force=True)
 
     @property
@@ -77,20 +69,6 @@ class Database:
         if self._store is None or not self.ensure_schema():
             raise DatabaseUnavailable()
         return self._store
-
-    def writer(self, n_rows: int) -> PredictionStore:
-        """The store to insert ``n_rows`` predictions with.
-
-        On PostgreSQL, up to ``AUTOCOMMIT_MAX_ROWS`` rows go through an autocommit
-        connection: the ORM sends them as one multi-row INSERT, which is atomic on
-        its own, so the BEGIN and COMMIT round trips (~0.5 ms together once the
-        server has gone idle during a forward pass) are saved. More rows would be
-        split into several statements, so they get a transaction.
-        """
-        store = self.store()
-        if self._autocommit is not None and n_rows <= AUTOCOMMIT_MAX_ROWS:
-            return self._autocommit
-        return store
 
     def check(self) -> bool:
         """Readiness: the schema is in place and the database answers now."""

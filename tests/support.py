@@ -42,7 +42,7 @@ def row_count(url: str) -> int:
     try:
         return store.count()
     finally:
-        store.engine.dispose()
+        store.close()
 
 
 @contextlib.contextmanager

@@ -63,3 +63,57 @@ def test_reset_empties_the_table_and_keeps_it_usable(database_url):
     store.reset()
     assert store.count() == 0
     assert store.add_many(rows(1))[0].id >= 1
+
+
+def test_a_batch_gets_ids_in_the_order_of_its_rows(database_url):
+    store = PredictionStore(database_url)
+    recs = store.add_many(rows(5))
+    assert [r.id for r in recs] == sorted(r.id for r in recs)
+    assert [store.get(r.id).filename for r in recs] == [f"g{i}.jpg" for i in range(5)]
+
+
+def test_a_write_after_reset_uses_the_new_table(database_url):
+    store = PredictionStore(database_url)
+    store.add_many(rows(2))  # on PostgreSQL this prepares the INSERT on the held connection
+    store.reset()
+    store.add_many(rows(1))
+    assert store.count() == 1
+
+
+def _kill_other_backends(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    engine.dispose()
+
+
+def test_a_write_on_a_lost_connection_fails_cleanly_and_the_next_one_reconnects(postgres_url):
+    from sqlalchemy.exc import OperationalError
+
+    store = PredictionStore(postgres_url)
+    store.add_many(rows(1))
+    _kill_other_backends(postgres_url)  # as a PostgreSQL restart would
+
+    with pytest.raises(OperationalError):
+        store.add_many(rows(1, "Merging"))  # may have been lost in flight: reported, not retried
+    store.add_many(rows(1, "Barred Spiral"))
+
+    assert [r.predicted_class for r in store.list()[0]] == ["Barred Spiral", "Round Smooth"]
+    store.close()
+
+
+def test_an_idle_connection_is_checked_before_a_write(postgres_url, monkeypatch):
+    from galaxylib import db
+
+    store = PredictionStore(postgres_url)
+    store.add_many(rows(1))
+    _kill_other_backends(postgres_url)
+    monkeypatch.setattr(db._PostgresWriter, "PING_AFTER_IDLE_S", 0.0)
+
+    store.add_many(rows(1, "Merging"))  # the ping finds the dead connection; the write goes to a new one
+
+    assert store.count() == 2
+    store.close()

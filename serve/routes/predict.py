@@ -141,7 +141,7 @@ def predict():
             "batch_size": len(decoded),
         },
     } for d, p in zip(decoded, predictions)]
-    records = rt.db.writer(len(rows)).add_many(rows)  # atomic; a failure is a 503, nothing returned
+    records = rt.db.store().add_many(rows)  # atomic; a failure is a 503, nothing returned
 
     for d, p, record in zip(decoded, predictions, records):
         created = record.as_dict()["created_at"]

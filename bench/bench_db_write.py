@@ -1,0 +1,96 @@
+"""Benchmark: storing one prediction on PostgreSQL right after a forward pass.
+
+The API answers a prediction only once its row is stored, so this write sits on
+every request's critical path. Compares, in alternating rounds (background load
+hits both alike), the shipped ``PredictionStore.add_many`` (a prepared INSERT on a
+held connection) with the ORM unit of work on a pooled, pre-pinged connection that
+it replaced. Each write follows a real forward pass of the served model, as in the
+server: the database backend has gone idle and the caches are cold.
+
+    python bench/bench_db_write.py                       # models/bench-224, 300 rounds
+    python bench/bench_db_write.py --model models/<run>
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_serve import make_database  # noqa: E402
+from bench.build_artifact import BENCH_DIR, ensure_bench_artifact  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help=f"artifact folder (default: build {BENCH_DIR})")
+    parser.add_argument("--postgres", default=os.environ.get(
+        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="an admin URL; the bench creates and drops its own database")
+    parser.add_argument("--rounds", type=int, default=300)
+    args = parser.parse_args()
+
+    from sqlalchemy.orm import sessionmaker
+
+    from galaxylib.db import PredictionRecord, PredictionStore, utcnow
+    from galaxylib.predictor import Predictor
+
+    model_dir = args.model or ensure_bench_artifact()
+    predictor = Predictor(model_dir)
+    batch = np.random.default_rng(0).uniform(0, 255, (1, predictor.image_size, predictor.image_size, 3))
+    batch = batch.astype(np.float32)
+    probabilities = predictor.to_prediction(predictor.predict_arrays(batch)[0]).probabilities
+    row = {"filename": "g10_bench.jpg", "predicted_class": "Round Smooth", "confidence": 0.5,
+           "metadata": {"model_version": predictor.model_version, "sha256": "0" * 64, "size_bytes": 12811,
+                        "probabilities": probabilities, "latency_ms": {"inference": 6.5}}}
+
+    url, drop = make_database(args.postgres)
+    try:
+        store = PredictionStore(url)
+        sessions = sessionmaker(store.engine, expire_on_commit=False)
+
+        def shipped() -> None:
+            store.add_many([row])
+
+        def orm_pooled() -> None:  # the previous path: pool checkout (pre-ping), ORM flush, COMMIT
+            record = PredictionRecord(filename=row["filename"], predicted_class=row["predicted_class"],
+                                      confidence=row["confidence"], meta=row["metadata"], created_at=utcnow())
+            with sessions() as s, s.begin():
+                s.add(record)
+                s.flush()
+
+        variants = {"PredictionStore.add_many (held connection, prepared)": shipped,
+                    "ORM session on a pooled connection (before)": orm_pooled}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, write in variants.items():
+                predictor.predict_arrays(batch)
+                started = time.perf_counter()
+                write()
+                times[name].append((time.perf_counter() - started) * 1e3)
+        rows = store.count()
+        store.close()
+    finally:
+        drop()
+
+    print(f"one-row write after a forward pass, {args.rounds} rounds, load average "
+          f"{os.getloadavg()[0]:.2f}")
+    p50 = {}
+    for name, values in times.items():
+        p50[name] = statistics.median(values)
+        print(f"  {name:55s} p50 {p50[name]:.3f} ms  p99 {np.percentile(values, 99):.3f} ms")
+    shipped_p50, before_p50 = p50.values()
+    print(f"  ratio shipped / before: {shipped_p50 / before_p50:.2f}; rows stored: {rows} "
+          f"(expected {2 * args.rounds})")
+    return 0 if rows == 2 * args.rounds else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
