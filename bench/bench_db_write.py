@@ -12,7 +12,6 @@ server: the database backend has gone idle and the caches are cold.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -24,16 +23,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_serve import make_database  # noqa: E402
-from bench.build_artifact import BENCH_DIR, ensure_bench_artifact  # noqa: E402
+from bench.bench_serve import make_database, model_and_database_arguments  # noqa: E402
+from bench.build_artifact import ensure_bench_artifact  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help=f"artifact folder (default: build {BENCH_DIR})")
-    parser.add_argument("--postgres", default=os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-        help="an admin URL; the bench creates and drops its own database")
+    parser = model_and_database_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=300)
     args = parser.parse_args()
 

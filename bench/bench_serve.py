@@ -165,12 +165,18 @@ def make_database(admin_url: str) -> tuple[str, callable]:
     return admin_url.rsplit("/", 1)[0] + "/" + name, drop
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def model_and_database_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every bench shares: which artifact, and which PostgreSQL to borrow."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help=f"artifact folder (default: build {BENCH_DIR})")
     parser.add_argument("--postgres", default=os.environ.get(
         "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help="an admin URL; the bench creates and drops its own database")
+    return parser
+
+
+def main() -> int:
+    parser = model_and_database_arguments(__doc__)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None,
                         help="GALAXY_NUM_THREADS for the workers and the bare forward (default: all cores)")

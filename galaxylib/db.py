@@ -230,8 +230,8 @@ class _PostgresWriter:
 
     Every API request writes its rows, so this is the hot path: a prepared
     ``INSERT ... RETURNING`` on a connection kept checked out (no pool checkout or
-    pre-ping round trip, no ORM unit of work) took the write from ~2 ms to under
-    1 ms (docs/performance.md). One statement in autocommit is atomic: a batch is
+    pre-ping round trip, no ORM unit of work) about halves the write
+    (``bench/bench_db_write.py``, docs/performance.md). One statement in autocommit is atomic: a batch is
     stored whole or not at all. Durability is PostgreSQL's default
     (``synchronous_commit``): a row is on disk before its prediction is answered.
     """
@@ -243,6 +243,9 @@ class _PostgresWriter:
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
 
     def __init__(self, engine: Engine):
+        import psycopg  # the PostgreSQL driver; only needed when the database is PostgreSQL
+
+        self._driver_error = psycopg.Error
         self.engine = engine
         self._lock = threading.Lock()
         self._fairy = None  # the pool's wrapper; kept checked out
@@ -252,15 +255,13 @@ class _PostgresWriter:
         params = ([r.filename for r in records], [r.predicted_class for r in records],
                   [float(r.confidence) for r in records], [json.dumps(r.meta) for r in records],
                   [r.created_at for r in records])
-        import psycopg
-
         with self._lock:
             try:
                 conn = self._connection()
                 rows = conn.execute(self.SQL, params, prepare=True).fetchall()
-            except psycopg.Error as exc:
+            except self._driver_error as exc:
                 self._drop()
-                raise DBAPIError.instance(self.SQL, None, exc, psycopg.Error) from exc
+                raise DBAPIError.instance(self.SQL, None, exc, self._driver_error) from exc
             self._last_used = time.monotonic()
         return sorted(r[0] for r in rows)
 

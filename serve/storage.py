@@ -18,6 +18,7 @@ from serve.errors import DatabaseUnavailable
 
 log = logging.getLogger("serve")
 
+
 class Database:
     def __init__(self, url: str, retry_seconds: float = 2.0):
         self.retry_seconds = retry_seconds

