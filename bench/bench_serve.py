@@ -64,7 +64,8 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
     return b"".join(chunks), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
-def post(port: int, body: bytes, headers: dict[str, str], path: str = "/predict") -> tuple[int, bytes, float]:
+def post(port: int, body: bytes, headers: dict[str, str], path: str = "/predict") -> tuple[int, bytes, float, str]:
+    """Status, body, seconds from connect to the last byte, and the Server-Timing header."""
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
@@ -73,7 +74,17 @@ def post(port: int, body: bytes, headers: dict[str, str], path: str = "/predict"
         payload = response.read()
     finally:
         conn.close()
-    return response.status, payload, time.perf_counter() - started
+    return response.status, payload, time.perf_counter() - started, response.getheader("Server-Timing", "")
+
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'read;dur=0.3, decode;dur=1.2' -> {'read': 0.3, 'decode': 1.2} (milliseconds)."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name and dur:
+            out[name] = float(dur)
+    return out
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -228,13 +239,16 @@ def main() -> int:
         single_body = multipart([(single_file.name, single_file.read_bytes())])
         batch_body = multipart([(f.name, f.read_bytes()) for f in batch_files])
         stored = 0
+        single_timings: list[dict[str, float]] = []
 
         def served(body: tuple[bytes, dict], expect: int) -> float:
             nonlocal stored
-            status, payload, seconds = post(server.port, *body)
+            status, payload, seconds, timing = post(server.port, *body)
             if status != 200 or len(json.loads(payload)["predictions"]) != expect:
                 raise RuntimeError(f"POST /predict answered {status}: {payload[:300]!r}")
             stored += expect
+            if expect == 1:
+                single_timings.append({**parse_server_timing(timing), "client": seconds * 1e3})
             return seconds
 
         # Warm every worker at both batch sizes: concurrent requests spread over the workers.
@@ -244,6 +258,7 @@ def main() -> int:
                 list(pool.map(lambda _: served(single_body, 1), range(args.workers * 3)))
 
         bare_single, served_single, bare_batch, bare_chunked, served_batch = [], [], [], [], []
+        single_timings.clear()  # keep the measured rounds only
         for _ in range(args.rounds):
             bare_single += [bare(x1) for _ in range(args.singles_per_round)]
             served_single += [served(single_body, 1) for _ in range(args.singles_per_round)]
@@ -251,6 +266,7 @@ def main() -> int:
             bare_chunked += [bare(xb, args.forward_batch) for _ in range(args.batches_per_round)]
             served_batch += [served(batch_body, args.batch_size) for _ in range(args.batches_per_round)]
 
+        measured_timings = list(single_timings)
         # (c) informational: many clients at once, single images.
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent_clients) as pool:
@@ -271,6 +287,7 @@ def main() -> int:
     bb, sb = statistics.median(bare_batch), statistics.median(served_batch)
     bc = statistics.median(bare_chunked)
     figures = {
+        "single_breakdown_p50_ms": breakdown(measured_timings),
         "model": str(model), "image_size": predictor.image_size, "threads": threads,
         "workers": args.workers, "cpu_cores": cpu_cores(), "batch_size": args.batch_size,
         "bare_single_p50_ms": b1 * 1e3, "bare_single_p99_ms": pct(bare_single, 99),
@@ -293,6 +310,18 @@ def main() -> int:
     return 0
 
 
+def breakdown(timings: list[dict[str, float]]) -> dict[str, float]:
+    """Medians of each Server-Timing part of the single-image requests, plus what lies outside
+    the Flask view (gunicorn, HTTP, the client) and the app's own code outside the named parts."""
+    if not timings or "app" not in timings[0]:
+        return {}
+    parts = [k for k in timings[0] if k not in ("app", "client")]
+    out = {k: statistics.median(t[k] for t in timings) for k in parts}
+    out["rest_of_view"] = statistics.median(t["app"] - sum(t[k] for k in parts) for t in timings)
+    out["outside_view"] = statistics.median(t["client"] - t["app"] for t in timings)
+    return out
+
+
 def report(f: dict) -> str:
     ok = lambda passed: "MET" if passed else "NOT MET"  # noqa: E731
     return "\n".join([
@@ -306,6 +335,8 @@ def report(f: dict) -> str:
         f"    bare forward, {f['batch_size']} in passes of {f['forward_batch']}  p50 {f['bare_chunked_p50_ms']:8.2f} ms   "
         f"= {f['batch_size'] / f['bare_chunked_p50_ms'] * 1e3:.1f} images/s (what a worker runs)",
         f"(b) POST /predict, 1 image     p50 {f['served_single_p50_ms']:8.2f} ms   p99 {f['served_single_p99_ms']:8.2f} ms",
+        "    where it goes (medians, ms, from the Server-Timing header): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in f["single_breakdown_p50_ms"].items()),
         f"    POST /predict, batch of {f['batch_size']} p50 {f['served_batch_p50_ms']:8.2f} ms   "
         f"= {f['served_batch_images_per_s']:.1f} images/s",
         f"(c) {f['concurrent_clients']} concurrent clients, 1 image each: {f['concurrent_images_per_s']:.1f} images/s "

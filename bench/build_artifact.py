@@ -1,7 +1,9 @@
-"""Build (once) an untrained 224 px EfficientNetB0 artifact for timing.
+"""Build (once) an untrained artifact with the production preprocessing, for timing.
 
 Untrained weights run exactly the same operations as trained ones, so they time the
-same; the artifact is cached under models/bench-224 (git-ignored).
+same. Image size and crop come from configs/production.yaml, so the benches time
+what production serves; the artifact is cached under models/bench-224 (git-ignored)
+and rebuilt when the production preprocessing changes.
 """
 from __future__ import annotations
 
@@ -9,18 +11,29 @@ import os
 import sys
 from pathlib import Path
 
-from galaxylib.config import MODELS_DIR
+from galaxylib.config import MODELS_DIR, PROJECT_ROOT
 
 BENCH_DIR = MODELS_DIR / "bench-224"
+PRODUCTION_CONFIG = PROJECT_ROOT / "configs" / "production.yaml"
 
 
-def ensure_bench_artifact(run_dir: Path = BENCH_DIR, image_size: int = 224) -> Path:
-    """Return a valid artifact folder, building it (TensorFlow, ~1 min) only when absent."""
+def production_preprocessing() -> tuple[int, float]:
+    """(image_size, crop) of configs/production.yaml."""
+    from galaxylib.pipeline import load_config
+
+    config = load_config(PRODUCTION_CONFIG)
+    return int(config["image_size"]), float(config["crop"])
+
+
+def ensure_bench_artifact(run_dir: Path = BENCH_DIR) -> Path:
+    """Return a valid artifact folder, building it (TensorFlow, ~1 min) only when absent or stale."""
     from galaxylib.artifact import ArtifactError, read_artifact
 
+    image_size, crop = production_preprocessing()
     try:
-        read_artifact(run_dir)
-        return run_dir
+        artifact = read_artifact(run_dir)
+        if (artifact.image_size, artifact.crop) == (image_size, crop):
+            return run_dir
     except ArtifactError:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -33,7 +46,7 @@ def ensure_bench_artifact(run_dir: Path = BENCH_DIR, image_size: int = 224) -> P
     model = build_model(ModelParams(image_size=image_size, weights="none", trainable_layers="all",
                                     freeze_batchnorm=False))
     save_artifact(model, run_dir, run_name=run_dir.name, dataset={"name": "none", "sha256": "0" * 64},
-                  split={}, params={"image_size": image_size}, synthetic=True)
+                  split={}, params={"image_size": image_size}, synthetic=True, crop=crop)
     return run_dir
 
 

@@ -237,9 +237,13 @@ class _PostgresWriter:
     """
 
     # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
-    SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
+    MANY_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
            "SELECT f, c, p, m, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
            "%s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, t, n) ORDER BY n RETURNING id")
+    # One row, the API's common case: plain VALUES is ~0.4 ms quicker than unnest
+    # (docs/performance.md).
+    ONE_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
+               "VALUES (%s, %s, %s, %s::jsonb, %s) RETURNING id")
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
 
     def __init__(self, engine: Engine):
@@ -252,16 +256,21 @@ class _PostgresWriter:
         self._last_used = 0.0
 
     def insert(self, records: list[PredictionRecord]) -> list[int]:
-        params = ([r.filename for r in records], [r.predicted_class for r in records],
-                  [float(r.confidence) for r in records], [json.dumps(r.meta) for r in records],
-                  [r.created_at for r in records])
+        if len(records) == 1:
+            r = records[0]
+            sql, params = self.ONE_SQL, (r.filename, r.predicted_class, float(r.confidence),
+                                         json.dumps(r.meta), r.created_at)
+        else:
+            sql, params = self.MANY_SQL, ([r.filename for r in records], [r.predicted_class for r in records],
+                                          [float(r.confidence) for r in records],
+                                          [json.dumps(r.meta) for r in records], [r.created_at for r in records])
         with self._lock:
             try:
                 conn = self._connection()
-                rows = conn.execute(self.SQL, params, prepare=True).fetchall()
+                rows = conn.execute(sql, params, prepare=True).fetchall()
             except self._driver_error as exc:
                 self._drop()
-                raise DBAPIError.instance(self.SQL, None, exc, self._driver_error) from exc
+                raise DBAPIError.instance(sql, None, exc, self._driver_error) from exc
             self._last_used = time.monotonic()
         return sorted(r[0] for r in rows)
 

@@ -93,6 +93,16 @@ def test_a_real_cutout_is_classified_and_stored_with_its_metadata(client, db_url
     assert row_count(db_url) == 1
 
 
+def test_the_response_says_where_its_time_went_in_a_server_timing_header(client, cutout):
+    response = post(client, cutout)
+
+    parts = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))
+    durations = {name: float(ms) for name, ms in parts.items()}
+    assert list(durations) == ["read", "decode", "forward", "store", "app"]
+    assert all(ms > 0 for ms in durations.values())
+    assert durations["app"] >= durations["decode"] + durations["forward"] + durations["store"]
+
+
 def test_the_api_gives_the_same_probabilities_as_the_predictor_on_the_same_file(client, sample_files,
                                                                                   tiny_artifact):
     """One preprocessing path: the API and predict.sh/the dashboard see identical tensors."""

@@ -97,3 +97,17 @@ def test_a_centre_crop_keeps_the_middle_of_the_cutout_before_resizing(sample_fil
     raw = sample_files[0].read_bytes()
     np.testing.assert_array_equal(load_image(raw, 64, crop=0.65),
                                   preprocess_image(np.asarray(img), 64, crop=0.65))
+
+
+def test_the_production_crop_feeds_the_central_224_pixels_of_a_cutout_unresampled(sample_files):
+    """configs/production.yaml: 224 px at crop 0.875 is a pure crop of a 256 px cutout (no resize)."""
+    from galaxylib.config import PROJECT_ROOT
+    from galaxylib.pipeline import load_config
+
+    config = load_config(PROJECT_ROOT / "configs" / "production.yaml")
+    pixels = np.asarray(decode_image(sample_files[0]))
+
+    model_input = load_image(sample_files[0], config["image_size"], crop=config["crop"])
+
+    assert pixels.shape == (256, 256, 3)
+    np.testing.assert_array_equal(model_input, pixels[16:240, 16:240].astype(np.float32))

@@ -100,6 +100,7 @@ def predict():
     started = time.perf_counter()
     rt = runtime()
     uploads = collect_uploads(rt.settings.max_batch)
+    read_ms = (time.perf_counter() - started) * 1e3
     predictor = rt.require_model()
     rt.db.store()  # 503 now, before any work, if the database is known to be down
 
@@ -141,7 +142,9 @@ def predict():
             "batch_size": len(decoded),
         },
     } for d, p in zip(decoded, predictions)]
+    store_started = time.perf_counter()
     records = rt.db.store().add_many(rows)  # atomic; a failure is a 503, nothing returned
+    store_ms = (time.perf_counter() - store_started) * 1e3
 
     for d, p, record in zip(decoded, predictions, records):
         created = record.as_dict()["created_at"]
@@ -155,7 +158,20 @@ def predict():
             "model_version": p.model_version,
             "timestamp": created,
         }
-    return jsonify({"predictions": results})
+    response = jsonify({"predictions": results})
+    timings = {"read": read_ms, "decode": sum(d.decode_ms for d in decoded), "forward": inference_ms,
+               "store": store_ms, "app": (time.perf_counter() - started) * 1e3}
+    response.headers["Server-Timing"] = server_timing(timings)
+    return response
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The W3C Server-Timing header: where the request's time went inside the app.
+
+    Browsers' developer tools show it, and bench/bench_serve.py splits the
+    overhead over the bare forward pass with it.
+    """
+    return ", ".join(f"{name};dur={ms:.3f}" for name, ms in timings.items())
 
 
 def forward(arrays: list[np.ndarray], rt: Runtime) -> np.ndarray:
