@@ -34,8 +34,9 @@ class ModelParams:
     # EfficientNet's stochastic depth (Keras: 0.2, scaled per block). None keeps it;
     # 0 switches it off, which speeds up short from-scratch runs.
     drop_connect_rate: float | None = None
-    # From scratch only: start each residual block as the identity (the last BatchNormalization
-    # of the block has gamma 0), which speeds up the first epochs of training (Goyal et al. 2017).
+    # From scratch (weights "none") only, ignored otherwise: each residual block starts as the
+    # identity (the last BatchNormalization of its branch has gamma 0), which speeds up the
+    # first epochs of training (Goyal et al. 2017; docs/training.md).
     zero_init_residual: bool = False
 
     @classmethod
@@ -78,9 +79,7 @@ def build_model(params: ModelParams):
         blocks = [l for l in base.layers if isinstance(l, keras.layers.Dropout) and l.name.endswith("_drop")]
         for i, layer in enumerate(blocks):  # Keras scales the rate linearly with block depth
             layer.rate = float(params.drop_connect_rate) * (i + 1) / len(blocks)
-    if params.zero_init_residual:
-        if weights is not None:
-            raise ValueError("zero_init_residual is for training from scratch (weights: none)")
+    if params.zero_init_residual and weights is None:  # pretrained branches are kept as trained
         for layer in base.layers:
             if layer.name.endswith("_add"):  # blockNx_add joins the residual branch
                 bn = base.get_layer(layer.name[:-len("add")] + "project_bn")

@@ -54,6 +54,34 @@ def test_a_missing_weights_file_is_a_clear_error(tmp_path):
         build_model(ModelParams(image_size=32, weights=str(tmp_path / "nope.h5")))
 
 
+def test_zero_init_residual_starts_every_residual_block_as_the_identity():
+    """From scratch, each block that adds its input back starts with its branch switched off."""
+    import keras
+
+    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all",
+                                    freeze_batchnorm=False, zero_init_residual=True))
+    adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    last_bn_of_branch = [model.get_layer(name.replace("_add", "_project_bn")) for name in adds]
+
+    assert len(adds) == 9  # EfficientNetB0's blocks with an identity shortcut
+    assert all(not np.any(bn.gamma.numpy()) for bn in last_bn_of_branch)
+    assert np.all(model.get_layer("block1a_project_bn").gamma.numpy() == 1.0)  # no shortcut: untouched
+
+
+def test_zero_init_residual_leaves_pretrained_weights_as_they_are(tmp_path):
+    import keras
+
+    donor = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    donor.save_weights(path)
+
+    model = build_model(ModelParams(image_size=32, weights=str(path), zero_init_residual=True))
+
+    for name in ("block2b_project_bn", "block7a_project_bn"):
+        np.testing.assert_array_equal(model.get_layer(name).gamma.numpy(), donor.get_layer(name).gamma.numpy())
+    assert np.any(model.get_layer("block2b_project_bn").gamma.numpy())
+
+
 def test_the_artifact_round_trips_with_its_sidecar(tiny_artifact):
     artifact = read_artifact(tiny_artifact, need_keras=True)
     assert artifact.sidecar["class_names"] == list(CLASS_NAMES)

@@ -1,0 +1,66 @@
+"""Train the quick config with overrides and print its test accuracy: for comparing settings.
+
+Runs the same steps as ./train.sh (galaxylib.steps.prepare_data and steps.train) without the
+notebooks, evaluates the Keras model on the test split, and prints one JSON line with the
+test accuracy, macro-F1, epochs run and the accuracy curves. Keys as in ``train.sh -p``:
+
+    python bench/train_ablation.py base                                    # configs/quick.yaml as is
+    python bench/train_ablation.py zero-init-off model.zero_init_residual=false
+    python bench/train_ablation.py px48 image_size=48 --dataset synthetic
+
+The model goes to /tmp/galaxy-ablation/<name>; nothing is written under models/ or reports/.
+With a wall-clock budget (cosine_budget), run one at a time on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--config", default=str(REPO / "configs" / "quick.yaml"))
+    parser.add_argument("--dataset", default="synthetic")
+    args = parser.parse_args()
+
+    from galaxylib import steps
+    from galaxylib.dataset import resized_cache
+    from galaxylib.metrics import evaluate
+    from galaxylib.pipeline import load_config, parse_value
+    from galaxylib.training import predict_probabilities
+
+    overrides = {"dataset": args.dataset}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"{item!r} is not KEY=VALUE")
+        overrides[key] = parse_value(value)
+    config = load_config(args.config, overrides)
+    data, split, _ = steps.prepare_data(config, show_progress=False)
+    started = time.monotonic()
+    result = steps.train(config, data, split, run_name=args.name,
+                         model_dir=Path("/tmp/galaxy-ablation") / args.name, show_progress=False)
+    train_seconds = time.monotonic() - started
+    images = resized_cache(data, int(config["image_size"]), crop=float(config["crop"]), show_progress=False)
+    labels = data.labels()
+    test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test))
+    history = result["history"]
+    print(json.dumps({
+        "name": args.name, "overrides": overrides, "test_accuracy": round(test["accuracy"], 4),
+        "test_macro_f1": round(test["macro_f1"], 4), "val_accuracy": round(result["val"]["accuracy"], 4),
+        "epochs": len(history["loss"]), "train_seconds": round(train_seconds),
+        "accuracy": [round(x, 3) for x in history["accuracy"]],
+        "val_accuracy_curve": [round(x, 3) for x in history["val_accuracy"]]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
