@@ -1,0 +1,130 @@
+"""Benchmark: the floor under POST /predict's overhead on this machine.
+
+What a request costs before the app does anything, and what a durable write costs:
+  - a round trip through ``gunicorn -w 4`` (the shipped worker class, one upload per new
+    connection, 10 ms apart) to a bare WSGI function and to a one-line Flask view;
+  - on PostgreSQL, after an 8 ms idle gap: ``SELECT 1``, and the one-row prediction INSERT with
+    the default ``synchronous_commit`` and with it off (the WAL flush it saves is what makes a
+    row durable before its answer, so the server keeps it on).
+
+    python bench/bench_floor.py
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.bench_serve import free_port, make_database, multipart, post  # noqa: E402
+from galaxylib.config import SAMPLES_DIR  # noqa: E402
+
+APPS = '''
+from flask import Flask, jsonify, request
+
+def bare(environ, start_response):
+    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    body = b'{"predictions": [{"x": 1}]}'
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+flask_app = Flask(__name__)
+
+@flask_app.post("/predict")
+def view():
+    request.get_data()
+    return jsonify({"predictions": [{"x": 1}]})
+'''
+
+
+def http_floor(rounds: int) -> dict[str, float]:
+    sample = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
+    body = multipart([(sample.name, sample.read_bytes())])
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "floor_apps.py").write_text(APPS)
+        env = {**os.environ, "PYTHONPATH": f"{tmp}:{REPO}"}
+        servers = {}
+        for name, target in (("bare WSGI function", "floor_apps:bare"), ("one-line Flask view", "floor_apps:flask_app")):
+            port = free_port()
+            servers[name] = (port, subprocess.Popen(
+                [str(gunicorn), "-w", "4", "-k", "serve.gunicorn_worker.ExclusiveAcceptWorker",
+                 "-b", f"127.0.0.1:{port}", target], cwd=tmp, env=env, stderr=subprocess.DEVNULL,
+                start_new_session=True))
+        try:
+            time.sleep(3)
+            times: dict[str, list[float]] = {name: [] for name in servers}
+            for _ in range(rounds):
+                for name, (port, _) in servers.items():
+                    time.sleep(0.01)
+                    status, _, seconds, _ = post(port, *body)
+                    if status != 200:
+                        raise RuntimeError(f"{name} answered {status}")
+                    times[name].append(seconds * 1e3)
+        finally:
+            for _, proc in servers.values():
+                os.killpg(proc.pid, signal.SIGTERM)
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
+    import psycopg
+
+    from galaxylib.db import PredictionStore, _PostgresWriter
+
+    url, drop = make_database(admin_url)
+    try:
+        PredictionStore(url).close()  # the schema
+        conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        meta = json.dumps({"model_version": "bench", "sha256": "0" * 64, "size_bytes": 12811,
+                           "probabilities": {f"class {i}": 0.1 for i in range(10)}})
+        params = ("g.jpg", "Round Smooth", 0.5, meta, dt.datetime.now(dt.timezone.utc))
+        variants = {"SELECT 1": lambda: conn.execute("SELECT 1", prepare=True).fetchall(),
+                    "one-row INSERT, synchronous_commit on (shipped)":
+                        lambda: conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()}
+        times: dict[str, list[float]] = {name: [] for name in variants}
+        times["one-row INSERT, synchronous_commit off"] = []
+        for _ in range(rounds):
+            for name, run in variants.items():
+                time.sleep(0.008)
+                started = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - started) * 1e3)
+        conn.execute("SET synchronous_commit = off")
+        for _ in range(rounds):
+            time.sleep(0.008)
+            started = time.perf_counter()
+            conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()
+            times["one-row INSERT, synchronous_commit off"].append((time.perf_counter() - started) * 1e3)
+        conn.close()
+    finally:
+        drop()
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--postgres", default=os.environ.get(
+        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="an admin URL; the bench creates and drops its own database")
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} requests or writes, ms")
+    for name, ms in {**http_floor(args.rounds), **database_floor(args.postgres, args.rounds)}.items():
+        print(f"  {name:50s} {ms:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
