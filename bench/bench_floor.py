@@ -1,11 +1,11 @@
-"""Benchmark: the floor under POST /predict's overhead on this machine.
+"""Benchmark: what the transport and a durable write cost on this machine, apart from the app.
 
-What a request costs before the app does anything, and what a durable write costs:
-  - a round trip through ``gunicorn -w 4`` (the shipped worker class, one upload per new
-    connection, 10 ms apart) to a bare WSGI function and to a one-line Flask view;
+Measured separately from bench/bench_serve.py, in alternating rounds:
+  - a round trip through ``gunicorn -w 4`` (the worker class gunicorn.conf.py picks, one upload
+    per new connection, 10 ms apart) to a bare WSGI function and to a one-line Flask view;
   - on PostgreSQL, after an 8 ms idle gap: ``SELECT 1``, and the one-row prediction INSERT with
-    the default ``synchronous_commit`` and with it off (the WAL flush it saves is what makes a
-    row durable before its answer, so the server keeps it on).
+    the default ``synchronous_commit`` and, on a second connection, with it off (the WAL flush
+    it saves is what makes a row durable before its answer, so the server keeps it on).
 
     python bench/bench_floor.py
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import select
 import signal
 import statistics
 import subprocess
@@ -46,6 +47,18 @@ def view():
 '''
 
 
+def wait_until_answering(port: int, body: tuple[bytes, dict], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if post(port, *body)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gunicorn on port {port} did not answer within {timeout:.0f} s")
+
+
 def http_floor(rounds: int) -> dict[str, float]:
     sample = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
     body = multipart([(sample.name, sample.read_bytes())])
@@ -54,14 +67,16 @@ def http_floor(rounds: int) -> dict[str, float]:
         (Path(tmp) / "floor_apps.py").write_text(APPS)
         env = {**os.environ, "PYTHONPATH": f"{tmp}:{REPO}"}
         servers = {}
+        worker = ("serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE")
+                  else "sync")  # as gunicorn.conf.py
         for name, target in (("bare WSGI function", "floor_apps:bare"), ("one-line Flask view", "floor_apps:flask_app")):
             port = free_port()
             servers[name] = (port, subprocess.Popen(
-                [str(gunicorn), "-w", "4", "-k", "serve.gunicorn_worker.ExclusiveAcceptWorker",
-                 "-b", f"127.0.0.1:{port}", target], cwd=tmp, env=env, stderr=subprocess.DEVNULL,
-                start_new_session=True))
+                [str(gunicorn), "-w", "4", "-k", worker, "-b", f"127.0.0.1:{port}", target],
+                cwd=tmp, env=env, stderr=subprocess.DEVNULL, start_new_session=True))
         try:
-            time.sleep(3)
+            for port, _ in servers.values():
+                wait_until_answering(port, body)
             times: dict[str, list[float]] = {name: [] for name in servers}
             for _ in range(rounds):
                 for name, (port, _) in servers.items():
@@ -73,6 +88,8 @@ def http_floor(rounds: int) -> dict[str, float]:
         finally:
             for _, proc in servers.values():
                 os.killpg(proc.pid, signal.SIGTERM)
+            for _, proc in servers.values():
+                proc.wait(20)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -85,27 +102,25 @@ def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
     try:
         PredictionStore(url).close()  # the schema
         conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        unsafe = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
+        unsafe.execute("SET synchronous_commit = off")
         meta = json.dumps({"model_version": "bench", "sha256": "0" * 64, "size_bytes": 12811,
                            "probabilities": {f"class {i}": 0.1 for i in range(10)}})
         params = ("g.jpg", "Round Smooth", 0.5, meta, dt.datetime.now(dt.timezone.utc))
         variants = {"SELECT 1": lambda: conn.execute("SELECT 1", prepare=True).fetchall(),
                     "one-row INSERT, synchronous_commit on (shipped)":
-                        lambda: conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()}
+                        lambda: conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall(),
+                    "one-row INSERT, synchronous_commit off":
+                        lambda: unsafe.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()}
         times: dict[str, list[float]] = {name: [] for name in variants}
-        times["one-row INSERT, synchronous_commit off"] = []
         for _ in range(rounds):
             for name, run in variants.items():
                 time.sleep(0.008)
                 started = time.perf_counter()
                 run()
                 times[name].append((time.perf_counter() - started) * 1e3)
-        conn.execute("SET synchronous_commit = off")
-        for _ in range(rounds):
-            time.sleep(0.008)
-            started = time.perf_counter()
-            conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()
-            times["one-row INSERT, synchronous_commit off"].append((time.perf_counter() - started) * 1e3)
         conn.close()
+        unsafe.close()
     finally:
         drop()
     return {name: statistics.median(v) for name, v in times.items()}

@@ -108,7 +108,7 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "DATABASE_URL": database_url, "MODEL_PATH": str(model),
                "ADMIN_TOKEN": uuid.uuid4().hex, "GALAXY_NUM_THREADS": str(threads),
-               "GALAXY_FORWARD_BATCH": str(forward_batch)}
+               "GALAXY_FORWARD_BATCH": str(forward_batch), "SERVER_TIMING": "1"}
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.ready_lines: list[float] = []
         self.worker_class = "?"

@@ -238,10 +238,10 @@ class _PostgresWriter:
 
     # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
     MANY_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
-           "SELECT f, c, p, m, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
-           "%s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, t, n) ORDER BY n RETURNING id")
-    # One row, the API's common case: plain VALUES is ~0.4 ms quicker than unnest
-    # (docs/performance.md).
+                "SELECT f, c, p, m, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
+                "%s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, t, n) ORDER BY n RETURNING id")
+    # One row, the API's common case: plain VALUES took ~0.3 ms less than unnest at the
+    # median (bench/bench_db_write.py, docs/performance.md).
     ONE_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
                "VALUES (%s, %s, %s, %s::jsonb, %s) RETURNING id")
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write

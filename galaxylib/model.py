@@ -83,6 +83,10 @@ def build_model(params: ModelParams):
         for layer in base.layers:
             if layer.name.endswith("_add"):  # blockNx_add joins the residual branch
                 bn = base.get_layer(layer.name[:-len("add")] + "project_bn")
+                if not bn.trainable:  # a zero gamma that never trains switches the block off for good
+                    raise ValueError(
+                        f"zero_init_residual needs trainable BatchNormalization, but {bn.name} is frozen "
+                        "(set freeze_batchnorm: false and trainable_layers: all, or zero_init_residual: false)")
                 bn.gamma.assign(np.zeros(bn.gamma.shape, np.float32))
     if params.bn_momentum is not None:
         for layer in base.layers:

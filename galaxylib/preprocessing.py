@@ -52,7 +52,8 @@ def preprocessing_contract(image_size: int, crop: float = 1.0) -> dict:
         "version": CONTRACT_VERSION,
         "input": "RGB, 8 bits per channel (greyscale/alpha/16-bit converted)",
         "crop": float(crop),
-        "resize": f"central {crop:.0%} of each side, then PIL bilinear to {image_size}x{image_size}",
+        "resize": f"central {crop * 100:g} % of each side, then PIL bilinear to {image_size}x{image_size} "
+                  "(skipped when the crop already has that size)",
         "dtype": "float32",
         "range": [0.0, 255.0],
         "normalisation": "none outside the model (EfficientNet rescales internally)",

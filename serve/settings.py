@@ -43,6 +43,17 @@ def _number(env: Mapping[str, str], name: str, default, minimum, kind=int):
     return value
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
+
+
 @dataclass
 class Settings:
     database_url: str
@@ -62,6 +73,9 @@ class Settings:
     # at the same images/s (docs/performance.md).
     forward_batch: int = 8
     db_retry_seconds: float = 2.0
+    # A Server-Timing header on POST /predict (read, decode, forward, store): for profiling
+    # and bench/bench_serve.py. Off by default: timings are internal detail.
+    server_timing: bool = False
 
     def __post_init__(self) -> None:
         if self.admin_token is not None:
@@ -92,6 +106,7 @@ class Settings:
             "num_threads": _number(env, "GALAXY_NUM_THREADS", cpu_cores(), 1),
             "forward_batch": _number(env, "GALAXY_FORWARD_BATCH", 8, 1),
             "db_retry_seconds": _number(env, "DB_RETRY_SECONDS", 2.0, 0.0, float),
+            "server_timing": _flag(env, "SERVER_TIMING", False),
         }
         if env.get("SECRET_KEY", "").strip():
             kwargs["secret_key"] = env["SECRET_KEY"].strip()

@@ -93,7 +93,13 @@ def test_a_real_cutout_is_classified_and_stored_with_its_metadata(client, db_url
     assert row_count(db_url) == 1
 
 
-def test_the_response_says_where_its_time_went_in_a_server_timing_header(client, cutout):
+def test_no_timings_reach_a_client_by_default(client, cutout):
+    assert "Server-Timing" not in post(client, cutout).headers
+
+
+def test_with_server_timing_on_the_response_says_where_its_time_went(make_app, db_url, cutout):
+    client = make_app(db_url, server_timing=True).test_client()
+
     response = post(client, cutout)
 
     parts = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))

@@ -38,14 +38,15 @@ def test_rows_round_trip_with_their_metadata(database_url):
 def test_one_row_and_a_batch_store_the_same_fields(database_url):
     """PostgreSQL writes one row with VALUES and several with unnest: both must store alike."""
     store = PredictionStore(database_url)
-    [one] = store.add_many(rows(1))
-    first_of_batch = store.add_many(rows(2))[0]
+    written = store.add_many(rows(1)) + store.add_many(rows(3))
+    expected = rows(1) + rows(3)
 
-    stored_one, stored_batch = store.get(one.id).as_dict(), store.get(first_of_batch.id).as_dict()
-
-    for key in ("filename", "predicted_class", "confidence", "metadata"):
-        assert stored_one[key] == stored_batch[key]
-    assert dt.datetime.fromisoformat(stored_one["created_at"]) == one.created_at
+    for record, row in zip(written, expected, strict=True):
+        stored = store.get(record.id).as_dict()
+        assert {k: stored[k] for k in ("filename", "predicted_class", "confidence")} == \
+            {k: row[k] for k in ("filename", "predicted_class", "confidence")}
+        assert stored["metadata"] == row["metadata"]
+        assert dt.datetime.fromisoformat(stored["created_at"]) == record.created_at
 
 
 def test_listing_is_newest_first_with_total_and_filters(database_url):

@@ -72,14 +72,20 @@ def test_zero_init_residual_leaves_pretrained_weights_as_they_are(tmp_path):
     import keras
 
     donor = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    trained_gamma = np.random.default_rng(0).uniform(0.5, 1.5, donor.get_layer("block2b_project_bn").gamma.shape)
+    donor.get_layer("block2b_project_bn").gamma.assign(trained_gamma.astype(np.float32))
     path = tmp_path / "efficientnetb0_notop.weights.h5"
     donor.save_weights(path)
 
     model = build_model(ModelParams(image_size=32, weights=str(path), zero_init_residual=True))
 
-    for name in ("block2b_project_bn", "block7a_project_bn"):
-        np.testing.assert_array_equal(model.get_layer(name).gamma.numpy(), donor.get_layer(name).gamma.numpy())
-    assert np.any(model.get_layer("block2b_project_bn").gamma.numpy())
+    np.testing.assert_allclose(model.get_layer("block2b_project_bn").gamma.numpy(), trained_gamma, rtol=1e-6)
+
+
+def test_zero_init_residual_with_frozen_batchnorm_is_a_clear_error():
+    """A zero gamma that cannot train would switch its block off for good."""
+    with pytest.raises(ValueError, match="needs trainable BatchNormalization"):
+        build_model(ModelParams(image_size=32, weights="none", freeze_batchnorm=True, zero_init_residual=True))
 
 
 def test_the_artifact_round_trips_with_its_sidecar(tiny_artifact):

@@ -40,12 +40,14 @@ def test_settings_come_from_the_environment(env):
     env.setenv("MAX_BATCH", "7")
     env.setenv("GALAXY_NUM_THREADS", "1")
     env.setenv("GALAXY_FORWARD_BATCH", "4")
+    env.setenv("SERVER_TIMING", "yes")
 
     s = Settings.from_env()
 
     assert s.database_url == "postgresql+psycopg://u@db.example:5432/galaxy"  # Render/Heroku style, normalised
     assert (s.model_path, s.admin_token, s.secret_key) == ("/models/run-1", "s3cret", "k" * 32)
     assert (s.max_content_length, s.max_batch, s.num_threads, s.forward_batch) == (int(2.5 * 1024 * 1024), 7, 1, 4)
+    assert s.server_timing is True
 
 
 def test_the_defaults_need_nothing_configured(env):
@@ -54,11 +56,12 @@ def test_the_defaults_need_nothing_configured(env):
     assert s.database_url.startswith("sqlite:///") and s.database_url.endswith("predictions.db")
     assert s.admin_token is None and not s.admin_enabled
     assert (s.max_upload_mb, s.max_batch) == (16.0, 32)
+    assert s.server_timing is False
     assert len(s.secret_key) >= 32
 
 
 @pytest.mark.parametrize("name, value", [("MAX_BATCH", "many"), ("MAX_BATCH", "0"), ("MAX_UPLOAD_MB", "-1"),
-                                         ("GALAXY_NUM_THREADS", "two")])
+                                         ("GALAXY_NUM_THREADS", "two"), ("SERVER_TIMING", "maybe")])
 def test_a_malformed_setting_is_refused_naming_the_variable(env, name, value):
     env.setenv(name, value)
 

@@ -159,9 +159,10 @@ def predict():
             "timestamp": created,
         }
     response = jsonify({"predictions": results})
-    timings = {"read": read_ms, "decode": sum(d.decode_ms for d in decoded), "forward": inference_ms,
-               "store": store_ms, "app": (time.perf_counter() - started) * 1e3}
-    response.headers["Server-Timing"] = server_timing(timings)
+    if rt.settings.server_timing:
+        timings = {"read": read_ms, "decode": sum(d.decode_ms for d in decoded), "forward": inference_ms,
+                   "store": store_ms, "app": (time.perf_counter() - started) * 1e3}
+        response.headers["Server-Timing"] = server_timing(timings)
     return response
 
 
@@ -169,7 +170,7 @@ def server_timing(timings: dict[str, float]) -> str:
     """The W3C Server-Timing header: where the request's time went inside the app.
 
     Browsers' developer tools show it, and bench/bench_serve.py splits the
-    overhead over the bare forward pass with it.
+    overhead over the bare forward pass with it. Sent only when SERVER_TIMING is on.
     """
     return ", ".join(f"{name};dur={ms:.3f}" for name, ms in timings.items())
 
