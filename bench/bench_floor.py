@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_serve import free_port, make_database, multipart, post  # noqa: E402
+from bench.bench_serve import database_arguments, free_port, make_database, multipart, post  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 APPS = '''
@@ -127,12 +127,7 @@ def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
 
 
 def main() -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--postgres", default=os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-        help="an admin URL; the bench creates and drops its own database")
+    parser = database_arguments(__doc__)
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} requests or writes, ms")

@@ -176,13 +176,19 @@ def make_database(admin_url: str) -> tuple[str, callable]:
     return admin_url.rsplit("/", 1)[0] + "/" + name, drop
 
 
-def model_and_database_arguments(doc: str) -> argparse.ArgumentParser:
-    """The options every bench shares: which artifact, and which PostgreSQL to borrow."""
+def database_arguments(doc: str) -> argparse.ArgumentParser:
+    """The option every database bench shares: which PostgreSQL to borrow."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help=f"artifact folder (default: build {BENCH_DIR})")
     parser.add_argument("--postgres", default=os.environ.get(
         "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
         help="an admin URL; the bench creates and drops its own database")
+    return parser
+
+
+def model_and_database_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options the model benches share: which artifact, and which PostgreSQL to borrow."""
+    parser = database_arguments(doc)
+    parser.add_argument("--model", type=Path, help=f"artifact folder (default: build {BENCH_DIR})")
     return parser
 
 
