@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from galaxylib.classes import NUM_CLASSES
+from galaxylib.fused_batchnorm import fused_batchnorm
 
 
 @dataclass
@@ -30,6 +31,7 @@ class TrainParams:
     # slow machine too, at the cost of a step count that depends on the machine's speed)
     lr_schedule: str = "constant"
     max_train_minutes: float = 0  # 0 = no wall-clock cap
+    fused_batchnorm: bool = True  # TensorFlow's fused kernel in training steps (galaxylib/fused_batchnorm.py)
     seed: int = 42
 
     @classmethod
@@ -154,8 +156,9 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
         callbacks.append(_WallClockStop(params.max_train_minutes * 60))
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
-    history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps, shuffle=False,
-                          class_weight=weights, callbacks=callbacks, verbose=2)
+    with fused_batchnorm(params.fused_batchnorm):  # the training step is traced inside fit
+        history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
+                              shuffle=False, class_weight=weights, callbacks=callbacks, verbose=2)
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
