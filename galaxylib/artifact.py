@@ -79,9 +79,9 @@ def export_tflite(model, path: Path) -> Path:
     """TFLite with a dynamic batch dimension, so the server can run a batch in one call.
 
     The inference function is traced once and its variables frozen into constants before
-    conversion: a third of the time ``from_keras_model`` takes (5 s against 16 s for the quick
-    model), the same flatbuffer ops and outputs. (A concrete function converted unfrozen keeps
-    READ_VARIABLE ops that LiteRT runs as NaN.)
+    conversion: about a third of the time ``from_keras_model`` takes, with the same outputs
+    (bench/bench_tflite_export.py). A concrete function converted unfrozen keeps READ_VARIABLE
+    ops that LiteRT runs as NaN.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
