@@ -179,6 +179,10 @@ def read_artifact(run_dir: str | os.PathLike, *, verify_hashes: bool = True,
 def load_keras_model(artifact: Artifact):
     import keras
 
+    from galaxylib.orientation import register
+
+    register()  # an orientation-averaged model holds galaxylib's own layers
+
     if not artifact.keras_path.is_file():
         raise ArtifactError(f"{artifact.path} is missing {KERAS_FILE}")
     return keras.models.load_model(artifact.keras_path, compile=False)

@@ -38,6 +38,9 @@ class ModelParams:
     # identity (the last BatchNormalization of its branch has gamma 0), which speeds up the
     # first epochs of training (Goyal et al. 2017; docs/training.md).
     zero_init_residual: bool = False
+    # The saved model averages its answer over the 8 rotations and flips of the input
+    # (galaxylib/orientation.py): better accuracy for 8x the inference cost.
+    average_orientations: bool = False
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "ModelParams":

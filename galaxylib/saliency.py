@@ -8,7 +8,9 @@ imported lazily: importing this module stays cheap.
 Grad-CAM (Selvaraju et al. 2017): weight each channel of the last convolutional
 feature map by the mean gradient of the class score, sum, keep the positive part.
 In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``),
-``image_size / 32`` pixels on a side: 7x7 for a 224 px model.
+``image_size / 32`` pixels on a side: 7x7 for a 224 px model. For an
+orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
+network's maps for the 8 views, each turned back to the input's orientation.
 """
 from __future__ import annotations
 
@@ -29,8 +31,13 @@ class GradCam:
     def __init__(self, model, layer_name: str = DEFAULT_LAYER):
         import keras
 
+        from galaxylib.orientation import inner_network
+
         self.model = model
         self.layer_name = layer_name
+        network = inner_network(model)
+        self.averages_orientations = network is not None
+        model = network if network is not None else model
         try:
             layer = model.get_layer(layer_name)
         except ValueError as exc:
@@ -52,8 +59,6 @@ class GradCam:
 
         A map that is zero everywhere means no positive evidence for that class.
         """
-        import tensorflow as tf
-
         batch = np.asarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected (N, {self.image_size}, {self.image_size}, 3), got {batch.shape}")
@@ -63,6 +68,21 @@ class GradCam:
         if len(batch) == 0:
             h, w = self.map_size
             return np.zeros((0, h, w), np.float32)
+        if self.averages_orientations:
+            from galaxylib.orientation import N_VIEWS, view_maps_back
+
+            views = self.model.get_layer("orientation_views")(batch)
+            cams = self._cams(views, np.tile(classes, N_VIEWS))
+            cams = view_maps_back(cams.reshape(N_VIEWS, len(batch), *cams.shape[1:])).mean(axis=0)
+        else:
+            cams = self._cams(batch, classes)
+        peaks = cams.reshape(len(cams), -1).max(axis=1)[:, None, None]
+        return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)  # each peak is exactly 1
+
+    def _cams(self, batch, classes: np.ndarray) -> np.ndarray:
+        """Unnormalised Grad-CAM maps of the (inner) network, one per image."""
+        import tensorflow as tf
+
         x = tf.convert_to_tensor(batch)
         with tf.GradientTape() as tape:
             features, probs = self._grad_model(x, training=False)
@@ -71,9 +91,7 @@ class GradCam:
             score = tf.reduce_sum(tf.gather(probs, classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, features)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-        cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
-        peaks = cams.reshape(len(cams), -1).max(axis=1)[:, None, None]
-        return np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)  # each peak is exactly 1
+        return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
 
 
 def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:

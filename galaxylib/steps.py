@@ -53,6 +53,7 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     from galaxylib.artifact import save_artifact
     from galaxylib.metrics import evaluate
     from galaxylib.model import ModelParams, build_model
+    from galaxylib.orientation import with_orientation_average
     from galaxylib.training import TrainParams, predict_probabilities, train_model
 
     keras.utils.set_random_seed(int(config["seed"]))
@@ -63,6 +64,8 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     labels = data.labels()
     model = build_model(model_params)
     history = train_model(model, images, labels, split, train_params, on_epoch=on_epoch)
+    if model_params.average_orientations:
+        model = with_orientation_average(model)
     val_probs = predict_probabilities(model, images, split.val)
     val = evaluate(labels[split.val], val_probs)
     artifact = save_artifact(

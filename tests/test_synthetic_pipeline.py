@@ -25,7 +25,9 @@ def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifac
         p.name for p in (reports / "figures").iterdir()}
     model = tmp_path / "models" / "pytest-tiny"
     assert {"model.keras", "model.tflite", "model.json"} <= {p.name for p in model.iterdir()}
-    assert read_artifact(model).sidecar["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    sidecar = read_artifact(model).sidecar
+    assert sidecar["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    assert sidecar["params"]["model"]["average_orientations"] is True  # tiny.yaml: the averaged model's path
     assert "test_accuracy" in result.stdout and "SYNTHETIC" in result.stdout
 
 
