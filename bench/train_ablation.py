@@ -2,7 +2,8 @@
 
 Runs the same steps as ./train.sh (galaxylib.steps.prepare_data and steps.train) without the
 notebooks, evaluates the Keras model on the test split, and prints one JSON line with the
-test accuracy, macro-F1, epochs run and the accuracy curves. Keys as in ``train.sh -p``:
+test accuracy, macro-F1, epochs run and the accuracy curves; for an orientation-averaged
+model also what the same network scores on one orientation. Keys as in ``train.sh -p``:
 
     python bench/train_ablation.py base                                    # configs/quick.yaml as is
     python bench/train_ablation.py zero-init-off model.zero_init_residual=false
@@ -34,6 +35,7 @@ def main() -> int:
     from galaxylib import steps
     from galaxylib.dataset import resized_cache
     from galaxylib.metrics import evaluate
+    from galaxylib.orientation import inner_network
     from galaxylib.pipeline import load_config, parse_value
     from galaxylib.training import predict_probabilities
 
@@ -53,10 +55,17 @@ def main() -> int:
     labels = data.labels()
     test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test))
     history = result["history"]
+    extra = {}
+    network = inner_network(result["model"])
+    if network is not None:  # what the same weights score without averaging the 8 orientations
+        for part in ("val", "test"):
+            rows = getattr(split, part)
+            extra[f"{part}_accuracy_one_orientation"] = round(
+                evaluate(labels[rows], predict_probabilities(network, images, rows))["accuracy"], 4)
     print(json.dumps({
         "name": args.name, "overrides": overrides, "test_accuracy": round(test["accuracy"], 4),
         "test_macro_f1": round(test["macro_f1"], 4), "val_accuracy": round(result["val"]["accuracy"], 4),
-        "epochs": len(history["loss"]), "train_seconds": round(train_seconds),
+        **extra, "epochs": len(history["loss"]), "train_seconds": round(train_seconds),
         "accuracy": [round(x, 3) for x in history["accuracy"]],
         "val_accuracy_curve": [round(x, 3) for x in history["val_accuracy"]]}))
     return 0

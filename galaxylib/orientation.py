@@ -1,11 +1,11 @@
 """Orientation averaging: the classifier answers for all 8 rotations and flips of a cutout.
 
 A galaxy has no preferred orientation. Training shows each image in one random orientation
-of the 8, so after a short run the network is only roughly invariant: on the quick
-config's validation split single orientations scored 0.896-0.920 and their average 0.944
-(docs/training.md). Averaging is built into the saved model (``with_orientation_average``),
-so ``model.keras``, the TFLite export and every entry point give the same averaged answer.
-It costs 8 forward passes per image.
+of the 8, so after a short run the network is only roughly invariant, and averaging its 8
+answers is more accurate than any one of them (docs/training.md has the figures). The
+averaging is built into the saved model (``with_orientation_average``), so ``model.keras``,
+the TFLite export and every entry point give the same averaged answer. It costs 8 forward
+passes per image.
 
 The 8 views are every combination of a transpose and flips of the two image axes (the
 symmetry group of the square). TensorFlow is imported lazily: importing this module stays
@@ -20,6 +20,19 @@ import numpy as np
 # (transpose, flip rows, flip columns), applied in that order; the first is the identity.
 VIEWS: tuple[tuple[bool, bool, bool], ...] = tuple(itertools.product((False, True), repeat=3))
 N_VIEWS = len(VIEWS)
+
+
+def orient(images: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
+    """One of the 8 views of (N, s, s, C) images, in NumPy: what the model layer does per view."""
+    transpose, flip_rows, flip_cols = view
+    out = np.asarray(images)
+    if transpose:
+        out = out.transpose(0, 2, 1, 3)
+    if flip_rows:
+        out = out[:, ::-1]
+    if flip_cols:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
 
 
 def view_maps_back(maps: np.ndarray) -> np.ndarray:

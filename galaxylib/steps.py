@@ -140,6 +140,17 @@ def preprocessing_entry_points_agree(path: Path, image_size: int, crop: float = 
             "min": float(a.min()), "max": float(a.max()), "identical": bool(same)}
 
 
+def orientation_agreement(predictor, images: np.ndarray) -> dict[str, Any]:
+    """How the served model's answers change over the 8 rotations and flips of the same inputs."""
+    from galaxylib.orientation import VIEWS, orient
+
+    probs = np.stack([predictor.predict_arrays(orient(images, view)) for view in VIEWS])
+    classes = probs.argmax(axis=2)
+    return {"n": int(len(images)), "views": len(VIEWS),
+            "max_abs_diff": float(np.abs(probs - probs[0]).max()),
+            "same_class_in_every_view": float((classes == classes[0]).all(axis=0).mean())}
+
+
 def keras_tflite_agreement(model_dir: Path, images: np.ndarray) -> dict[str, Any]:
     """Max |p_keras - p_tflite| and argmax agreement on the same inputs."""
     from galaxylib.artifact import load_keras_model, read_artifact

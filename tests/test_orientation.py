@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from galaxylib.artifact import load_keras_model, read_artifact, save_artifact
-from galaxylib.orientation import N_VIEWS, inner_network, view_maps_back, with_orientation_average
+from galaxylib.orientation import (N_VIEWS, VIEWS, inner_network, orient, view_maps_back,
+                                   with_orientation_average)
 from galaxylib.predictor import Predictor
 from galaxylib.preprocessing import load_image
 
@@ -66,6 +67,13 @@ def test_an_averaged_artifact_loads_and_its_tflite_agrees_with_keras(averaged, c
     keras_probs = model.predict(cutouts, verbose=0)
     np.testing.assert_allclose(keras_probs, averaged.predict(cutouts, verbose=0), atol=1e-6)
     np.testing.assert_allclose(Predictor(tmp_path / "avg").predict_arrays(cutouts), keras_probs, atol=1e-4)
+
+
+def test_the_numpy_views_match_the_layers_order(averaged, cutouts):
+    for view, expected in zip(VIEWS, numpy_views(cutouts)):
+        np.testing.assert_array_equal(orient(cutouts, view), expected)
+    layer_views = np.asarray(averaged.get_layer("orientation_views")(cutouts)).reshape(N_VIEWS, *cutouts.shape)
+    np.testing.assert_array_equal(layer_views, np.stack(numpy_views(cutouts)))
 
 
 def test_maps_of_the_8_views_turn_back_to_the_inputs_orientation():
