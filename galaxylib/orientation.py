@@ -13,6 +13,7 @@ cheap, and the inverse map (for Grad-CAM) is plain NumPy.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 
 import numpy as np
@@ -52,11 +53,9 @@ def view_maps_back(maps: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+@functools.cache
 def _layers():
-    """The two layer classes, defined (and registered for loading) on first use."""
-    global _CLASSES
-    if _CLASSES is not None:
-        return _CLASSES
+    """The two layer classes, defined (and registered for loading) once, on first use."""
     import keras
     from keras import ops
 
@@ -88,11 +87,7 @@ def _layers():
         def compute_output_shape(self, input_shape):
             return (None, input_shape[-1])
 
-    _CLASSES = (OrientationViews, OrientationMean)
-    return _CLASSES
-
-
-_CLASSES = None
+    return OrientationViews, OrientationMean
 
 
 def register() -> None:
