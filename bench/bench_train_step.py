@@ -8,8 +8,8 @@ convolution of the network's shape, forward against forward plus backward. The t
 forward + backward variants run in alternating rounds in one process, so their ratio is
 measured under the same load.
 
-    python bench/bench_train_step.py            # 64 px, batch 32, as configs/quick.yaml
-    python bench/bench_train_step.py --size 56
+    python bench/bench_train_step.py            # 64 px, batch 32 (the docs' first figures)
+    python bench/bench_train_step.py --size 56 --batch 64   # as configs/quick.yaml
 """
 from __future__ import annotations
 

@@ -23,17 +23,28 @@ VIEWS: tuple[tuple[bool, bool, bool], ...] = tuple(itertools.product((False, Tru
 N_VIEWS = len(VIEWS)
 
 
+def _apply(x, view: tuple[bool, bool, bool], transpose, flip):
+    """One view, with the array library's own transpose and flip: NumPy here, Keras in the layer."""
+    transposed, flip_rows, flip_cols = view
+    if transposed:
+        x = transpose(x)
+    if flip_rows:
+        x = flip(x, 1)
+    if flip_cols:
+        x = flip(x, 2)
+    return x
+
+
 def orient(images: np.ndarray, view: tuple[bool, bool, bool]) -> np.ndarray:
     """One of the 8 views of (N, s, s, C) images, in NumPy: what the model layer does per view."""
-    transpose, flip_rows, flip_cols = view
-    out = np.asarray(images)
-    if transpose:
-        out = out.transpose(0, 2, 1, 3)
-    if flip_rows:
-        out = out[:, ::-1]
-    if flip_cols:
-        out = out[:, :, ::-1]
+    out = _apply(np.asarray(images), view, lambda a: a.transpose(0, 2, 1, 3), np.flip)
     return np.ascontiguousarray(out)
+
+
+def _inverse(view: tuple[bool, bool, bool]) -> tuple[bool, bool, bool]:
+    """The view that undoes ``view``: after a transpose, a row flip undoes a column flip."""
+    transposed, flip_rows, flip_cols = view
+    return (True, flip_cols, flip_rows) if transposed else view
 
 
 def view_maps_back(maps: np.ndarray) -> np.ndarray:
@@ -41,16 +52,7 @@ def view_maps_back(maps: np.ndarray) -> np.ndarray:
     maps = np.asarray(maps)
     if maps.ndim != 4 or len(maps) != N_VIEWS:
         raise ValueError(f"expected ({N_VIEWS}, N, h, w) maps, got {maps.shape}")
-    out = []
-    for (transpose, flip_rows, flip_cols), m in zip(VIEWS, maps):
-        if flip_cols:
-            m = m[:, :, ::-1]
-        if flip_rows:
-            m = m[:, ::-1, :]
-        if transpose:
-            m = m.transpose(0, 2, 1)
-        out.append(m)
-    return np.stack(out)
+    return np.stack([orient(m[..., None], _inverse(view))[..., 0] for view, m in zip(VIEWS, maps)])
 
 
 @functools.cache
@@ -64,15 +66,8 @@ def _layers():
         """(N, s, s, C) -> (8N, s, s, C): the 8 views of every image, view-major."""
 
         def call(self, images):
-            views = []
-            for transpose, flip_rows, flip_cols in VIEWS:
-                v = ops.transpose(images, (0, 2, 1, 3)) if transpose else images
-                if flip_rows:
-                    v = ops.flip(v, axis=1)
-                if flip_cols:
-                    v = ops.flip(v, axis=2)
-                views.append(v)
-            return ops.concatenate(views, axis=0)
+            transpose = lambda a: ops.transpose(a, (0, 2, 1, 3))  # noqa: E731
+            return ops.concatenate([_apply(images, view, transpose, ops.flip) for view in VIEWS], axis=0)
 
         def compute_output_shape(self, input_shape):
             return (None, *input_shape[1:])
