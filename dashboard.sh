@@ -3,9 +3,9 @@
 #
 #   ./dashboard.sh [--port N] [--host ADDRESS]
 #
-# Uses the active Python (or $PYTHON) and its voila. The model is $MODEL_PATH, or the
-# newest run in models/; predictions are logged to $DATABASE_URL when the page's toggle
-# is on. voila.json (read from the repository root) sets the upload limit; see
+# Uses $PYTHON, the active virtual environment, or .venv (installed on first use). The model
+# is $MODEL_PATH (relative to where you run this), or the newest run in models/; predictions
+# are logged to $DATABASE_URL when the page's toggle is on. voila.json (read from the repository root) sets the upload limit; see
 # docs/dashboard.md.
 set -euo pipefail
 
@@ -31,19 +31,19 @@ if ! [[ "$port" =~ ^[0-9]+$ ]] || (( port < 1 || port > 65535 )); then
 fi
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export GALAXY_USER_CWD="${GALAXY_USER_CWD:-$PWD}"  # a relative MODEL_PATH means the folder you typed it in
 cd "$root"  # voila reads voila.json from the working directory
 
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
-    for candidate in python python3; do
-        if command -v "$candidate" >/dev/null 2>&1; then python="$candidate"; break; fi
-    done
+    if [[ -n "${VIRTUAL_ENV:-}" ]]; then
+        python=python
+    else
+        ./install.sh --if-needed  # .venv on first use
+        python="$root/.venv/bin/python"
+    fi
 fi
-if [[ -z "$python" ]]; then
-    echo "error: no python on PATH; activate the project's environment first" >&2
-    exit 1
-fi
-if ! "$python" -c "import voila, galaxylib.dashboard" 2>/dev/null; then
+if ! "$python" -c "import voila, galaxylib.apps.dashboard" 2>/dev/null; then
     echo "error: $("$python" -c 'import sys; print(sys.executable)' 2>/dev/null || echo "$python") cannot import voila and galaxylib;" >&2
     echo "       activate the project's environment (pip install -e '.[dev]')" >&2
     exit 1

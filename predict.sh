@@ -5,4 +5,4 @@ set -euo pipefail
 PY="${PYTHON:-python}"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 [ -x "$HERE/.venv/bin/python" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -z "${PYTHON:-}" ] && PY="$HERE/.venv/bin/python"
-exec "$PY" -m galaxylib.predict_cli "$@"
+exec "$PY" -m galaxylib.apps.predict_cli "$@"

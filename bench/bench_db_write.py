@@ -36,8 +36,8 @@ def main() -> int:
 
     from sqlalchemy.orm import sessionmaker
 
-    from galaxylib.db import PredictionRecord, PredictionStore, utcnow
-    from galaxylib.predictor import Predictor
+    from galaxylib.store.database import PredictionRecord, PredictionStore, utcnow
+    from galaxylib.inference.predictor import Predictor
 
     model_dir = args.model or ensure_bench_artifact()
     predictor = Predictor(model_dir)

@@ -96,7 +96,7 @@ def http_floor(rounds: int) -> dict[str, float]:
 def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
     import psycopg
 
-    from galaxylib.db import PredictionStore, _PostgresWriter
+    from galaxylib.store.database import PredictionStore, _PostgresWriter
 
     url, drop = make_database(admin_url)
     try:

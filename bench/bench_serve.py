@@ -208,7 +208,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    from galaxylib.predictor import Predictor
+    from galaxylib.inference.predictor import Predictor
     from serve.settings import cpu_cores
 
     threads = args.threads or cpu_cores()
@@ -280,7 +280,7 @@ def main() -> int:
         concurrent_ips = args.concurrent_requests / (time.perf_counter() - started)
 
         rss = server.worker_rss_mb()
-        from galaxylib.db import PredictionStore
+        from galaxylib.store.database import PredictionStore
 
         rows = PredictionStore(database_url, upgrade=False).count()
         if rows != stored:

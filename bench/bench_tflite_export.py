@@ -43,7 +43,7 @@ def main() -> int:
     import tensorflow as tf
 
     from galaxylib.artifact import export_tflite
-    from galaxylib.model import ModelParams, build_model
+    from galaxylib.modeling.model import ModelParams, build_model
 
     model = build_model(ModelParams(image_size=args.size, weights="none", trainable_layers="all",
                                     freeze_batchnorm=False))

@@ -47,8 +47,8 @@ def main() -> int:
     import numpy as np
     import tensorflow as tf
 
-    from galaxylib.fused_batchnorm import fused_batchnorm
-    from galaxylib.model import ModelParams, build_model
+    from galaxylib.modeling.fused_batchnorm import fused_batchnorm
+    from galaxylib.modeling.model import ModelParams, build_model
 
     model = build_model(ModelParams(image_size=args.size, weights="none", trainable_layers="all",
                                     freeze_batchnorm=False, bn_momentum=0.9, drop_connect_rate=0.0,

@@ -19,7 +19,7 @@ PRODUCTION_CONFIG = PROJECT_ROOT / "configs" / "production.yaml"
 
 def production_preprocessing() -> tuple[int, float]:
     """(image_size, crop) of configs/production.yaml."""
-    from galaxylib.pipeline import load_config
+    from galaxylib.pipeline.run_config import load_config
 
     config = load_config(PRODUCTION_CONFIG)
     return int(config["image_size"]), float(config["crop"])
@@ -39,8 +39,8 @@ def ensure_bench_artifact(run_dir: Path = BENCH_DIR) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from galaxylib.artifact import save_artifact
-    from galaxylib.model import ModelParams, build_model
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
 
     keras.utils.set_random_seed(0)
     model = build_model(ModelParams(image_size=image_size, weights="none", trainable_layers="all",

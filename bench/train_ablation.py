@@ -1,6 +1,6 @@
 """Train the quick config with overrides and print its test accuracy: for comparing settings.
 
-Runs the same steps as ./train.sh (galaxylib.steps.prepare_data and steps.train) without the
+Runs the same steps as ./train.sh (galaxylib.pipeline.steps.prepare_data and steps.train) without the
 notebooks, evaluates the Keras model on the test split, and prints one JSON line with the
 test accuracy, macro-F1, epochs run and the accuracy curves; for an orientation-averaged
 model also what the same network scores on one orientation. Keys as in ``train.sh -p``:
@@ -32,12 +32,13 @@ def main() -> int:
     parser.add_argument("--dataset", default="synthetic")
     args = parser.parse_args()
 
-    from galaxylib import steps
-    from galaxylib.dataset import resized_cache
-    from galaxylib.metrics import evaluate
-    from galaxylib.orientation import inner_network
-    from galaxylib.pipeline import load_config, parse_value
-    from galaxylib.training import predict_probabilities
+    from galaxylib.config import DATA_DIR
+    from galaxylib.data.galaxy10 import resized_cache
+    from galaxylib.evaluation.metrics import evaluate
+    from galaxylib.modeling.orientation import inner_network
+    from galaxylib.modeling.training import predict_probabilities
+    from galaxylib.pipeline import steps
+    from galaxylib.pipeline.run_config import load_config, parse_value
 
     overrides = {"dataset": args.dataset}
     for item in args.overrides:
@@ -46,14 +47,16 @@ def main() -> int:
             parser.error(f"{item!r} is not KEY=VALUE")
         overrides[key] = parse_value(value)
     config = load_config(args.config, overrides)
-    data, split, _ = steps.prepare_data(config, show_progress=False)
+    data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
     started = time.monotonic()
-    result = steps.train(config, data, split, run_name=args.name,
-                         model_dir=Path("/tmp/galaxy-ablation") / args.name, show_progress=False)
+    result = steps.train(config, data, split, run_name=args.name, model_dir=Path("/tmp/galaxy-ablation") / args.name,
+                         cache_dir=DATA_DIR / "cache", show_progress=False)
     train_seconds = time.monotonic() - started
-    images = resized_cache(data, int(config["image_size"]), crop=float(config["crop"]), show_progress=False)
+    images = resized_cache(data, int(config["image_size"]), DATA_DIR / "cache", crop=float(config["crop"]),
+                           show_progress=False)
     labels = data.labels()
-    test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test))
+    names = data.class_names
+    test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test), names)
     history = result["history"]
     extra = {}
     network = inner_network(result["model"])
@@ -61,7 +64,7 @@ def main() -> int:
         for part in ("val", "test"):
             rows = getattr(split, part)
             extra[f"{part}_accuracy_one_orientation"] = round(
-                evaluate(labels[rows], predict_probabilities(network, images, rows))["accuracy"], 4)
+                evaluate(labels[rows], predict_probabilities(network, images, rows), names)["accuracy"], 4)
     print(json.dumps({
         "name": args.name, "overrides": overrides, "test_accuracy": round(test["accuracy"], 4),
         "test_macro_f1": round(test["macro_f1"], 4), "val_accuracy": round(result["val"]["accuracy"], 4),

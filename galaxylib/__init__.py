@@ -1,10 +1,8 @@
-"""galaxylib: the one home of the Galaxy10 DECaLS kit's logic.
+"""galaxylib: the one home of the galaxy-morphology kit's logic.
 
-Import-light on purpose: the inference path (classes, preprocessing, predictor, db)
-never imports TensorFlow. Training-side modules (model, training, artifact export)
-import it lazily.
+The subpackages follow the TensorFlow boundary (docs/architecture.md):
+``data``, ``inference``, ``store`` and ``apps`` run without TensorFlow;
+``modeling`` (and the ``pipeline`` that trains) is the only part that imports it.
+An import-linter contract in pyproject.toml checks this in the test suite.
 """
-from galaxylib.classes import CLASS_NAMES, NUM_CLASSES, class_name
-
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "class_name"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -28,8 +28,3 @@ COARSE_OF_CLASS: dict[int, str] = {
 }
 COARSE_NAMES: tuple[str, ...] = ("smooth", "spiral", "edge_on", "merger")
 
-
-def class_name(index: int) -> str:
-    if not 0 <= int(index) < NUM_CLASSES:
-        raise ValueError(f"Galaxy10 has classes 0..{NUM_CLASSES - 1}; got {index}")
-    return CLASS_NAMES[int(index)]

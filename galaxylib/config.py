@@ -1,7 +1,15 @@
-"""Project paths and environment settings (read from the environment or ``.env``)."""
+"""Project paths and environment settings (read from the environment or ``.env``).
+
+Paths are built from the project root, and every generated folder can be moved with
+an environment variable (``GALAXY_DATA_ROOT``, ``GALAXY_MODELS_ROOT``, ``GALAXY_REPORTS_ROOT``),
+which is how the tests keep out of the checkout. A path a user types (``MODEL_PATH``,
+``--model``, ``--dataset``) is relative to the folder they typed it in: the scripts that
+change directory pass that folder on as ``GALAXY_USER_CWD``.
+"""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -9,19 +17,34 @@ from dotenv import load_dotenv
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 load_dotenv(PROJECT_ROOT / ".env", override=False)
 
-DATA_DIR = PROJECT_ROOT / "data"
+
+def _root(variable: str, default: Path) -> Path:
+    value = os.environ.get(variable, "").strip()
+    return Path(value).expanduser().resolve() if value else default
+
+
+DATA_DIR = _root("GALAXY_DATA_ROOT", PROJECT_ROOT / "data")
 RAW_DIR = DATA_DIR / "raw"
 CACHE_DIR = DATA_DIR / "cache"
-MODELS_DIR = PROJECT_ROOT / "models"
-REPORTS_DIR = PROJECT_ROOT / "reports"
-CONFIGS_DIR = PROJECT_ROOT / "configs"
+MODELS_DIR = _root("GALAXY_MODELS_ROOT", PROJECT_ROOT / "models")
+REPORTS_DIR = _root("GALAXY_REPORTS_ROOT", PROJECT_ROOT / "reports")
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 SHARED_DIR = PROJECT_ROOT.parent / "shared"
 SAMPLES_DIR = SHARED_DIR / "galaxy10_samples"
 GZ1_DIR = SHARED_DIR / "gz1_coarse"
+MLRUNS_DIR = PROJECT_ROOT / "mlruns"
 
 GALAXY10_FILENAME = "Galaxy10_DECals.h5"
 GALAXY10_PATH = RAW_DIR / GALAXY10_FILENAME
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """A path as the user meant it: relative to the folder they typed it in."""
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    base = os.environ.get("GALAXY_USER_CWD", "").strip() or os.getcwd()
+    return Path(base) / path
 
 
 def database_url() -> str:
@@ -33,12 +56,11 @@ def database_url() -> str:
             url = "postgresql+psycopg://" + url[len("postgres://"):]
         elif url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        elif url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+            url = f"sqlite:///{user_path(url[len('sqlite:///'):])}"  # a relative file, as typed
         return url
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DATA_DIR / 'predictions.db'}"
-
-
-MLRUNS_DIR = PROJECT_ROOT / "mlruns"
 
 
 def mlflow_tracking_uri() -> str:
@@ -52,3 +74,13 @@ def mlflow_tracking_uri() -> str:
         return uri
     MLRUNS_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{MLRUNS_DIR / 'mlflow.db'}"
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, recorded in artifacts for provenance (None outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -35,7 +35,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         DEBUG=False,
         TESTING=False,
         PROPAGATE_EXCEPTIONS=False,  # every error goes through our JSON handlers
-        SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_content_length,
     )
     app.json.sort_keys = False  # keep the documented field order

@@ -21,7 +21,7 @@ import numpy as np
 
 from galaxylib.artifact import SIDECAR, ArtifactError, read_artifact
 from galaxylib.config import MODELS_DIR
-from galaxylib.predictor import Predictor
+from galaxylib.inference.predictor import Predictor
 from serve.settings import Settings
 
 log = logging.getLogger("serve")
@@ -31,7 +31,6 @@ log = logging.getLogger("serve")
 class ModelState:
     predictor: Predictor | None
     error: str | None = None
-    load_seconds: float = 0.0
 
     @property
     def loaded(self) -> bool:
@@ -70,7 +69,7 @@ def fetch_artifact(url: str, dest: Path, sha256: str | None = None) -> Path:
     folder is checked with ``read_artifact`` before it is moved into place, so a
     bad archive never becomes the served model.
     """
-    from galaxylib.download import download_file
+    from galaxylib.data.download import download_file
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest.parent / f".{dest.name}.lock", "w") as lock:
@@ -124,8 +123,8 @@ def load_model(settings: Settings) -> ModelState:
         reason = f"{type(exc).__name__}: {exc}"
         log.error("MODEL NOT LOADED (%s). /predict and /health answer 503 until this is fixed "
                   "and the service restarted.", reason)
-        return ModelState(None, reason, time.perf_counter() - started)
+        return ModelState(None, reason)
     seconds = time.perf_counter() - started
     log.info("model %s loaded from %s in %.2fs (%d px, %d threads)", predictor.model_version,
              predictor.path, seconds, predictor.image_size, predictor.num_threads)
-    return ModelState(predictor, None, seconds)
+    return ModelState(predictor, None)

@@ -163,8 +163,8 @@ def openapi_spec(max_batch: int, max_upload_mb: float) -> dict[str, Any]:
                     "confidence": {"type": "number"},
                     "created_at": {"type": "string", "format": "date-time"},
                     "metadata": {"type": "object", "description": (
-                        "model_version, class_index, sha256, size_bytes, width, height, probabilities, "
-                        "latency_ms {decode, inference, total}, batch_size")},
+                        "the prediction record: source, model_version, class_index, top_classes, probabilities, "
+                        "width, height, size_bytes, sha256, latency_ms, batch_size, example")},
                 }},
                 "PredictionPage": {"type": "object", "properties": {
                     "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/StoredPrediction"}},

@@ -13,7 +13,7 @@ import re
 from typing import Any, Mapping
 
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.db import PredictionFilter
+from galaxylib.store.database import PredictionFilter
 from serve.errors import ApiError
 
 FILTER_PARAMS = ("predicted_class", "min_confidence", "since", "until", "filename")

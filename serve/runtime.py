@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from galaxylib.predictor import Predictor
+from galaxylib.inference.predictor import Predictor
 from serve.errors import ApiError
 from serve.model_loader import ModelState
 from serve.settings import Settings

@@ -7,7 +7,6 @@ directly instead of patching the environment.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -61,7 +60,6 @@ class Settings:
     model_url: str | None = None
     model_sha256: str | None = None  # optional checksum of the MODEL_URL archive
     admin_token: str | None = field(default=None, repr=False)
-    secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
     max_upload_mb: float = 16.0
     max_batch: int = 32
     # Interpreter threads per worker. All cores gives the lowest latency for one request and
@@ -108,6 +106,4 @@ class Settings:
             "db_retry_seconds": _number(env, "DB_RETRY_SECONDS", 2.0, 0.0, float),
             "server_timing": _flag(env, "SERVER_TIMING", False),
         }
-        if env.get("SECRET_KEY", "").strip():
-            kwargs["secret_key"] = env["SECRET_KEY"].strip()
         return cls(**kwargs)

@@ -13,7 +13,7 @@ import time
 
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from galaxylib.db import PredictionStore, make_engine, upgrade_schema
+from galaxylib.store.database import PredictionStore, make_engine, upgrade_schema
 from serve.errors import DatabaseUnavailable
 
 log = logging.getLogger("serve")

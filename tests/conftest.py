@@ -1,11 +1,24 @@
-"""Shared fixtures: real sample cutouts, a tiny real artifact, database URLs."""
+"""Shared fixtures: real sample cutouts, a tiny real artifact, database URLs.
+
+Every folder the kit generates (data/, models/, reports/, mlruns/) is moved to a temporary
+folder before galaxylib is imported, for this process and the scripts it starts: the tests
+never write into the checkout (./test.sh checks that afterwards).
+"""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
-import pytest
+_scratch = Path(tempfile.mkdtemp(prefix="galaxy-tests-"))
+for _name, _folder in (("GALAXY_DATA_ROOT", "data"), ("GALAXY_MODELS_ROOT", "models"),
+                       ("GALAXY_REPORTS_ROOT", "reports")):
+    os.environ.setdefault(_name, str(_scratch / _folder))
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_scratch / 'mlflow.db'}")
 
-from galaxylib.config import SAMPLES_DIR
+import pytest  # noqa: E402
+
+from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 from support import ADMIN_TOKEN, temporary_postgres_database
 
@@ -30,8 +43,8 @@ def tiny_artifact(tmp_path_factory) -> Path:
 
     Untrained is enough for plumbing tests; the training tests train their own.
     """
-    from galaxylib.artifact import save_artifact
-    from galaxylib.model import ModelParams, build_model
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
 
     import keras
 

@@ -36,7 +36,7 @@ def encode_image(image, fmt: str = "PNG", **save_kwargs) -> bytes:
 
 def row_count(url: str) -> int:
     """Rows in the predictions table, read straight from the database."""
-    from galaxylib.db import PredictionStore
+    from galaxylib.store.database import PredictionStore
 
     store = PredictionStore(url, upgrade=False)
     try:

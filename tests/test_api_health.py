@@ -17,7 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from support import row_count
-from galaxylib.artifact import SIDECAR, TFLITE_FILE, sha256_of
+from galaxylib.artifact import SIDECAR, TFLITE_FILE
+from galaxylib.files import sha256_file
 
 
 def post_image(client, data: bytes, name: str = "g.jpg"):
@@ -194,7 +195,7 @@ def test_schema_retries_are_spaced_while_the_database_is_down(make_app, postgres
 
 
 def test_a_recreated_database_gets_its_table_back_without_a_restart(make_app, database_url, cutout):
-    from galaxylib.db import PredictionRecord, make_engine
+    from galaxylib.store.database import PredictionRecord, make_engine
 
     client = make_app(database_url).test_client()
     engine = make_engine(database_url)
@@ -219,7 +220,7 @@ def broken_copy(tiny_artifact, tmp_path, how: str):
             fh.write(b"\0garbage")
     elif how == "not a flatbuffer":
         (run / TFLITE_FILE).write_bytes(b"this is not a tflite model" * 100)
-        sidecar["files"][TFLITE_FILE] = sha256_of(run / TFLITE_FILE)
+        sidecar["files"][TFLITE_FILE] = sha256_file(run / TFLITE_FILE)
     elif how == "other classes":
         sidecar["class_names"] = sidecar["class_names"][::-1]
     elif how == "no tflite":

@@ -15,7 +15,7 @@ from PIL import Image
 
 from support import encode_image, random_rgb, row_count
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.predictor import Predictor
+from galaxylib.inference.predictor import Predictor
 
 
 def upload(*files: tuple[str, bytes], field: str = "file") -> dict:
@@ -89,7 +89,7 @@ def test_a_real_cutout_is_classified_and_stored_with_its_metadata(client, db_url
     assert meta["sha256"] == hashlib.sha256(cutout[1]).hexdigest()
     assert (meta["size_bytes"], meta["width"], meta["height"]) == (len(cutout[1]), 256, 256)
     assert meta["probabilities"] == result["probabilities"]
-    assert meta["latency_ms"]["total"] >= meta["latency_ms"]["inference"] > 0
+    assert meta["latency_ms"] > 0 and meta["source"] == "api"
     assert row_count(db_url) == 1
 
 

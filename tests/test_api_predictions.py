@@ -9,7 +9,7 @@ import datetime as dt
 
 import pytest
 
-from galaxylib.db import PredictionStore
+from galaxylib.store.database import PredictionStore
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
 ROWS = [  # (filename, class, confidence, minutes after T0)

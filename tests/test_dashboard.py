@@ -1,10 +1,12 @@
 """The dashboard in a real browser: ./dashboard.sh serves it, headless Chromium uses it.
 
 One voila page is opened the way a person would open it, with a tiny model this module trains
-on synthetic galaxies and a fresh SQLite database. Then, in order: a real cutout gets exactly
-galaxylib's Predictor answer and a Grad-CAM overlay; broken files get friendly messages; the
-documented upload limit is the real one; logged predictions appear in the History card; the
-layout fits 1400x900 and a laptop screen. Screenshots land in reports/screenshots/.
+on synthetic galaxies (named by a relative MODEL_PATH, as a user types it) and a fresh SQLite
+database: a real cutout gets exactly galaxylib's Predictor answer and a Grad-CAM overlay; broken
+files get friendly messages; the documented upload limit is the real one; logged predictions
+appear in the History card; the layout fits 1400x900 and a laptop screen. The tests share the
+page but not their outcomes: each asserts only what it did itself, so any order passes.
+Screenshots land in a temporary folder (their path is printed).
 
 Needs Debian's Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and fails,
 never skips, without it: CI must run this test.
@@ -24,15 +26,15 @@ import pytest
 from PIL import Image
 
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.config import PROJECT_ROOT, REPORTS_DIR
-from galaxylib.dashboard import UPLOAD_LIMIT_BYTES, format_probability
+from galaxylib.apps.dashboard.render import format_probability
+from galaxylib.apps.dashboard.uploads import UPLOAD_LIMIT_BYTES
+from galaxylib.config import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = REPORTS_DIR / "screenshots"
 DESKTOP = {"width": 1400, "height": 900}
 LAPTOP = {"width": 1280, "height": 720}
 
@@ -50,9 +52,9 @@ def trained_model(tmp_path_factory) -> Path:
     """A 64 px EfficientNetB0 trained for two epochs on synthetic galaxies (a 2x2 Grad-CAM map)."""
     import keras
 
-    from galaxylib.artifact import save_artifact
-    from galaxylib.model import ModelParams, build_model
-    from galaxylib.synthetic import make_synthetic_arrays
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
+    from galaxylib.data.synthetic import make_synthetic_arrays
 
     keras.utils.set_random_seed(0)
     images, labels = make_synthetic_arrays(2, seed=0, size=64)
@@ -91,13 +93,15 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float) 
 
 @pytest.fixture(scope="module")
 def dashboard_url(trained_model, db_url, tmp_path_factory):
-    """``./dashboard.sh --port N`` as a user runs it, with MODEL_PATH and DATABASE_URL set."""
+    """``MODEL_PATH=<run> ./dashboard.sh --port N`` as a user runs it from the folder that holds the
+    run (a relative MODEL_PATH, though the script changes directory), with DATABASE_URL set."""
     port = free_port()
     log = tmp_path_factory.mktemp("voila") / "dashboard.log"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": str(trained_model), "DATABASE_URL": db_url,
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": trained_model.name, "DATABASE_URL": db_url,
            "PYTHONUNBUFFERED": "1"}
+    env.pop("GALAXY_USER_CWD", None)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)], cwd=PROJECT_ROOT,
+        proc = subprocess.Popen([str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)], cwd=trained_model.parent,
                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, proc, log, SERVER_START_S)
@@ -161,9 +165,15 @@ def assert_no_traceback(page) -> None:
     assert page.locator('[data-mime-type="application/vnd.jupyter.error"]').count() == 0
 
 
-def screenshot(page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / name
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("screenshots")
+    print(f"dashboard screenshots: {folder}")
+    return folder
+
+
+def screenshot(page, folder: Path, name: str) -> Path:
+    path = folder / name
     page.screenshot(path=str(path))
     return path
 
@@ -175,8 +185,8 @@ def scroll_to_top(page) -> None:
 # ------------------------------------------------------------------ the tests
 
 
-def test_a_real_cutout_gets_the_predictors_answer_and_a_saliency_map(page, trained_model, sample_files):
-    from galaxylib.predictor import Predictor
+def test_a_real_cutout_gets_the_predictors_answer_and_a_saliency_map(page, trained_model, sample_files, screenshots):
+    from galaxylib.inference.predictor import Predictor
 
     cutout = sample_files[0]
     expected = Predictor(trained_model).predict(cutout)  # what the API and predict.sh answer
@@ -205,11 +215,11 @@ def test_a_real_cutout_gets_the_predictors_answer_and_a_saliency_map(page, train
     assert "Classified 1 of 1 file" in page.locator(".gc-status").inner_text()
     assert_no_traceback(page)
     scroll_to_top(page)
-    screenshot(page, "dashboard-result-1400x900.png")
-    card.screenshot(path=str(SCREENSHOTS / "dashboard-result-card.png"))
+    screenshot(page, screenshots, "dashboard-result-1400x900.png")
+    card.screenshot(path=str(screenshots / "dashboard-result-card.png"))
 
 
-def test_broken_files_get_a_friendly_message_and_no_traceback(page, sample_files):
+def test_broken_files_get_a_friendly_message_and_no_traceback(page, sample_files, screenshots):
     real = sample_files[1].read_bytes()
     upload(page, [{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"observing log, not a galaxy\n"},
                   {"name": "empty.jpg", "mimeType": "image/jpeg", "buffer": b""},
@@ -226,7 +236,7 @@ def test_broken_files_get_a_friendly_message_and_no_traceback(page, sample_files
     assert "Classified 0 of 3 files" in page.locator(".gc-status").inner_text()
     assert_no_traceback(page)
     scroll_to_top(page)
-    screenshot(page, "dashboard-errors-1400x900.png")
+    screenshot(page, screenshots, "dashboard-errors-1400x900.png")
 
 
 def test_the_documented_upload_limit_is_the_real_one(page, tmp_path):
@@ -254,33 +264,38 @@ def test_the_documented_upload_limit_is_the_real_one(page, tmp_path):
     assert_no_traceback(page)
 
 
-def test_logged_predictions_appear_in_the_history(page, db_url, samples_dir):
-    from galaxylib.dashboard import list_examples
-    from galaxylib.db import PredictionStore
+def test_logged_predictions_appear_in_the_history(page, db_url, samples_dir, screenshots):
+    from galaxylib.apps.dashboard.sources import list_examples
+    from galaxylib.store.database import PredictionStore
 
+    store = PredictionStore(db_url)
+    before, counts_before = store.count(), store.class_counts()
     example = list_examples(samples_dir)[2].filename  # the picker lists the same examples
-    page.locator(".gc-log-toggle input[type=checkbox]").check()
-    page.locator(".gc-example-picker select").select_option(index=2)
-
-    page.locator(".gc-example-button").click()
-
-    page.locator(".gc-status", has_text="Logged 1 prediction").wait_for(timeout=ANSWER_MS)
+    toggle = page.locator(".gc-log-toggle input[type=checkbox]")
+    toggle.check()
+    try:
+        page.locator(".gc-example-picker select").select_option(index=2)
+        page.locator(".gc-example-button").click()
+        page.locator(".gc-status", has_text="Logged 1 prediction").wait_for(timeout=ANSWER_MS)
+    finally:
+        toggle.uncheck()  # the other tests' uploads stay out of the database
     shown_class = page.locator(f'.gc-prediction[data-filename="{example}"]').first.get_attribute("data-class")
-    rows, total = PredictionStore(db_url).list(limit=1)
-    assert total == 1  # logging is off until the toggle is ticked: the earlier uploads were not logged
+    rows, total = store.list(limit=1)
+    assert total == before + 1  # exactly this example, nothing classified while the toggle was off
     assert (rows[0].filename, rows[0].predicted_class) == (example, shown_class)
-    assert rows[0].meta["source"] == "dashboard"
+    assert rows[0].meta["source"] == "dashboard" and rows[0].meta["example"] is True
     history = page.locator(".gc-history")
-    assert history.get_attribute("data-total") == "1"
+    assert history.get_attribute("data-total") == str(before + 1)
     assert example in history.locator(".gc-history-list").inner_text()
-    assert page.locator(f'.gc-count-row[data-class="{shown_class}"]').get_attribute("data-count") == "1"
+    count = page.locator(f'.gc-count-row[data-class="{shown_class}"]').get_attribute("data-count")
+    assert count == str(counts_before.get(shown_class, 0) + 1)
     card_for(page, example).locator("img.gc-saliency").wait_for(timeout=SALIENCY_MS)
     scroll_to_top(page)
-    screenshot(page, "dashboard-history-1400x900.png")
+    screenshot(page, screenshots, "dashboard-history-1400x900.png")
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, LAPTOP], ids=["1400x900", "laptop-1280x720"])
-def test_the_layout_fits_the_screen(page, viewport):
+def test_the_layout_fits_the_screen(page, viewport, screenshots):
     page.set_viewport_size(viewport)
     page.locator(".gc-status-busy").wait_for(state="detached", timeout=SALIENCY_MS)
     scroll_to_top(page)
@@ -290,4 +305,5 @@ def test_the_layout_fits_the_screen(page, viewport):
     main, side = page.locator(".gc-main").bounding_box(), page.locator(".gc-side").bounding_box()
     assert side["x"] >= main["x"] + main["width"], "the model and history cards sit beside the results"
     name = f"dashboard-{viewport['width']}x{viewport['height']}.png"
-    screenshot(page, name)
+    screenshot(page, screenshots, name)
+    page.set_viewport_size(DESKTOP)  # the next test finds the page as it was

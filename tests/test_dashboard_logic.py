@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxylib import dashboard as dash
-from galaxylib.artifact import SIDECAR, latest_run
+from galaxylib.apps.dashboard import app, render, sources, uploads
+from galaxylib.artifact import SIDECAR, list_runs
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import PROJECT_ROOT
 
@@ -34,7 +34,7 @@ def fake_run(models_dir: Path, name: str, mtime: float, **sidecar) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(tiny_artifact):
-    from galaxylib.predictor import Predictor
+    from galaxylib.inference.predictor import Predictor
 
     return Predictor(tiny_artifact)
 
@@ -44,8 +44,8 @@ def gradcam64():
     """Grad-CAM on an untrained 64 px EfficientNetB0: its last conv map is 2x2."""
     import keras
 
-    from galaxylib.model import ModelParams, build_model
-    from galaxylib.saliency import GradCam
+    from galaxylib.modeling.model import ModelParams, build_model
+    from galaxylib.modeling.saliency import GradCam
 
     keras.utils.set_random_seed(1)
     model = build_model(ModelParams(image_size=64, weights="none", trainable_layers="all",
@@ -53,8 +53,8 @@ def gradcam64():
     return GradCam(model)
 
 
-def upload(name: str, content: bytes, size: int | None = None) -> dash.Upload:
-    return dash.Upload(name, content, len(content) if size is None else size)
+def upload(name: str, content: bytes, size: int | None = None) -> uploads.Upload:
+    return uploads.Upload(name, content, len(content) if size is None else size)
 
 
 # ------------------------------------------------------------------ which model
@@ -68,10 +68,10 @@ def test_the_newest_run_is_the_default_model(tmp_path):
     (tmp_path / "half-saved.tmp" / SIDECAR).write_text("{}")
     (tmp_path / "not-a-run").mkdir()
 
-    choices = dash.discover_models(tmp_path, model_path="")
+    choices = sources.discover_models(tmp_path, model_path="")
 
     assert [c.path.name for c in choices] == ["new", "middle", "old"]
-    assert choices[0].path == newest == latest_run(tmp_path)  # the same rule as predict.sh
+    assert choices[0].path == newest == list_runs(tmp_path)[0]  # the same rule as predict.sh
 
 
 def test_model_path_comes_first_and_is_not_listed_twice(tmp_path):
@@ -80,8 +80,8 @@ def test_model_path_comes_first_and_is_not_listed_twice(tmp_path):
     b = fake_run(models, "b", 2_000)
     elsewhere = fake_run(tmp_path / "elsewhere", "pinned", 500)
 
-    assert [c.path for c in dash.discover_models(models, model_path=str(elsewhere))][:2] == [elsewhere, b]
-    choices = dash.discover_models(models, model_path=str(models / "a"))
+    assert [c.path for c in sources.discover_models(models, model_path=str(elsewhere))][:2] == [elsewhere, b]
+    choices = sources.discover_models(models, model_path=str(models / "a"))
     assert [c.path.name for c in choices] == ["a", "b"] and choices[0].from_env
     assert "MODEL_PATH" in choices[0].label
 
@@ -90,13 +90,13 @@ def test_model_path_may_name_a_folder_of_runs(tmp_path):
     fake_run(tmp_path / "runs", "x", 1_000)
     fake_run(tmp_path / "runs", "y", 2_000)
 
-    choices = dash.discover_models(tmp_path / "elsewhere", model_path=str(tmp_path / "runs"))
+    choices = sources.discover_models(tmp_path / "elsewhere", model_path=str(tmp_path / "runs"))
 
     assert [c.path.name for c in choices] == ["y", "x"]
 
 
 def test_a_missing_model_path_is_offered_so_the_page_can_say_what_is_wrong(tmp_path):
-    choices = dash.discover_models(tmp_path, model_path=str(tmp_path / "typo"))
+    choices = sources.discover_models(tmp_path, model_path=str(tmp_path / "typo"))
     assert [c.path for c in choices] == [tmp_path / "typo"]
 
 
@@ -104,14 +104,14 @@ def test_a_missing_model_path_is_offered_so_the_page_can_say_what_is_wrong(tmp_p
 
 
 def test_examples_are_one_real_cutout_per_class(samples_dir):
-    examples = dash.list_examples(samples_dir)
+    examples = sources.list_examples(samples_dir)
     assert [e.true_class for e in examples] == list(CLASS_NAMES)
     assert not any(e.synthetic for e in examples)
     assert all(e.read_bytes()[:2] == b"\xff\xd8" for e in examples)  # the real JPEG files
 
 
 def test_without_samples_the_examples_are_synthetic_and_say_so(tmp_path):
-    examples = dash.list_examples(tmp_path)
+    examples = sources.list_examples(tmp_path)
     assert len(examples) == len(CLASS_NAMES) and all(e.synthetic for e in examples)
     assert all("Synthetic" in e.label and "not a real galaxy" in e.label for e in examples)
     img = Image.open(io.BytesIO(examples[5].read_bytes()))
@@ -124,7 +124,7 @@ def test_without_samples_the_examples_are_synthetic_and_say_so(tmp_path):
 def test_the_dashboard_gives_the_predictors_answer(predictor, sample_files):
     """Same bytes, same Predictor and preprocessing: the same class and probabilities as the API."""
     files = sample_files[:4]
-    outcomes = dash.classify_uploads(predictor, [upload(f.name, f.read_bytes()) for f in files])
+    outcomes = uploads.classify_uploads(predictor, [upload(f.name, f.read_bytes()) for f in files])
     expected = predictor.predict_batch(files)
 
     for out, want in zip(outcomes, expected):
@@ -141,7 +141,7 @@ def test_broken_files_get_messages_and_the_good_ones_still_get_answers(predictor
                upload("cut.jpg", good[: len(good) // 2]), upload("anim.gif", gif.getvalue()),
                upload(sample_files[0].name, good)]
 
-    outcomes = dash.classify_uploads(predictor, uploads)
+    outcomes = uploads.classify_uploads(predictor, uploads)
 
     errors = {o.upload.name: o.error for o in outcomes if not o.ok}
     assert errors == {
@@ -163,7 +163,7 @@ def test_the_upload_limit_counts_files_in_order_while_they_fit(predictor, sample
                upload("c.jpg", cutout + cutout),  # does not fit beside a and b
                upload("d.jpg", cutout)]  # still fits
 
-    outcomes = dash.classify_uploads(predictor, uploads, limit=limit)
+    outcomes = uploads.classify_uploads(predictor, uploads, limit=limit)
 
     assert [o.ok for o in outcomes] == [False, True, True, False, True]
     assert "is over the upload limit of 20 MB" in outcomes[0].error
@@ -172,7 +172,7 @@ def test_the_upload_limit_counts_files_in_order_while_they_fit(predictor, sample
 
 def test_one_upload_takes_a_bounded_number_of_files(predictor, sample_files):
     cutout = sample_files[0].read_bytes()
-    outcomes = dash.classify_uploads(predictor, [upload(f"{i}.jpg", cutout) for i in range(4)], max_files=3)
+    outcomes = uploads.classify_uploads(predictor, [upload(f"{i}.jpg", cutout) for i in range(4)], max_files=3)
     assert [o.ok for o in outcomes] == [True, True, True, False]
     assert "at most 3 files" in outcomes[3].error
 
@@ -181,30 +181,30 @@ def test_voila_config_makes_the_documented_limit_the_real_one():
     """tornado closes a websocket on a message over websocket_max_message_size (default 10 MiB),
     and one upload is one message: the setting must be the limit plus room for the JSON part."""
     config = json.loads((PROJECT_ROOT / "voila.json").read_text())
-    assert config["Voila"]["tornado_settings"]["websocket_max_message_size"] == dash.websocket_max_message_size()
-    assert dash.websocket_max_message_size() > dash.UPLOAD_LIMIT_BYTES > 10 * 2**20
-    assert f"var LIMIT = {dash.UPLOAD_LIMIT_BYTES};" in dash.UPLOAD_GUARD_JS
+    assert config["Voila"]["tornado_settings"]["websocket_max_message_size"] == uploads.websocket_max_message_size()
+    assert uploads.websocket_max_message_size() > uploads.UPLOAD_LIMIT_BYTES > 10 * 2**20
+    assert f"var LIMIT = {uploads.UPLOAD_LIMIT_BYTES};" in render.upload_guard_js()
     assert config["Voila"]["port_retries"] == 0  # dashboard.sh prints the URL voila really serves
     assert config["VoilaConfiguration"]["show_tracebacks"] is False
-    assert dash.UPLOAD_LIMIT_LABEL in (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
+    assert uploads.UPLOAD_LIMIT_LABEL in (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
 
 
 # ------------------------------------------------------------------ what the page shows
 
 
 def test_the_page_shows_every_probability_in_one_format(predictor, sample_files):
-    out = dash.classify_uploads(predictor, [upload("x.jpg", sample_files[0].read_bytes())])[0]
-    page = dash.prediction_html(out)
+    out = uploads.classify_uploads(predictor, [upload("x.jpg", sample_files[0].read_bytes())])[0]
+    page = render.prediction_html(out)
     for name, p in out.prediction.probabilities.items():
         assert f'data-class="{name}" data-probability="{p!r}"' in page
-        assert dash.format_probability(p) in page
+        assert render.format_probability(p) in page
     assert out.prediction.model_version in page
 
 
 def test_user_text_is_escaped():
     name = '<img src=x onerror="alert(1)">.png'
-    for html in (dash.error_html(f"{name}: the file is empty", name),
-                 dash.card_header_html(upload(name, b""))):
+    for html in (render.error_html(f"{name}: the file is empty", name),
+                 render.card_header_html(upload(name, b""))):
         assert "<img" not in html and "&lt;img" in html
 
 
@@ -215,7 +215,7 @@ def test_a_failing_callback_shows_a_message_not_a_traceback():
         def set_status(self, message, kind):
             self.status = (message, kind)
 
-        @dash.guarded("drawing the chart")
+        @app.guarded("drawing the chart")
         def explode(self):
             raise KeyError("probabilities")
 
@@ -244,7 +244,7 @@ def test_gradcam_maps_are_one_per_image_and_scaled_to_0_1(gradcam64):
 
 
 def test_the_overlay_keeps_the_image_where_the_map_is_zero():
-    from galaxylib.saliency import overlay
+    from galaxylib.modeling.saliency import overlay
 
     image = np.full((256, 256, 3), 40, np.uint8)
     cam = np.zeros((2, 2), np.float32)
@@ -254,7 +254,7 @@ def test_the_overlay_keeps_the_image_where_the_map_is_zero():
 
 
 def test_gradcam_needs_a_convolutional_layer(gradcam64):
-    from galaxylib.saliency import GradCam, SaliencyError
+    from galaxylib.modeling.saliency import GradCam, SaliencyError
 
     with pytest.raises(SaliencyError, match="no layer named 'nope'"):
         GradCam(gradcam64.model, layer_name="nope")
@@ -267,9 +267,9 @@ def test_gradcam_needs_a_convolutional_layer(gradcam64):
 
 def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_url, tmp_path):
     """The whole flow of the page without a browser, logging into a fresh SQLite file."""
-    from galaxylib.db import PredictionStore
+    from galaxylib.store.database import PredictionStore
 
-    app = dash.Dashboard(models=[dash.ModelChoice(tiny_artifact, "tiny")], examples=dash.list_examples(tmp_path),
+    app = app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny")], examples=sources.list_examples(tmp_path),
                          db_url=sqlite_url, log_predictions=True, warm_saliency=False)
     cutout = sample_files[0]
 
@@ -289,7 +289,7 @@ def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_
 
 
 def test_without_a_model_the_page_says_how_to_get_one(tmp_path, sqlite_url):
-    app = dash.Dashboard(models=[], examples=dash.list_examples(tmp_path), db_url=sqlite_url,
+    app = app.Dashboard(models=[], examples=sources.list_examples(tmp_path), db_url=sqlite_url,
                          warm_saliency=False)
     assert app.upload.disabled and app.example_button.disabled
     assert "No trained model found" in app.status.value and "MODEL_PATH" in app.status.value
@@ -297,16 +297,16 @@ def test_without_a_model_the_page_says_how_to_get_one(tmp_path, sqlite_url):
 
 def test_a_broken_artifact_is_a_message(tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = dash.Dashboard(models=dash.discover_models(tmp_path / "models", model_path=""),
-                         examples=dash.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
+    app = app.Dashboard(models=sources.discover_models(tmp_path / "models", model_path=""),
+                         examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
     assert app.upload.disabled
     assert f"Cannot use the model at {broken}" in app.status.value
 
 
 def test_the_picker_switches_models_and_a_broken_one_is_a_message(tiny_artifact, tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = dash.Dashboard(models=[dash.ModelChoice(tiny_artifact, "tiny"), dash.ModelChoice(broken, "broken")],
-                         examples=dash.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
+    app = app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny"), sources.ModelChoice(broken, "broken")],
+                         examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
     assert app.model_picker.layout.display != "none"  # two models: the picker shows
 
     app.model_picker.value = str(broken)

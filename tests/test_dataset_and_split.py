@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from galaxylib.dataset import DatasetError, folder_to_h5, open_galaxy10, resized_cache
+from galaxylib.data.galaxy10 import DatasetError, folder_to_h5, open_galaxy10, resized_cache
 from galaxylib.preprocessing import load_image
-from galaxylib.split import SplitError, load_split, make_split, save_split
+from galaxylib.data.split import SplitError, load_split, make_split, save_split
 
 
 def write_real_format_h5(path, n=20, seed=0):

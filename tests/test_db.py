@@ -4,7 +4,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import inspect
 
-from galaxylib.db import PredictionFilter, PredictionStore
+from galaxylib.store.database import PredictionFilter, PredictionStore
 
 
 def rows(n, cls="Round Smooth", conf=0.9):
@@ -120,7 +120,7 @@ def test_a_write_on_a_lost_connection_fails_cleanly_and_the_next_one_reconnects(
 
 
 def test_an_idle_connection_is_checked_before_a_write(postgres_url, monkeypatch):
-    from galaxylib import db
+    from galaxylib.store import database as db
 
     store = PredictionStore(postgres_url)
     store.add_many(rows(1))

@@ -1,4 +1,4 @@
-"""How galaxylib.download gets the Galaxy10 file, shown against a real local HTTP server.
+"""How galaxylib.data.download gets the Galaxy10 file, shown against a real local HTTP server.
 
 The server below serves a small file in the real Galaxy10 DECaLS layout. It supports
 ``Range: bytes=N-`` like Zenodo does, and it can drop a connection partway through.
@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from galaxylib.download import (
+from galaxylib.data.download import (
     ChecksumError,
     DatasetUnavailableError,
     download_file,
@@ -272,3 +272,22 @@ def test_existing_corrupt_file_raises_and_is_kept(server, galaxy10, tmp_path):
     assert str(dest.resolve()) in str(err.value) and "Delete it" in str(err.value)
     assert dest.read_bytes() == corrupt
     assert server.seen == []
+
+
+def test_the_real_file_is_hashed_once_then_trusted_by_the_download_check_and_the_dataset(
+        galaxy10, tmp_path, monkeypatch):
+    from galaxylib import files
+    from galaxylib.data.galaxy10 import dataset_fingerprint
+
+    url, payload, sha = galaxy10
+    dest = tmp_path / "Galaxy10_DECals.h5"
+    dest.write_bytes(payload)
+    hashed = []
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda path, **kw: hashed.append(path) or real(path, **kw))
+
+    ensure_galaxy10(dest, url=url, sha256=sha)  # hashes and writes the sidecar
+    assert dataset_fingerprint(dest) == sha  # the dataset's fingerprint trusts it
+    ensure_galaxy10(dest, url=url, sha256=sha)  # and so does the next check
+
+    assert hashed == [dest]

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from galaxylib.config import PROJECT_ROOT
-from galaxylib.predictor import Predictor
+from galaxylib.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def cropped_artifact(tmp_path_factory):
     import keras
     import numpy as np
 
-    from galaxylib.artifact import save_artifact
-    from galaxylib.model import ModelParams, build_model
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
 
     keras.utils.set_random_seed(1)
     model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False))
@@ -40,7 +40,7 @@ def cropped_artifact(tmp_path_factory):
 
 def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
         cropped_artifact, sample_files, make_app, sqlite_url, tmp_path):
-    from galaxylib.dashboard import Upload, classify_uploads
+    from galaxylib.apps.dashboard.uploads import Upload, classify_uploads
 
     files = sample_files[:3]
     predictor = Predictor(cropped_artifact)
@@ -73,3 +73,42 @@ def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
         assert float(lines[i]["confidence"]) == pytest.approx(probs[top], abs=1e-6)  # CSV keeps 6 decimals
         assert api[i]["probabilities"] == pytest.approx(probs, abs=1e-7)
         assert dashboard[i].prediction.probabilities == pytest.approx(probs, abs=1e-7)
+
+
+def test_the_three_entry_points_store_the_same_record(cropped_artifact, sample_files, make_app, sqlite_url, tmp_path):
+    """One cutout through predict.sh, the API and the dashboard: the stored rows' metadata have the
+    same keys with the same types (the one record builder), and differ only in ``source``."""
+    from galaxylib.apps.dashboard.app import Dashboard
+    from galaxylib.apps.dashboard.sources import ModelChoice
+    from galaxylib.apps.dashboard.uploads import Upload
+    from galaxylib.store.database import PredictionStore
+    from galaxylib.store.records import METADATA_TYPES
+
+    cutout = sample_files[0]
+    env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url}
+    run = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(cropped_artifact), str(cutout),
+                          "--out", str(tmp_path / "out.csv")], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr
+    client = make_app(sqlite_url, model_path=str(cropped_artifact)).test_client()
+    response = client.post("/predict", data={"file": [(io.BytesIO(cutout.read_bytes()), cutout.name)]},
+                           content_type="multipart/form-data")
+    assert response.status_code == 200, response.get_json()
+    page = Dashboard(models=[ModelChoice(cropped_artifact, "cropped")], examples=[], db_url=sqlite_url,
+                     log_predictions=True, warm_saliency=False)
+    page.classify([Upload(cutout.name, cutout.read_bytes(), cutout.stat().st_size)])
+
+    rows, total = PredictionStore(sqlite_url).list(limit=10)
+    assert total == 3
+    by_source = {r.meta["source"]: r for r in rows}
+    assert set(by_source) == {"predict.sh", "api", "dashboard"}
+    for source, row in by_source.items():
+        assert set(row.meta) == set(METADATA_TYPES), source
+        for key, kind in METADATA_TYPES.items():
+            assert isinstance(row.meta[key], kind), (source, key, row.meta[key])
+    reference = by_source["api"].meta
+    for source, row in by_source.items():
+        same = {k: v for k, v in row.meta.items() if k not in ("source", "latency_ms", "batch_size")}
+        assert same == {k: v for k, v in reference.items() if k not in ("source", "latency_ms", "batch_size")}, source
+        assert row.predicted_class == by_source["api"].predicted_class
+    assert by_source["predict.sh"].filename.endswith(cutout.name)
+    assert (reference["width"], reference["height"]) == (256, 256)

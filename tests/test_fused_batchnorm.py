@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from galaxylib.fused_batchnorm import fused_batchnorm
+from galaxylib.modeling.fused_batchnorm import fused_batchnorm
 
 
 def _network_with_batchnorm():

@@ -5,10 +5,11 @@ import shutil
 import numpy as np
 import pytest
 
-from galaxylib.artifact import ArtifactError, load_keras_model, read_artifact
+from galaxylib.artifact import ArtifactError, read_artifact
+from galaxylib.modeling.export import load_keras_model
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.model import ModelParams, WeightsError, build_model
-from galaxylib.predictor import Predictor
+from galaxylib.modeling.model import ModelParams, WeightsError, build_model
+from galaxylib.inference.predictor import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def test_one_image_and_a_batch_give_the_same_answer(tiny_artifact, sample_files)
     ("delete_tflite", "missing model.tflite"),
     ("corrupt_tflite", "checksum"),
     ("drop_key", "incomplete"),
-    ("other_classes", "other class names"),
+    ("duplicate_classes", "distinct names"),
     ("other_contract", "preprocessing contract"),
 ])
 def test_a_broken_artifact_is_refused_with_a_clear_error(tiny_artifact, tmp_path, damage, message):
@@ -134,8 +135,8 @@ def test_a_broken_artifact_is_refused_with_a_clear_error(tiny_artifact, tmp_path
     else:
         if damage == "drop_key":
             del sidecar["image_size"]
-        elif damage == "other_classes":
-            sidecar["class_names"][3] = "Smooth, Cigar shaped"  # astroNN's mislabel
+        elif damage == "duplicate_classes":
+            sidecar["class_names"][3] = sidecar["class_names"][2]  # two outputs would share a name
         else:
             sidecar["preprocessing"]["version"] = 99
         (broken / "model.json").write_text(json.dumps(sidecar))

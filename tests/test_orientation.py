@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
-from galaxylib.artifact import load_keras_model, read_artifact, save_artifact
-from galaxylib.orientation import (N_VIEWS, VIEWS, inner_network, orient, view_maps_back,
+from galaxylib.artifact import read_artifact
+from galaxylib.modeling.export import load_keras_model, save_artifact
+from galaxylib.modeling.orientation import (N_VIEWS, VIEWS, inner_network, orient, view_maps_back,
                                    with_orientation_average)
-from galaxylib.predictor import Predictor
+from galaxylib.inference.predictor import Predictor
 from galaxylib.preprocessing import load_image
 
 
@@ -84,7 +85,7 @@ def test_maps_of_the_8_views_turn_back_to_the_inputs_orientation():
 
 
 def test_grad_cam_of_an_averaged_model_turns_with_the_image(averaged, cutouts):
-    from galaxylib.saliency import GradCam
+    from galaxylib.modeling.saliency import GradCam
 
     cam = GradCam(averaged)
     predicted = averaged.predict(cutouts, verbose=0).argmax(axis=1)

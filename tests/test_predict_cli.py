@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from galaxylib.config import PROJECT_ROOT
-from galaxylib.db import PredictionStore
-from galaxylib.predictor import Predictor
+from galaxylib.store.database import PredictionStore
+from galaxylib.inference.predictor import Predictor
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, 
     expected = Predictor(tiny_artifact).predict(sample_files[0])
     assert line["predicted_class"] == expected.predicted_class
     assert float(line["confidence"]) == pytest.approx(expected.confidence, abs=1e-6)
-    assert [line["top1"], line["top2"], line["top3"]] == [n for n, _ in expected.top3]
+    assert [line["top1"], line["top2"], line["top3"]] == [n for n, _ in expected.top_classes]
     assert line["model_version"] == expected.model_version and line["prediction_id"]
 
 

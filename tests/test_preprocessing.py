@@ -82,9 +82,26 @@ def test_other_formats_are_not_accepted():
         decode_image(buf.getvalue())
 
 
-def test_the_contract_names_its_version_and_size():
-    contract = preprocessing_contract(224)
-    assert contract["image_size"] == 224 and contract["range"] == [0.0, 255.0] and contract["version"] >= 1
+# The exact model inputs of one real cutout under contract version 1. A change to the mapping
+# (decode, crop, resize, dtype) changes these digests: bump CONTRACT_VERSION with it, so that
+# artifacts trained under the old mapping are refused instead of silently fed other pixels.
+CONTRACT_V1_DIGESTS = {
+    ("g10_01d8b643be.jpg", 64, 0.6): "ba35d66c5e6d47c6b3c1caafc1e1f705907de4a4e7d989ca824f9e7075db760b",
+    ("g10_01d8b643be.jpg", 224, 0.875): "eb33e6a2eeb06a40212cf935d2db433d136d82fc536858e36961993c1a39ab6d",
+}
+
+
+def test_the_contract_version_pins_the_exact_mapping(samples_dir):
+    import hashlib
+
+    from galaxylib.preprocessing import CONTRACT_VERSION
+
+    assert CONTRACT_VERSION == 1, "a new contract version needs its own digests here"
+    for (name, size, crop), digest in CONTRACT_V1_DIGESTS.items():
+        pixels = load_image(samples_dir / name, size, crop)
+        assert hashlib.sha256(pixels.tobytes()).hexdigest() == digest, (name, size, crop)
+    contract = preprocessing_contract(224, 0.875)
+    assert (contract["version"], contract["image_size"], contract["crop"]) == (1, 224, 0.875)
 
 
 def test_a_centre_crop_keeps_the_middle_of_the_cutout_before_resizing(sample_files):
@@ -102,7 +119,7 @@ def test_a_centre_crop_keeps_the_middle_of_the_cutout_before_resizing(sample_fil
 def test_the_production_crop_feeds_the_central_224_pixels_of_a_cutout_unresampled(sample_files):
     """configs/production.yaml: 224 px at crop 0.875 is a pure crop of a 256 px cutout (no resize)."""
     from galaxylib.config import PROJECT_ROOT
-    from galaxylib.pipeline import load_config
+    from galaxylib.pipeline.run_config import load_config
 
     config = load_config(PROJECT_ROOT / "configs" / "production.yaml")
     pixels = np.asarray(decode_image(sample_files[0]))

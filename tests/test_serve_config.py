@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL", "MODEL_SHA256", "ADMIN_TOKEN", "SECRET_KEY",
+    for name in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL", "MODEL_SHA256", "ADMIN_TOKEN",
                  "MAX_UPLOAD_MB", "MAX_BATCH", "GALAXY_NUM_THREADS", "GALAXY_FORWARD_BATCH", "DB_RETRY_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
@@ -35,7 +35,6 @@ def test_settings_come_from_the_environment(env):
     env.setenv("DATABASE_URL", "postgres://u@db.example:5432/galaxy")
     env.setenv("MODEL_PATH", "/models/run-1")
     env.setenv("ADMIN_TOKEN", "s3cret")
-    env.setenv("SECRET_KEY", "k" * 32)
     env.setenv("MAX_UPLOAD_MB", "2.5")
     env.setenv("MAX_BATCH", "7")
     env.setenv("GALAXY_NUM_THREADS", "1")
@@ -45,7 +44,7 @@ def test_settings_come_from_the_environment(env):
     s = Settings.from_env()
 
     assert s.database_url == "postgresql+psycopg://u@db.example:5432/galaxy"  # Render/Heroku style, normalised
-    assert (s.model_path, s.admin_token, s.secret_key) == ("/models/run-1", "s3cret", "k" * 32)
+    assert (s.model_path, s.admin_token) == ("/models/run-1", "s3cret")
     assert (s.max_content_length, s.max_batch, s.num_threads, s.forward_batch) == (int(2.5 * 1024 * 1024), 7, 1, 4)
     assert s.server_timing is True
 
@@ -57,7 +56,6 @@ def test_the_defaults_need_nothing_configured(env):
     assert s.admin_token is None and not s.admin_enabled
     assert (s.max_upload_mb, s.max_batch) == (16.0, 32)
     assert s.server_timing is False
-    assert len(s.secret_key) >= 32
 
 
 @pytest.mark.parametrize("name, value", [("MAX_BATCH", "many"), ("MAX_BATCH", "0"), ("MAX_UPLOAD_MB", "-1"),

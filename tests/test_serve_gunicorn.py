@@ -136,23 +136,46 @@ def test_each_worker_runs_no_more_threads_than_the_interpreter_needs(server):
     assert max(threads) <= 1 + INTERPRETER_THREADS, threads
 
 
-def test_a_new_connection_wakes_one_idle_worker_not_all_four(server):
-    """gunicorn.conf.py's worker accepts with EPOLLEXCLUSIVE; stock sync workers measured ~5 wake-ups."""
-    import http.client
+def _exclusive_epoll_targets(pid: int) -> set[int]:
+    """File descriptors that process ``pid`` watches with EPOLLEXCLUSIVE, read from /proc."""
+    exclusive = 1 << 28  # EPOLLEXCLUSIVE
+    targets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.readlink(fd) != "anon_inode:[eventpoll]":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            if line.startswith("tfd:"):
+                fields = line.split()
+                if int(fields[fields.index("events:") + 1], 16) & exclusive:
+                    targets.add(int(fields[1]))
+    return targets
 
-    import psutil
 
-    workers = [psutil.Process(pid) for pid in server.worker_pids()]
-    before = sum(w.num_ctx_switches().voluntary for w in workers)
-    for _ in range(50):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.request("GET", "/health/live")
-        assert conn.getresponse().read()
-        conn.close()
-        time.sleep(0.01)  # let every worker go idle again
-    wakeups = (sum(w.num_ctx_switches().voluntary for w in workers) - before) / 50
+def _listening_fds(pid: int, port: int) -> set[int]:
+    """The process's file descriptors that are the listening socket on ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(fields[9])
+    return {int(fd.name) for fd in Path(f"/proc/{pid}/fd").iterdir()
+            if os.readlink(fd) in {f"socket:[{i}]" for i in inodes}}
 
-    assert wakeups < 3, wakeups
+
+def test_each_idle_worker_waits_on_the_listener_with_epollexclusive(server):
+    """gunicorn.conf.py's worker registers the listening socket with EPOLLEXCLUSIVE, so the kernel
+    wakes one idle worker per new connection, not all four (stock sync workers measured ~5 wake-ups)."""
+    pids = server.worker_pids()
+    assert len(pids) == 4
+    for pid in pids:
+        listeners = _listening_fds(pid, server.port)
+        assert listeners, f"worker {pid} holds no listening socket on {server.port}"
+        assert listeners <= _exclusive_epoll_targets(pid), f"worker {pid} waits without EPOLLEXCLUSIVE"
 
 
 def test_an_oversized_upload_gets_a_json_413_over_a_real_socket(server, module_postgres_url):
@@ -188,12 +211,14 @@ def test_a_missing_model_keeps_gunicorn_up_answering_503_without_restarting_work
         health = requests.get(f"{server.url}/health", timeout=30)
         predicted = requests.post(f"{server.url}/predict", files={"file": ("a.png", encode_image(random_rgb()))},
                                   timeout=30)
-        time.sleep(1.0)
 
+        # Both workers booted (the model's absence is found at boot), answered, and are the same processes:
+        # gunicorn restarts a worker that fails to boot, which would show as a third "Booting worker".
         assert health.status_code == 503 and health.json()["model"]["loaded"] is False
         assert predicted.status_code == 503 and predicted.json()["error"]["code"] == "model_unavailable"
         assert requests.get(f"{server.url}/health/live", timeout=30).status_code == 200
         assert server.proc.poll() is None and server.worker_pids() == pids  # no crash loop
+        assert server.log().count("Booting worker") == 2 and "Worker exited" not in server.log()
         assert "MODEL NOT LOADED" in server.log() and "no-such-run" in server.log()
     finally:
         server.stop()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from galaxylib import synthetic
+from galaxylib.data import synthetic
 from galaxylib.classes import NUM_CLASSES
-from galaxylib.synthetic import make_synthetic_arrays, render_galaxy, write_synthetic_h5
+from galaxylib.data.synthetic import make_synthetic_arrays, render_galaxy, write_synthetic_h5
 
 ROUND_SMOOTH, CIGAR_SMOOTH = 2, 4
 EDGE_ON_WITHOUT_BULGE, EDGE_ON_WITH_BULGE = 8, 9
@@ -125,7 +125,7 @@ def test_h5_has_the_real_galaxy10_keys_dtypes_and_shapes(h5_file: Path) -> None:
 def test_h5_is_marked_synthetic(h5_file: Path) -> None:
     with h5py.File(h5_file, "r") as f:
         assert bool(f.attrs["synthetic"]) is True
-        assert f.attrs["generator"] == "galaxylib.synthetic"
+        assert f.attrs["generator"] == "galaxylib.data.synthetic"
         assert int(f.attrs["seed"]) == 3
 
 

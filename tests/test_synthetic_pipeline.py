@@ -4,9 +4,10 @@ import os
 import subprocess
 import sys
 
-from galaxylib.artifact import load_keras_model, read_artifact
+from galaxylib.artifact import read_artifact
+from galaxylib.modeling.export import load_keras_model
 from galaxylib.config import PROJECT_ROOT
-from galaxylib.orientation import inner_network
+from galaxylib.modeling.orientation import inner_network
 
 
 def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifact(tmp_path):

@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from galaxylib.split import make_split
-from galaxylib.training import TrainParams, epoch_orders, train_model
+from galaxylib.data.split import make_split
+from galaxylib.modeling.training import TrainParams, epoch_orders, train_model
 
 
 def test_each_epoch_visits_every_training_image_once_in_a_new_order():
     indices = np.arange(10, 40)
-    orders = epoch_orders(indices, np.zeros(50, np.int64), epochs=3, seed=0, balance="class_weight")
+    orders = epoch_orders(indices, np.zeros(50, np.int64), epochs=3, seed=0, balance="class_weight", n_classes=10)
     assert orders.shape == (3, 30)
     assert all(sorted(order) == list(indices) for order in orders)
     assert not np.array_equal(orders[0], orders[1])
@@ -16,7 +16,7 @@ def test_each_epoch_visits_every_training_image_once_in_a_new_order():
 
 def test_oversampling_draws_a_rare_class_as_often_as_a_common_one():
     labels = np.array([0] * 95 + [4] * 5)  # class 4 is under 2 % of the real data
-    orders = epoch_orders(np.arange(100), labels, epochs=40, seed=1, balance="oversample")
+    orders = epoch_orders(np.arange(100), labels, epochs=40, seed=1, balance="oversample", n_classes=10)
     drawn = np.bincount(labels[orders.ravel()], minlength=5)
     assert drawn[4] / drawn[0] == pytest.approx(1.0, abs=0.1)
 
@@ -42,7 +42,7 @@ def test_the_budget_schedule_decays_the_learning_rate_to_zero_and_stops():
     params = TrainParams(epochs=100_000, batch_size=8, patience=100_000, lr_schedule="cosine_budget",
                          max_train_minutes=0.2, augment_zoom=0, augment_brightness=0)
 
-    history = train_model(model, images, labels, split, params)
+    history = train_model(model, images, labels, split, params, 10)
 
     assert "val_loss" in history  # the cut-short last epoch is still validated
     assert float(model.optimizer.learning_rate.numpy()) < 1e-2 * 0.01  # decayed, not just stopped
@@ -53,4 +53,4 @@ def test_the_budget_schedule_needs_a_budget():
     split = make_split(labels, "0" * 64, seed=0)
     with pytest.raises(ValueError, match="max_train_minutes"):
         train_model(_tiny_model(16), np.zeros((200, 16, 16, 3), np.uint8), labels, split,
-                    TrainParams(lr_schedule="cosine_budget", max_train_minutes=0))
+                    TrainParams(lr_schedule="cosine_budget", max_train_minutes=0), 10)

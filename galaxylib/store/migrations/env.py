@@ -1,7 +1,7 @@
-"""Alembic environment: runs on the connection galaxylib.db hands it (or DATABASE_URL)."""
+"""Alembic environment: runs on the connection galaxylib.store.database hands it (or DATABASE_URL)."""
 from alembic import context
 
-from galaxylib.db import Base, make_engine
+from galaxylib.store.database import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

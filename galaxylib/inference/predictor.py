@@ -1,8 +1,8 @@
-"""Predictor: load an artifact's TFLite export once, classify images or batches.
+"""Predictor: load an artifact's TFLite export once, classify model inputs in batches.
 
-predict.sh, the API and the dashboard all use this class. It runs on LiteRT
-(``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and ~100 MB to get
-ready, against ~4 s and ~600 MB for TensorFlow.
+predict.sh, the API and the dashboard all reach it through ``galaxylib.inference.classify``.
+It runs on LiteRT (``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and ~100 MB to
+get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from galaxylib.artifact import Artifact, read_artifact
-from galaxylib.classes import CLASS_NAMES
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
+
+TOP_K = 3
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,7 @@ class Prediction:
     confidence: float
     probabilities: dict[str, float]
     model_version: str
-    top3: list[tuple[str, float]] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {
-            "predicted_class": self.predicted_class,
-            "class_index": self.class_index,
-            "confidence": self.confidence,
-            "probabilities": self.probabilities,
-            "model_version": self.model_version,
-        }
+    top_classes: list[tuple[str, float]] = field(default_factory=list)  # the TOP_K most likely
 
 
 def default_threads() -> int:
@@ -49,6 +41,7 @@ class Predictor:
         from ai_edge_litert.interpreter import Interpreter
 
         self.artifact: Artifact = read_artifact(model_dir, verify_hashes=verify_hashes)
+        self.class_names = self.artifact.class_names
         self.image_size = self.artifact.image_size
         self.crop = self.artifact.crop
         self.model_version = self.artifact.model_version
@@ -72,15 +65,16 @@ class Predictor:
             self._batch = batch
 
     def preprocess(self, source: ImageSource) -> np.ndarray:
+        """The artifact's own preprocessing contract (size and crop) on one image."""
         return preprocess_image(decode_image(source), self.image_size, self.crop)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, size, size, 3) model inputs -> (N, 10) probabilities, in one forward pass."""
+        """float32 (N, size, size, 3) model inputs -> (N, n_classes) probabilities, in one forward pass."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected (N, {self.image_size}, {self.image_size}, 3), got {batch.shape}")
         if len(batch) == 0:
-            return np.zeros((0, len(CLASS_NAMES)), np.float32)
+            return np.zeros((0, len(self.class_names)), np.float32)
         with self._lock:
             self._resize(len(batch))
             self._interpreter.set_tensor(self._input, batch)
@@ -90,14 +84,15 @@ class Predictor:
     def to_prediction(self, probs: np.ndarray) -> Prediction:
         probs = np.asarray(probs, dtype=np.float64)
         idx = int(np.argmax(probs))
-        order = np.argsort(-probs)[:3]
+        order = np.argsort(-probs)[:TOP_K]
+        names = self.class_names
         return Prediction(
             class_index=idx,
-            predicted_class=CLASS_NAMES[idx],
+            predicted_class=names[idx],
             confidence=float(probs[idx]),
-            probabilities={name: float(p) for name, p in zip(CLASS_NAMES, probs)},
+            probabilities={name: float(p) for name, p in zip(names, probs)},
             model_version=self.model_version,
-            top3=[(CLASS_NAMES[i], float(probs[i])) for i in order],
+            top_classes=[(names[i], float(probs[i])) for i in order],
         )
 
     def predict(self, source: ImageSource) -> Prediction:

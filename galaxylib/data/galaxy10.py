@@ -6,9 +6,7 @@ never loaded whole: images are read in chunks and resized into a uint8 cache.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +16,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from galaxylib.classes import NUM_CLASSES
-from galaxylib.config import CACHE_DIR
+from galaxylib.classes import CLASS_NAMES
+from galaxylib.config import GALAXY10_FILENAME, user_path
+from galaxylib.data.labels import LabelsError, read_labelled_folder
+from galaxylib.files import file_sha256, sha256_file
 from galaxylib.preprocessing import decode_image, preprocess_uint8
 
 CUTOUT_SIZE = 256
@@ -36,6 +36,7 @@ class Galaxy10File:
     path: Path
     n_images: int
     synthetic: bool
+    class_names: tuple[str, ...] = CLASS_NAMES  # the file's class_names attribute, else Galaxy10's
 
     def labels(self) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
@@ -78,89 +79,56 @@ def open_galaxy10(path: str | os.PathLike) -> Galaxy10File:
                     f"{path}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
             if ans.shape != (images.shape[0],):
                 raise DatasetError(f"{path}: 'ans' has {ans.shape[0]} labels for {images.shape[0]} images")
+            names = f.attrs.get("class_names")
+            class_names = tuple(str(n) for n in names) if names is not None else CLASS_NAMES
             labels = ans[:]
-            if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-                raise DatasetError(f"{path}: labels must be 0..{NUM_CLASSES - 1}")
+            if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+                raise DatasetError(f"{path}: labels must be 0..{len(class_names) - 1} (its {len(class_names)} classes)")
             synthetic = bool(f.attrs.get("synthetic", False))
-            return Galaxy10File(path=path, n_images=int(images.shape[0]), synthetic=synthetic)
+            return Galaxy10File(path=path, n_images=int(images.shape[0]), synthetic=synthetic,
+                                class_names=class_names)
     except OSError as exc:
         raise DatasetError(f"{path} is not a readable HDF5 file: {exc}") from exc
 
 
 def dataset_fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 of the file, cached beside it by size and mtime (the real file is 2.5 GB)."""
-    path = Path(path)
-    stat = path.stat()
-    marker = path.with_name(path.name + ".sha256")
-    if marker.is_file():
-        try:
-            saved = json.loads(marker.read_text())
-            if saved.get("size") == stat.st_size and saved.get("mtime") == stat.st_mtime:
-                return saved["sha256"]
-        except (ValueError, KeyError):
-            pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(8 << 20), b""):
-            digest.update(block)
-    value = digest.hexdigest()
-    try:
-        marker.write_text(json.dumps({"sha256": value, "size": stat.st_size, "mtime": stat.st_mtime}))
-    except OSError:
-        pass  # read-only location: just recompute next time
-    return value
+    """SHA-256 of the file, trusted from its sidecar while size and mtime hold (the real file is 2.5 GB)."""
+    return file_sha256(path, show_progress=Path(path).stat().st_size > 256 * 1024 * 1024)
 
 
-def read_labels_csv(folder: Path) -> list[tuple[str, int]]:
-    """``labels.csv`` with columns filename,label (extra columns are ignored)."""
-    csv_path = folder / "labels.csv"
-    if not csv_path.is_file():
-        raise DatasetError(f"{folder} has no labels.csv (columns: filename,label)")
-    rows: list[tuple[str, int]] = []
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
-            raise DatasetError(f"{csv_path} needs the columns filename,label")
-        for line, row in enumerate(reader, start=2):
-            try:
-                label = int(row["label"])
-            except (TypeError, ValueError):
-                raise DatasetError(f"{csv_path}:{line}: label {row['label']!r} is not an integer")
-            if not 0 <= label < NUM_CLASSES:
-                raise DatasetError(f"{csv_path}:{line}: label {label} is not in 0..{NUM_CLASSES - 1}")
-            rows.append((row["filename"], label))
-    if not rows:
-        raise DatasetError(f"{csv_path} lists no images")
-    return rows
-
-
-def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_progress: bool = True) -> Path:
-    """Convert a folder of cutouts + labels.csv into the Galaxy10 h5 layout (256x256)."""
+def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_progress: bool = True,
+                 label_column: str = "label") -> Path:
+    """Convert a folder of cutouts + labels.csv into the Galaxy10 h5 layout (256x256), with the
+    folder's class table in the ``class_names`` attribute."""
     folder, out_path = Path(folder), Path(out_path)
-    rows = read_labels_csv(folder)
+    try:
+        listing = read_labelled_folder(folder, label_column)
+    except LabelsError as exc:
+        raise DatasetError(str(exc)) from exc
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
-    n = len(rows)
-    with h5py.File(tmp, "w") as f:
-        images = f.create_dataset("images", (n, CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8,
-                                  chunks=(1, CUTOUT_SIZE, CUTOUT_SIZE, 3))
-        for i, (name, _) in enumerate(tqdm(rows, desc="Converting images", disable=not show_progress)):
-            src = folder / name
-            if not src.is_file():
-                tmp.unlink(missing_ok=True)
-                raise DatasetError(f"labels.csv names {name}, which is not in {folder}")
-            images[i] = preprocess_uint8(decode_image(src), CUTOUT_SIZE)
-        f.create_dataset("ans", data=np.array([r[1] for r in rows], np.uint8))
-        for key in ("ra", "dec", "redshift"):
-            f.create_dataset(key, data=np.full(n, np.nan))
-        f.create_dataset("pxscale", data=np.full(n, np.nan))
-        f.create_dataset("filenames", data=np.array([r[0] for r in rows], dtype=h5py.string_dtype()))
-        f.attrs["source_folder"] = str(folder.resolve())
+    n = len(listing)
+    try:
+        with h5py.File(tmp, "w") as f:
+            images = f.create_dataset("images", (n, CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8,
+                                      chunks=(1, CUTOUT_SIZE, CUTOUT_SIZE, 3))
+            for i, src in enumerate(tqdm(listing.paths, desc="Converting images", disable=not show_progress)):
+                images[i] = preprocess_uint8(decode_image(src), CUTOUT_SIZE)
+            f.create_dataset("ans", data=np.array(listing.labels, np.uint8))
+            for key in ("ra", "dec", "redshift", "pxscale"):
+                f.create_dataset(key, data=np.full(n, np.nan))
+            f.create_dataset("filenames", data=np.array(listing.filenames, dtype=h5py.string_dtype()))
+            f.attrs["source_folder"] = str(folder.resolve())
+            f.attrs["label_column"] = label_column
+            f.attrs["class_names"] = list(listing.class_names)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, out_path)
     return out_path
 
 
-def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path = CACHE_DIR,
+def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path,
                   show_progress: bool = True, crop: float = 1.0) -> np.ndarray:
     """All images through the one preprocessing path, as a uint8 memmap on disk.
 
@@ -189,24 +157,33 @@ def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path = CACHE_D
 
 
 def resolve_dataset(spec: str, *, workdir: Path, seed: int = 0, synthetic_per_class: int = 100,
-                    download: bool = True, show_progress: bool = True) -> Galaxy10File:
-    """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv -> an opened h5."""
+                    download: bool = True, show_progress: bool = True, label_column: str = "label") -> Galaxy10File:
+    """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv -> an opened h5.
+
+    Everything derived (the synthetic set, converted folders, the downloaded real file under
+    ``raw/``) lives in ``workdir``, the run's data folder.
+    """
     spec = str(spec).strip()
     if spec == "synthetic":
-        from galaxylib.synthetic import write_synthetic_h5
+        from galaxylib.data.synthetic import write_synthetic_h5
 
         path = workdir / f"synthetic_{synthetic_per_class}pc_seed{seed}.h5"
         if not path.is_file():
             write_synthetic_h5(path, n_per_class=synthetic_per_class, seed=seed, show_progress=show_progress)
         return open_galaxy10(path)
     if spec in ("real", "galaxy10", ""):
-        from galaxylib.download import ensure_galaxy10
+        from galaxylib.data.download import ensure_galaxy10
 
-        return open_galaxy10(ensure_galaxy10(download=download))
-    path = Path(spec).expanduser()
+        return open_galaxy10(ensure_galaxy10(workdir / "raw" / GALAXY10_FILENAME, download=download))
+    path = user_path(spec)
     if path.is_dir():
-        out = workdir / f"folder_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}.h5"
-        return open_galaxy10(folder_to_h5(path, out, show_progress=show_progress))
+        # Keyed by the folder, its labels and the label column: editing labels.csv makes a new h5.
+        labels = path / "labels.csv"
+        key = f"{path.resolve()}|{sha256_file(labels) if labels.is_file() else ''}|{label_column}"
+        out = workdir / f"folder_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
+        if out.is_file():
+            return open_galaxy10(out)
+        return open_galaxy10(folder_to_h5(path, out, show_progress=show_progress, label_column=label_column))
     if path.is_file():
         return open_galaxy10(path)
     raise DatasetError(

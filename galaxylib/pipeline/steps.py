@@ -1,7 +1,10 @@
-"""The pipeline's steps as functions: data in, results out. Notebooks call these."""
+"""The pipeline's steps as functions: data and folders in, results out. Notebooks call these.
+
+No step writes to a global folder: the data folder, the cache and the model folder are
+arguments (``galaxylib.pipeline.run_folder`` supplies them for a train.sh run).
+"""
 from __future__ import annotations
 
-import csv
 import io
 from dataclasses import asdict
 from pathlib import Path
@@ -9,67 +12,46 @@ from typing import Any
 
 import numpy as np
 
-from galaxylib.classes import CLASS_NAMES
-from galaxylib.config import DATA_DIR, GZ1_DIR
-from galaxylib.dataset import Galaxy10File, resized_cache, resolve_dataset
-from galaxylib.split import Split, load_split, make_split, save_split
+from galaxylib.data.galaxy10 import Galaxy10File, resized_cache, resolve_dataset
+from galaxylib.data.split import Split, make_split
 
 
-def prepare_data(config: dict, show_progress: bool = True) -> tuple[Galaxy10File, Split, Path]:
-    """Resolve the dataset and load (or make and save) its split."""
-    data = resolve_dataset(config["dataset"], workdir=DATA_DIR, seed=int(config["seed"]),
+def prepare_data(config: dict, data_dir: Path, show_progress: bool = True) -> tuple[Galaxy10File, Split]:
+    """Resolve the dataset into ``data_dir`` and make its seeded, stratified split."""
+    data = resolve_dataset(config["dataset"], workdir=data_dir, seed=int(config["seed"]),
                            synthetic_per_class=int(config["synthetic_per_class"]),
-                           show_progress=show_progress)
-    sha = data.fingerprint()
-    split_path = DATA_DIR / "splits" / f"{sha[:16]}_seed{config['seed']}.json"
+                           show_progress=show_progress, label_column=config["data"]["label_column"])
     fractions = tuple(float(f) for f in config["split_fractions"])
-    if split_path.is_file():
-        split = load_split(split_path, sha)
-        if split.fractions != fractions:
-            split = make_split(data.labels(), sha, int(config["seed"]), fractions)
-            save_split(split, split_path)
-    else:
-        split = make_split(data.labels(), sha, int(config["seed"]), fractions)
-        save_split(split, split_path)
-    return data, split, split_path
+    split = make_split(data.labels(), data.fingerprint(), int(config["seed"]), fractions)
+    return data, split
 
 
-def split_table(labels: np.ndarray, split: Split) -> list[dict[str, Any]]:
-    """Per-class counts in each part: shows the stratification."""
-    rows = []
-    for i, name in enumerate(CLASS_NAMES):
-        row = {"class": f"{i} {name}"}
-        for part in ("train", "val", "test"):
-            row[part] = int((labels[getattr(split, part)] == i).sum())
-        rows.append(row)
-    return rows
-
-
-def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, model_dir: Path,
+def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, model_dir: Path, cache_dir: Path,
           show_progress: bool = True, on_epoch=None) -> dict[str, Any]:
     """Build, fit and save the artifact; returns history and validation metrics."""
     import keras
 
-    from galaxylib.artifact import save_artifact
-    from galaxylib.metrics import evaluate
-    from galaxylib.model import ModelParams, build_model
-    from galaxylib.orientation import with_orientation_average
-    from galaxylib.training import TrainParams, predict_probabilities, train_model
+    from galaxylib.evaluation.metrics import evaluate
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
+    from galaxylib.modeling.orientation import with_orientation_average
+    from galaxylib.modeling.training import TrainParams, predict_probabilities, train_model
 
     keras.utils.set_random_seed(int(config["seed"]))
     model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
     crop = float(config["crop"])
-    images = resized_cache(data, model_params.image_size, show_progress=show_progress, crop=crop)
+    images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
     labels = data.labels()
-    model = build_model(model_params)
-    history = train_model(model, images, labels, split, train_params, on_epoch=on_epoch)
+    n_classes = len(data.class_names)
+    model = build_model(model_params, n_classes)
+    history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
     if model_params.average_orientations:
         model = with_orientation_average(model)
     val_probs = predict_probabilities(model, images, split.val)
-    val = evaluate(labels[split.val], val_probs)
+    val = evaluate(labels[split.val], val_probs, data.class_names)
     artifact = save_artifact(
-        model, model_dir, run_name=run_name,
+        model, model_dir, run_name=run_name, class_names=data.class_names,
         dataset={"spec": str(config["dataset"]), "path": str(data.path), "sha256": data.fingerprint(),
                  "n_images": data.n_images},
         split={"seed": split.seed, **split.sizes(), "fractions": list(split.fractions)},
@@ -82,40 +64,51 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
             "total_params": int(model.count_params())}
 
 
-def predict_split(predictor, data: Galaxy10File, indices: np.ndarray, batch_size: int = 64,
+def predict_split(predictor, data: Galaxy10File, indices: np.ndarray, cache_dir: Path, batch_size: int = 64,
                   show_progress: bool = False) -> np.ndarray:
     """Served-model (TFLite) probabilities for dataset rows, through the one preprocessing path."""
     from tqdm import tqdm
 
-    images = resized_cache(data, predictor.image_size, show_progress=show_progress, crop=predictor.crop)
+    images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     out = []
     for start in tqdm(range(0, len(indices), batch_size), desc="Classifying", disable=not show_progress):
         batch = indices[start:start + batch_size]
         out.append(predictor.predict_arrays(images[batch].astype(np.float32)))
-    return np.concatenate(out) if out else np.zeros((0, len(CLASS_NAMES)), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, len(predictor.class_names)), np.float32)
 
 
-def gz1_transfer(predictor, gz1_dir: Path = GZ1_DIR, max_images: int = 0, seed: int = 0,
-                 show_progress: bool = True) -> dict[str, Any] | None:
-    """Fold the ten classes to GZ1's four and score real SDSS galaxies (None if absent)."""
+def classify_folder(predictor, folder: Path, label_column: str = "label", max_images: int = 0, seed: int = 0,
+                    show_progress: bool = True):
+    """A labelled folder through the served model: (its listing, the chosen indices, probabilities)."""
     from tqdm import tqdm
 
-    from galaxylib.metrics import coarse_transfer
+    from galaxylib.data.labels import read_labelled_folder
+    from galaxylib.inference.classify import ImageInput, classify
 
-    labels_csv = gz1_dir / "labels.csv"
-    if not labels_csv.is_file():
-        return None
-    with open(labels_csv, newline="") as fh:
-        rows = [(r["filename"], r["coarse"]) for r in csv.DictReader(fh)]
-    if max_images and len(rows) > max_images:
-        pick = np.random.default_rng(seed).choice(len(rows), max_images, replace=False)
-        rows = [rows[i] for i in sorted(pick)]
+    listing = read_labelled_folder(folder, label_column)
+    chosen = np.arange(len(listing))
+    if max_images and len(chosen) > max_images:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(chosen), max_images, replace=False))
     probs = []
-    for start in tqdm(range(0, len(rows), 64), desc="GZ1 galaxies", disable=not show_progress):
-        chunk = rows[start:start + 64]
-        batch = np.stack([predictor.preprocess(gz1_dir / "images" / name) for name, _ in chunk])
-        probs.append(predictor.predict_arrays(batch))
-    result = coarse_transfer([c for _, c in rows], np.concatenate(probs))
+    for start in tqdm(range(0, len(chosen), 64), desc=f"Classifying {folder.name}", disable=not show_progress):
+        items = [ImageInput.from_path(listing.paths[i]) for i in chosen[start:start + 64]]
+        for out in classify(predictor, items):
+            if not out.ok:
+                raise out.error
+            probs.append([out.prediction.probabilities[n] for n in predictor.class_names])
+    return listing, chosen, np.asarray(probs, dtype=np.float64).reshape(len(chosen), len(predictor.class_names))
+
+
+def gz1_transfer(predictor, gz1_dir: Path, max_images: int = 0, seed: int = 0,
+                 show_progress: bool = True) -> dict[str, Any] | None:
+    """Fold a Galaxy10 model's ten classes to GZ1's four and score real SDSS galaxies (None if absent)."""
+    from galaxylib.classes import CLASS_NAMES
+    from galaxylib.evaluation.metrics import coarse_transfer
+
+    if not (gz1_dir / "labels.csv").is_file() or tuple(predictor.class_names) != CLASS_NAMES:
+        return None
+    listing, chosen, probs = classify_folder(predictor, gz1_dir, "coarse", max_images, seed, show_progress)
+    result = coarse_transfer([listing.class_names[listing.labels[i]] for i in chosen], probs)
     result["source"] = str(gz1_dir)
     return result
 
@@ -142,7 +135,7 @@ def preprocessing_entry_points_agree(path: Path, image_size: int, crop: float = 
 
 def orientation_agreement(predictor, images: np.ndarray) -> dict[str, Any]:
     """How the served model's answers change over the 8 rotations and flips of the same inputs."""
-    from galaxylib.orientation import VIEWS, orient
+    from galaxylib.modeling.orientation import VIEWS, orient
 
     probs = np.stack([predictor.predict_arrays(orient(images, view)) for view in VIEWS])
     classes = probs.argmax(axis=2)
@@ -153,8 +146,9 @@ def orientation_agreement(predictor, images: np.ndarray) -> dict[str, Any]:
 
 def keras_tflite_agreement(model_dir: Path, images: np.ndarray) -> dict[str, Any]:
     """Max |p_keras - p_tflite| and argmax agreement on the same inputs."""
-    from galaxylib.artifact import load_keras_model, read_artifact
-    from galaxylib.predictor import Predictor
+    from galaxylib.artifact import read_artifact
+    from galaxylib.inference.predictor import Predictor
+    from galaxylib.modeling.export import load_keras_model
 
     artifact = read_artifact(model_dir, need_keras=True)
     model = load_keras_model(artifact)

@@ -1,19 +1,21 @@
 """``./train.sh``: run the four notebooks with papermill and collect the report.
 
-Usage: python -m galaxylib.runner [--config FILE] [--dataset D] [--run-name N] [-p KEY VALUE ...]
+Usage: python -m galaxylib.pipeline.runner [--config FILE] [--dataset D] [--run-name N] [-p KEY VALUE ...]
+
+The notebooks hand each other named files of the run folder (galaxylib.pipeline.run_folder).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from galaxylib import pipeline
-from galaxylib.config import NOTEBOOKS_DIR, PROJECT_ROOT
+from galaxylib.config import NOTEBOOKS_DIR, PROJECT_ROOT, user_path
+from galaxylib.pipeline import run_config
+from galaxylib.pipeline.run_folder import run_folder
 
 NOTEBOOKS = ("01_prepare_data", "02_train", "03_evaluate", "04_inference_tests")
 
@@ -27,8 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--run-name", default=None, help="names reports/<run>/ and models/<run>/")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                         help="override a config value, e.g. -p train.epochs 3 or -p learning_rate 1e-4")
-    parser.add_argument("--reports-root", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--models-root", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--reports-root", type=Path, default=None, help="default: reports/ (or $GALAXY_REPORTS_ROOT)")
+    parser.add_argument("--models-root", type=Path, default=None, help="default: models/ (or $GALAXY_MODELS_ROOT)")
+    parser.add_argument("--data-root", type=Path, default=None, help="default: data/ (or $GALAXY_DATA_ROOT)")
     return parser.parse_args(argv)
 
 
@@ -44,23 +47,23 @@ def export_html(notebook: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {key: pipeline.parse_value(value) for key, value in args.param}
+    overrides = {key: run_config.parse_value(value) for key, value in args.param}
     if args.dataset:
-        overrides["dataset"] = args.dataset
+        keyword = args.dataset in ("synthetic", "real", "galaxy10")
+        overrides["dataset"] = args.dataset if keyword else str(user_path(args.dataset))
     try:
-        config = pipeline.load_config(args.config, overrides)
-    except pipeline.ConfigError as exc:
+        config = run_config.load_config(user_path(args.config) if args.config else None, overrides)
+    except run_config.ConfigError as exc:
         print(f"train.sh: {exc}", file=sys.stderr)
         return 2
     run_name = args.run_name or dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
     if not run_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         print(f"train.sh: run name {run_name!r} may only use letters, digits, '-', '_' and '.'", file=sys.stderr)
         return 2
-    paths = pipeline.run_paths(run_name, args.reports_root, args.models_root)
-    paths.reports.mkdir(parents=True, exist_ok=True)
-    for stale in ("state.json", "metrics.json"):
-        (paths.reports / stale).unlink(missing_ok=True)
-    config_path = pipeline.write_config(config, paths.config)
+    roots = [user_path(r) if r else None for r in (args.reports_root, args.models_root, args.data_root)]
+    paths = run_folder(run_name, *roots)
+    paths.start()
+    config_path = run_config.write_config(config, paths.config_file)
 
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     params = {"run_name": run_name, "config_path": str(config_path.resolve()),
               "reports_root": str(paths.reports.parent.resolve()), "models_root": str(paths.model.parent.resolve()),
-              "show_progress": True}
+              "data_root": str(paths.data.resolve()), "show_progress": True}
     print(f"Run {run_name}: dataset={config['dataset']} image_size={config['image_size']}  (config: {config_path})")
     started = time.monotonic()
     for i, name in enumerate(NOTEBOOKS, start=1):
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         export_html(out)
         print(f"[{i}/{len(NOTEBOOKS)}] {name} done in {time.monotonic() - t0:.0f} s", flush=True)
 
-    metrics = json.loads(paths.metrics.read_text()) if paths.metrics.is_file() else {}
+    metrics = paths.metrics()
     minutes = (time.monotonic() - started) / 60
     label = " (SYNTHETIC data)" if metrics.get("synthetic") else ""
     print(f"\nDone in {minutes:.1f} min{label}.")

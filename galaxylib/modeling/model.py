@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from galaxylib.classes import NUM_CLASSES
+from galaxylib.classes import NUM_CLASSES as GALAXY10_CLASSES
 
 
 class WeightsError(ValueError):
@@ -62,7 +62,7 @@ def resolve_weights(weights: str | None) -> str | None:
     return str(path)
 
 
-def build_model(params: ModelParams):
+def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES):
     import keras
 
     weights = resolve_weights(params.weights)
@@ -98,8 +98,8 @@ def build_model(params: ModelParams):
     x = keras.layers.Dropout(params.dropout, name="head_dropout")(base.output)
     for i, units in enumerate(params.dense_units):
         x = keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
-    model = keras.Model(base.input, outputs, name="galaxy10_efficientnetb0")
+    outputs = keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities")(x)
+    model = keras.Model(base.input, outputs, name="galaxy_efficientnetb0")
     compile_model(model, params.learning_rate)
     return model
 

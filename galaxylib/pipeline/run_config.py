@@ -1,21 +1,16 @@
-"""Run configuration and the steps the notebooks call (pure functions where possible).
+"""Run configuration: one YAML file (``configs/*.yaml``) plus ``-p KEY VALUE`` overrides.
 
-A run is described by one YAML file (``configs/*.yaml``) plus command-line
-overrides; train.sh writes the resolved copy to ``reports/<run>/config.yaml``
-and every notebook reads that copy, so a report always shows what produced it.
+train.sh writes the resolved copy to ``reports/<run>/config.yaml`` and every notebook
+reads that copy, so a report always shows what produced it.
 """
 from __future__ import annotations
 
 import copy
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-from galaxylib.config import MODELS_DIR, REPORTS_DIR
 
 DEFAULTS: dict[str, Any] = {
     "dataset": "real",
@@ -24,10 +19,12 @@ DEFAULTS: dict[str, Any] = {
     "split_fractions": [0.70, 0.15, 0.15],
     "image_size": 224,
     "crop": 1.0,  # central fraction of the cutout kept before resizing (part of the artifact's contract)
+    "data": {"label_column": "label"},  # the labels.csv column of a folder dataset
     "model": {},
     "train": {},
     "evaluate": {"max_misclassified": 24, "gz1_max_images": 0},
 }
+SECTIONS = ("data", "model", "train", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -57,7 +54,7 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
     """``model.learning_rate`` sets a nested key; a known nested name may be given bare."""
     parts = key.split(".")
     if len(parts) == 1 and key not in config:
-        for section in ("model", "train", "evaluate"):
+        for section in SECTIONS:
             if key in _known(section):
                 parts = [section, key]
                 break
@@ -72,18 +69,18 @@ def set_dotted(config: dict, key: str, value: Any) -> None:
 def _known(section: str) -> set[str]:
     from dataclasses import fields
 
-    from galaxylib.model import ModelParams
-    from galaxylib.training import TrainParams
+    from galaxylib.modeling.model import ModelParams
+    from galaxylib.modeling.training import TrainParams
 
     if section == "model":
         return {f.name for f in fields(ModelParams)} - {"image_size"}
     if section == "train":
         return {f.name for f in fields(TrainParams)} - {"seed"}
-    return set(DEFAULTS["evaluate"])
+    return set(DEFAULTS[section])
 
 
 def known_keys() -> set[str]:
-    return set(DEFAULTS) | {f"{s}.{k}" for s in ("model", "train", "evaluate") for k in _known(s)}
+    return set(DEFAULTS) | {f"{s}.{k}" for s in SECTIONS for k in _known(s)}
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> dict:
@@ -106,7 +103,7 @@ def validate_config(config: dict) -> None:
     unknown = [k for k in config if k not in DEFAULTS]
     if unknown:
         raise ConfigError(f"unknown config keys: {unknown}")
-    for section in ("model", "train", "evaluate"):
+    for section in SECTIONS:
         bad = set(config[section]) - _known(section)
         if bad:
             raise ConfigError(f"unknown {section} parameters: {sorted(bad)}")
@@ -117,62 +114,7 @@ def validate_config(config: dict) -> None:
         raise ConfigError(f"crop must be between 0.1 and 1, got {config['crop']}")
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """Where one run's outputs go."""
-
-    run_name: str
-    reports: Path
-    model: Path
-
-    @property
-    def figures(self) -> Path:
-        return self.reports / "figures"
-
-    @property
-    def config(self) -> Path:
-        return self.reports / "config.yaml"
-
-    @property
-    def state(self) -> Path:
-        return self.reports / "state.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.reports / "metrics.json"
-
-
-def run_paths(run_name: str, reports_root: str | os.PathLike | None = None,
-              models_root: str | os.PathLike | None = None) -> RunPaths:
-    reports_root = Path(reports_root) if reports_root else REPORTS_DIR
-    models_root = Path(models_root) if models_root else MODELS_DIR
-    return RunPaths(run_name, reports_root / run_name, models_root / run_name)
-
-
 def write_config(config: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    from galaxylib.files import atomic_write_text
 
-
-def read_state(paths: RunPaths) -> dict:
-    return json.loads(paths.state.read_text()) if paths.state.is_file() else {}
-
-
-def update_state(paths: RunPaths, **values: Any) -> dict:
-    """Small JSON hand-off between the notebooks of one run."""
-    state = {**read_state(paths), **values}
-    paths.state.parent.mkdir(parents=True, exist_ok=True)
-    tmp = paths.state.with_name("state.json.tmp")
-    tmp.write_text(json.dumps(state, indent=2, default=str))
-    os.replace(tmp, paths.state)
-    return state
-
-
-def write_metrics(paths: RunPaths, **values: Any) -> dict:
-    current = json.loads(paths.metrics.read_text()) if paths.metrics.is_file() else {}
-    current.update(values)
-    paths.metrics.parent.mkdir(parents=True, exist_ok=True)
-    paths.metrics.write_text(json.dumps(current, indent=2))
-    return current
-
+    return atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))

@@ -12,8 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from galaxylib.classes import NUM_CLASSES
-from galaxylib.fused_batchnorm import fused_batchnorm
+from galaxylib.modeling.fused_batchnorm import fused_batchnorm
 
 
 @dataclass
@@ -40,11 +39,11 @@ class TrainParams:
         return cls(**{k: v for k, v in params.items() if k in names})
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Inverse-frequency weights (sklearn's 'balanced'); absent classes get 1."""
-    counts = np.bincount(labels, minlength=NUM_CLASSES).astype(float)
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
     present = counts > 0
-    weights = np.ones(NUM_CLASSES)
+    weights = np.ones(n_classes)
     weights[present] = counts[present].sum() / (present.sum() * counts[present])
     return {i: float(w) for i, w in enumerate(weights)}
 
@@ -76,13 +75,14 @@ def _augmenter(params: TrainParams):
     return layers
 
 
-def epoch_orders(indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str) -> np.ndarray:
+def epoch_orders(indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str,
+                 n_classes: int) -> np.ndarray:
     """Every epoch's sample order, drawn up front: a fresh permutation per epoch, or
     (``balance="oversample"``) draws weighted so each class is seen equally often."""
     rng = np.random.default_rng(seed)
     indices = np.asarray(indices)
     if balance == "oversample":
-        counts = np.bincount(labels[indices], minlength=NUM_CLASSES).astype(float)
+        counts = np.bincount(labels[indices], minlength=n_classes).astype(float)
         p = 1.0 / counts[labels[indices]]
         return rng.choice(indices, size=(epochs, len(indices)), p=p / p.sum())
     return np.stack([rng.permutation(indices) for _ in range(epochs)])
@@ -102,7 +102,7 @@ def _dataset(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
     return ds.prefetch(2)
 
 
-def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: TrainParams,
+def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: TrainParams, n_classes: int,
                 on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
     """Fit on ``split.train``, select on ``split.val``; returns the Keras history."""
     import keras
@@ -112,7 +112,7 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     labels = np.asarray(labels, dtype=np.int64)
     if params.balance not in ("class_weight", "oversample", "none"):
         raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
-    weights = class_weights(labels[split.train]) if params.balance == "class_weight" else None
+    weights = class_weights(labels[split.train], n_classes) if params.balance == "class_weight" else None
 
     # Only train and val rows are read, once, in index order (cheap on a memmap).
     used = np.union1d(split.train, split.val)
@@ -122,7 +122,8 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     used_labels = tf.constant(labels[used])
     epochs = int(params.epochs)
     steps = math.ceil(len(split.train) / params.batch_size)
-    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance)].reshape(-1)
+    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance,
+                                        n_classes)].reshape(-1)
     train_ds = _dataset(pixels, used_labels, train_order, params.batch_size)
     val_ds = _dataset(pixels, used_labels, position[np.asarray(split.val)], params.batch_size)
 
@@ -221,4 +222,4 @@ def predict_probabilities(model, images: np.ndarray, indices: np.ndarray, batch_
     for start in range(0, len(indices), batch_size):
         batch = indices[start:start + batch_size]
         out.append(model.predict_on_batch(images[batch].astype(np.float32)))
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])), np.float32)

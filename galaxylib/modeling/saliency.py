@@ -31,7 +31,7 @@ class GradCam:
     def __init__(self, model, layer_name: str = DEFAULT_LAYER):
         import keras
 
-        from galaxylib.orientation import inner_network
+        from galaxylib.modeling.orientation import inner_network
 
         self.model = model
         self.layer_name = layer_name
@@ -69,7 +69,7 @@ class GradCam:
             h, w = self.map_size
             return np.zeros((0, h, w), np.float32)
         if self.averages_orientations:
-            from galaxylib.orientation import N_VIEWS, view_maps_back
+            from galaxylib.modeling.orientation import N_VIEWS, view_maps_back
 
             views = self.model.get_layer("orientation_views")(batch)
             cams = self._cams(views, np.tile(classes, N_VIEWS))

@@ -1,13 +1,13 @@
 """Evaluation metrics: accuracy, macro-F1, per-class table, confusion, calibration."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support)
 
-from galaxylib.classes import CLASS_NAMES, COARSE_NAMES, COARSE_OF_CLASS, NUM_CLASSES
+from galaxylib.classes import CLASS_NAMES, COARSE_NAMES, COARSE_OF_CLASS
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
@@ -27,12 +27,12 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def evaluate(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-    """Everything the evaluation report shows, as plain JSON-able values."""
+def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """Everything the evaluation report shows, as plain JSON-able values, for the model's classes."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
-    labels = list(range(NUM_CLASSES))
+    labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
     ece, bins = expected_calibration_error(y_true, probs)
@@ -44,7 +44,7 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         "ece": ece,
         "reliability": bins,
         "per_class": [
-            {"class_index": i, "class_name": CLASS_NAMES[i], "precision": float(precision[i]),
+            {"class_index": i, "class_name": class_names[i], "precision": float(precision[i]),
              "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i in labels
         ],

@@ -29,7 +29,7 @@ __all__ = ["render_galaxy", "make_synthetic_arrays", "write_synthetic_h5", "PIXE
 
 IMAGE_SIZE = 256  # Galaxy10 DECaLS cutouts are 256 x 256
 PIXEL_SCALE_ARCSEC = 0.262  # DECaLS native pixel scale, as in the real file's ``pxscale``
-GENERATOR_NAME = "galaxylib.synthetic"
+GENERATOR_NAME = "galaxylib.data.synthetic"
 
 # Stellar colours as one index c, shown as (z, r, g) = (1 + c, 1, 1 - c): measured on DECaLS
 # cutouts, old populations sit near c = +0.25 (yellow-orange), disks near -0.1 (bluish

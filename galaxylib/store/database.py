@@ -1,7 +1,7 @@
-"""The ``predictions`` table and its store, shared by predict.sh, the API and the dashboard.
+"""The store of the ``predictions`` table, shared by predict.sh, the API and the dashboard.
 
 ``DATABASE_URL`` picks the database (PostgreSQL in production, an SQLite file by
-default). The schema is owned by Alembic (``galaxylib/migrations``);
+default). The schema is owned by Alembic (``galaxylib/store/migrations``);
 ``PredictionStore`` upgrades it on first use, and doing that twice is harmless.
 """
 from __future__ import annotations
@@ -10,91 +10,21 @@ import datetime as dt
 import json
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import (JSON, DateTime, Float, Index, Integer, String, and_, create_engine, delete, event,
-                        func, or_, select, text)
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, create_engine, delete, event, func, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from galaxylib.config import database_url
+from galaxylib.store.table import Base, PredictionFilter, PredictionRecord, utcnow
+
+__all__ = ["Base", "PredictionFilter", "PredictionRecord", "PredictionStore", "make_engine", "upgrade_schema",
+           "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-MetadataJSON = JSON().with_variant(JSONB(), "postgresql")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-class PredictionRecord(Base):
-    __tablename__ = "predictions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    filename: Mapped[str] = mapped_column(String(512), nullable=False)
-    predicted_class: Mapped[str] = mapped_column(String(64), nullable=False)
-    confidence: Mapped[float] = mapped_column(Float, nullable=False)
-    # "metadata" is reserved on declarative classes, so the attribute is ``meta``.
-    meta: Mapped[dict[str, Any]] = mapped_column("metadata", MetadataJSON, nullable=False, default=dict)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
-
-    __table_args__ = (
-        Index("ix_predictions_created_at", "created_at"),
-        Index("ix_predictions_predicted_class", "predicted_class"),
-        Index("ix_predictions_confidence", "confidence"),
-        Index("ix_predictions_filename", "filename"),
-    )
-
-    def as_dict(self) -> dict[str, Any]:
-        created = self.created_at
-        if created is not None and created.tzinfo is None:  # SQLite drops the zone; we store UTC
-            created = created.replace(tzinfo=dt.timezone.utc)
-        return {
-            "id": self.id,
-            "filename": self.filename,
-            "predicted_class": self.predicted_class,
-            "confidence": self.confidence,
-            "metadata": self.meta,
-            "created_at": created.isoformat() if created else None,
-        }
-
-
-@dataclass(frozen=True)
-class PredictionFilter:
-    """The filters shared by listing and deleting."""
-
-    predicted_class: str | None = None
-    min_confidence: float | None = None
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    filename: str | None = None
-
-    def is_empty(self) -> bool:
-        return all(v is None for v in (self.predicted_class, self.min_confidence, self.since,
-                                       self.until, self.filename))
-
-    def clauses(self) -> list:
-        c = PredictionRecord
-        out = []
-        if self.predicted_class is not None:
-            out.append(c.predicted_class == self.predicted_class)
-        if self.min_confidence is not None:
-            out.append(c.confidence >= self.min_confidence)
-        if self.since is not None:
-            out.append(c.created_at >= self.since)
-        if self.until is not None:
-            out.append(c.created_at <= self.until)
-        if self.filename is not None:
-            out.append(c.filename == self.filename)
-        return out
 
 
 def make_engine(url: str | None = None) -> Engine:

@@ -7,10 +7,13 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from galaxylib.classes import CLASS_NAMES, NUM_CLASSES
+from galaxylib.classes import CLASS_NAMES
 
-SHORT = [n.replace("Unbarred ", "").replace("In-between ", "In-betw. ").replace(" without ", " w/o ")
-         .replace(" with ", " w/ ") for n in CLASS_NAMES]
+
+def short_names(names: Sequence[str]) -> list[str]:
+    """Class names short enough for axis ticks (Galaxy10's long ones abbreviated)."""
+    return [n.replace("Unbarred ", "").replace("In-between ", "In-betw. ").replace(" without ", " w/o ")
+            .replace(" with ", " w/ ").replace("_", " ") for n in names]
 
 
 def _save(fig, path: str | Path | None):
@@ -20,11 +23,12 @@ def _save(fig, path: str | Path | None):
     return fig
 
 
-def class_counts(labels: np.ndarray, title: str, path=None):
-    counts = np.bincount(labels, minlength=NUM_CLASSES)
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.bar(range(NUM_CLASSES), counts, color="#4c72b0")
-    ax.set_xticks(range(NUM_CLASSES), SHORT, rotation=35, ha="right")
+def class_counts(labels: np.ndarray, title: str, path=None, class_names: Sequence[str] = CLASS_NAMES):
+    n = len(class_names)
+    counts = np.bincount(labels, minlength=n)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * n), 3.6))
+    ax.bar(range(n), counts, color="#4c72b0")
+    ax.set_xticks(range(n), short_names(class_names), rotation=35, ha="right")
     for i, c in enumerate(counts):
         ax.text(i, c, str(c), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("images")
@@ -33,17 +37,18 @@ def class_counts(labels: np.ndarray, title: str, path=None):
 
 
 def example_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 4, title: str = "", path=None,
-                 captions: Sequence[str] | None = None):
+                 class_names: Sequence[str] = CLASS_NAMES):
     """Rows = classes, columns = examples."""
-    fig, axes = plt.subplots(NUM_CLASSES, per_class, figsize=(per_class * 1.6, NUM_CLASSES * 1.6))
-    for cls in range(NUM_CLASSES):
+    n = len(class_names)
+    fig, axes = plt.subplots(n, per_class, figsize=(per_class * 1.6, n * 1.6), squeeze=False)
+    for cls in range(n):
         idx = np.flatnonzero(labels == cls)[:per_class]
         for j in range(per_class):
             ax = axes[cls, j]
             ax.axis("off")
             if j < len(idx):
                 ax.imshow(images[idx[j]])
-        axes[cls, 0].set_title(CLASS_NAMES[cls], fontsize=7, loc="left")
+        axes[cls, 0].set_title(class_names[cls], fontsize=7, loc="left")
     fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path)
@@ -64,7 +69,8 @@ def learning_curves(history: dict[str, list[float]], path=None):
 
 
 def confusion_heatmap(cm: Sequence[Sequence[int]], path=None, normalise: bool = True,
-                      names: Sequence[str] = SHORT):
+                      names: Sequence[str] = CLASS_NAMES):
+    names = short_names(names)
     cm = np.asarray(cm, dtype=float)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
     fig, ax = plt.subplots(figsize=(0.75 * len(names) + 2, 0.7 * len(names) + 1.5))
@@ -100,7 +106,8 @@ def reliability(bins: list[dict], ece: float, path=None):
 
 
 def misclassified_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray,
-                       max_images: int = 24, path=None):
+                       max_images: int = 24, path=None, class_names: Sequence[str] = CLASS_NAMES):
+    short = short_names(class_names)
     n = min(max_images, len(images))
     cols = 6
     rows = max(1, int(np.ceil(n / cols)))
@@ -109,7 +116,7 @@ def misclassified_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarra
         ax.axis("off")
         if k < n:
             ax.imshow(images[k])
-            ax.set_title(f"true: {SHORT[y_true[k]]}\npred: {SHORT[y_pred[k]]} ({conf[k]:.2f})", fontsize=7)
+            ax.set_title(f"true: {short[y_true[k]]}\npred: {short[y_pred[k]]} ({conf[k]:.2f})", fontsize=7)
     if n == 0:
         axes[0, 0].text(0.5, 0.5, "no misclassified images", ha="center")
     fig.tight_layout()

@@ -7,8 +7,6 @@ never opens a truncated or wrong file.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -17,6 +15,7 @@ import requests
 from tqdm import tqdm
 
 from galaxylib.config import GALAXY10_PATH
+from galaxylib.files import MiB, file_sha256, remember_sha256, sha256_file
 
 GALAXY10_URL = "https://zenodo.org/records/10845026/files/Galaxy10_DECals.h5"
 # The checksum astroNN's loader checks for this file.
@@ -24,7 +23,6 @@ GALAXY10_SHA256 = "19aefc477c41bb7f77ff07599a6b82a038dc042f889a111b0d4d98bb755c1
 # Set this to use a mirror (or a local test server) instead of Zenodo.
 URL_ENV_VAR = "GALAXY10_URL"
 
-MiB = 1024 * 1024
 
 # The connection broke or stalled. Trying again may work, and the download resumes.
 _TRANSIENT = (
@@ -44,20 +42,6 @@ class ChecksumError(DownloadError):
 
 class DatasetUnavailableError(DownloadError):
     """The server could not be reached or refused the request (offline, DNS, HTTP error)."""
-
-
-def sha256_file(path: Path | str, chunk_size: int = 8 * MiB, show_progress: bool = False) -> str:
-    """Return the file's SHA-256. It reads in chunks so a 2.5 GB file never has to fit in memory."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    with open(path, "rb") as f, tqdm(
-        total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=f"sha256 {path.name}", disable=not show_progress,
-    ) as bar:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-            bar.update(len(chunk))
-    return digest.hexdigest()
 
 
 def download_file(
@@ -149,7 +133,7 @@ def ensure_galaxy10(
             f"Could not download the Galaxy10 DECaLS dataset from {url}: {reason}\n{_manual_hint(url, path)}"
         ) from exc
     if sha256 is not None:
-        _write_sidecar(path, sha256)
+        remember_sha256(path, sha256)  # just checked: later calls (and the dataset fingerprint) trust it
     return path
 
 
@@ -210,35 +194,12 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _stamp(path: Path, sha256: str) -> dict[str, object]:
-    stat = path.stat()
-    return {"sha256": sha256.lower(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _write_sidecar(path: Path, sha256: str) -> None:
-    """Remember a passed check. This is only a cache, so a read-only folder is not an error."""
-    try:
-        _sidecar(path).write_text(json.dumps(_stamp(path, sha256)) + "\n")
-    except OSError:
-        pass
-
-
 def _verify_existing(path: Path, sha256: str) -> None:
-    """Hash ``path`` unless the sidecar already vouches for this size and mtime."""
-    try:
-        if json.loads(_sidecar(path).read_text()) == _stamp(path, sha256):
-            return
-    except (OSError, ValueError):
-        pass
-    actual = sha256_file(path, show_progress=True)
+    """Hash ``path`` unless its sidecar already vouches for this size and mtime."""
+    actual = file_sha256(path, show_progress=True)
     if actual != sha256.lower():
         raise ChecksumError(
             f"{path.resolve()} has SHA-256 {actual}, expected {sha256.lower()}: it is truncated, corrupt "
             f"or a different file. It was left in place. Delete it and run again to download it again, "
             f"or replace it with a good copy."
         )
-    _write_sidecar(path, sha256)

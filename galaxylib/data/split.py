@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from galaxylib.files import atomic_write_json
+
 
 class SplitError(ValueError):
     pass
@@ -47,15 +49,10 @@ def make_split(labels: np.ndarray, dataset_sha256: str, seed: int = 42,
 
 
 def save_split(split: Split, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = asdict(split)
     for key in ("train", "val", "test"):
         payload[key] = [int(i) for i in payload[key]]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, payload, indent=None)
 
 
 def load_split(path: str | os.PathLike, dataset_sha256: str | None = None) -> Split:

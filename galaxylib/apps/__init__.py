@@ -1,0 +1,1 @@
+"""Entry points: predict.sh and the voila dashboard."""

@@ -1,0 +1,156 @@
+"""``./predict.sh``: classify files, folders or a Galaxy10 h5; write a CSV; log to the database.
+
+Usage: python -m galaxylib.apps.predict_cli --model models/<run> INPUT ... [--out predictions.csv]
+
+A broken file gets a CSV line with an ``error`` and no database row; it never stops the
+batch. Rows go to the database one transaction per batch, and the CSV appears (atomically)
+only when the whole run has finished.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from galaxylib.artifact import ArtifactError
+from galaxylib.config import user_path
+from galaxylib.files import atomic_path
+from galaxylib.inference.classify import Classified, ImageInput, classify
+from galaxylib.inference.predictor import TOP_K
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+H5_SUFFIXES = {".h5", ".hdf5"}
+CSV_FIELDS = (["filename", "predicted_class", "class_index", "confidence"]
+              + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
+              + ["model_version", "prediction_id", "error"])
+
+
+def _is_h5(path: Path) -> bool:
+    return path.suffix.lower() in H5_SUFFIXES and path.is_file()
+
+
+def iter_inputs(inputs: list[Path]) -> Iterator[ImageInput]:
+    """Every image named by the command line: files, the images in folders, the rows of h5 files."""
+    for src in inputs:
+        if src.is_dir():
+            for p in sorted(src.rglob("*")):
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                    yield ImageInput.from_path(p)
+        elif _is_h5(src):
+            from galaxylib.data.galaxy10 import open_galaxy10
+
+            for start, chunk in open_galaxy10(src).iter_chunks(64):
+                for j, img in enumerate(chunk):
+                    yield ImageInput.from_array(img, f"{src}[{start + j}]")
+        else:
+            yield ImageInput.from_path(src)  # a missing or odd file gets its error line
+
+
+def count_inputs(inputs: list[Path]) -> int:
+    total = 0
+    for src in inputs:
+        if src.is_dir():
+            total += sum(1 for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif _is_h5(src):
+            import h5py
+
+            try:
+                with h5py.File(src, "r") as f:
+                    total += int(f["images"].shape[0])
+            except (OSError, KeyError):
+                total += 1
+        else:
+            total += 1
+    return total
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="predict.sh", description="Classify galaxy cutouts with a trained model.")
+    parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
+    parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
+    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
+    parser.add_argument("--no-db", action="store_true", help="do not log predictions to the database")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    args.model, args.out = user_path(args.model), user_path(args.out)
+    args.inputs = [user_path(p) for p in args.inputs]
+    return args
+
+
+def csv_line(item: Classified, model_version: str, prediction_id: int | None) -> dict[str, str]:
+    if not item.ok:
+        return {"filename": item.name, "model_version": model_version, "error": str(item.error)}
+    p = item.prediction
+    line = {"filename": item.name, "predicted_class": p.predicted_class, "class_index": str(p.class_index),
+            "confidence": f"{p.confidence:.6f}", "model_version": p.model_version,
+            "prediction_id": "" if prediction_id is None else str(prediction_id), "error": ""}
+    for k, (name, prob) in enumerate(p.top_classes, start=1):
+        line[f"top{k}"], line[f"top{k}_p"] = name, f"{prob:.6f}"
+    return line
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from galaxylib.inference.predictor import Predictor
+
+    try:
+        predictor = Predictor(args.model)
+    except (ArtifactError, OSError, ValueError) as exc:
+        print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    store = None
+    if not args.no_db:
+        from galaxylib.store.database import PredictionStore
+
+        try:
+            store = PredictionStore(args.database_url)
+        except Exception as exc:
+            print(f"predict.sh: cannot open the predictions database: {exc}\n"
+                  "  (set DATABASE_URL, pass --database-url, or use --no-db)", file=sys.stderr)
+            return 2
+    from galaxylib.store.records import prediction_row
+
+    n_ok = n_err = 0
+    errors: list[str] = []
+    with atomic_path(args.out) as tmp_out, open(tmp_out, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        pending: list[ImageInput] = []
+
+        def flush() -> None:
+            nonlocal n_ok, n_err
+            results = classify(predictor, pending, forward_batch=args.batch_size)
+            good = [r for r in results if r.ok]
+            records = store.add_many([prediction_row(r, "predict.sh") for r in good]) if store else []
+            ids = iter(rec.id for rec in records)
+            for item in results:
+                writer.writerow(csv_line(item, predictor.model_version, next(ids, None) if item.ok else None))
+                if not item.ok:
+                    errors.append(str(item.error))
+            n_ok += len(good)
+            n_err += len(results) - len(good)
+            pending.clear()
+
+        for item in tqdm(iter_inputs(args.inputs), total=count_inputs(args.inputs), desc="Classifying",
+                         unit="img", file=sys.stderr):
+            pending.append(item)
+            if len(pending) >= args.batch_size:
+                flush()
+        if pending:
+            flush()
+    for line in errors:
+        print(f"  skipped {line}", file=sys.stderr)
+    where = f"; {n_ok} rows logged to {store.url}" if store is not None else ""
+    print(f"Classified {n_ok} image(s), {n_err} could not be read{where}. CSV: {args.out}")
+    return 0 if n_ok or not n_err else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, report figures and tables."""

@@ -1,0 +1,1 @@
+"""Inference without TensorFlow: the LiteRT Predictor and the one classify path."""

@@ -1,0 +1,1 @@
+"""The training pipeline: run configuration, the run folder, the steps the notebooks call, train.sh."""

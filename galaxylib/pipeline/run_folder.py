@@ -1,0 +1,115 @@
+"""One run's folders and the named files its notebooks hand to each other.
+
+``reports/<run>/`` holds the resolved ``config.yaml``, ``dataset.json`` (which data, with
+its SHA-256), ``split.json``, ``metrics.json`` and ``figures/``; ``models/<run>/`` holds the
+artifact. Each notebook reads what the one before wrote through these methods, so a
+report folder is also the complete record of what produced it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from galaxylib.config import DATA_DIR, MODELS_DIR, REPORTS_DIR
+from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
+from galaxylib.data.split import Split, load_split, save_split
+from galaxylib.files import atomic_write_json
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    run_name: str
+    reports: Path
+    model: Path  # the artifact folder
+    data: Path  # datasets and caches (shared by runs)
+
+    @property
+    def figures(self) -> Path:
+        return self.reports / "figures"
+
+    @property
+    def config_file(self) -> Path:
+        return self.reports / "config.yaml"
+
+    @property
+    def dataset_file(self) -> Path:
+        return self.reports / "dataset.json"
+
+    @property
+    def split_file(self) -> Path:
+        return self.reports / "split.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.reports / "metrics.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.data / "cache"
+
+    def read_config(self) -> dict:
+        from galaxylib.pipeline.run_config import load_config
+
+        return load_config(self.config_file)
+
+    def record_dataset(self, data: Galaxy10File, spec: str) -> dict[str, Any]:
+        record = {"spec": str(spec), "path": str(data.path), "sha256": data.fingerprint(),
+                  "n_images": data.n_images, "synthetic": data.synthetic, "class_names": list(data.class_names)}
+        atomic_write_json(self.dataset_file, record)
+        return record
+
+    def dataset(self) -> Galaxy10File:
+        """The run's dataset, refused if the file changed since data preparation."""
+        if not self.dataset_file.is_file():
+            raise DatasetError(f"no {self.dataset_file}: run notebooks/01_prepare_data for run {self.run_name!r} first")
+        record = json.loads(self.dataset_file.read_text())
+        data = open_galaxy10(record["path"])
+        if data.fingerprint() != record["sha256"]:
+            raise DatasetError(f"{record['path']} changed since 01_prepare_data recorded it: run that step again")
+        return data
+
+    def save_split(self, split: Split) -> Path:
+        return save_split(split, self.split_file)
+
+    def split(self, dataset_sha256: str | None = None) -> Split:
+        return load_split(self.split_file, dataset_sha256)
+
+    def metrics(self) -> dict[str, Any]:
+        return json.loads(self.metrics_file.read_text()) if self.metrics_file.is_file() else {}
+
+    def update_metrics(self, **values: Any) -> dict[str, Any]:
+        """Merge ``values`` into metrics.json, written atomically."""
+        current = {**self.metrics(), **values}
+        atomic_write_json(self.metrics_file, current)
+        return current
+
+    def start(self) -> None:
+        """A fresh report folder for a new train.sh run: the previous run's hand-offs are removed."""
+        self.reports.mkdir(parents=True, exist_ok=True)
+        for stale in (self.dataset_file, self.split_file, self.metrics_file):
+            stale.unlink(missing_ok=True)
+
+
+def run_folder(run_name: str, reports_root: str | os.PathLike | None = None,
+               models_root: str | os.PathLike | None = None,
+               data_root: str | os.PathLike | None = None) -> RunFolder:
+    """The folders of run ``run_name``; each root defaults to the project's (see galaxylib.config)."""
+    return RunFolder(run_name,
+                     Path(reports_root or REPORTS_DIR) / run_name,
+                     Path(models_root or MODELS_DIR) / run_name,
+                     Path(data_root or DATA_DIR))
+
+
+def open_run(run_name: str, config_path: str | os.PathLike, *, dataset: str | None = None,
+             reports_root: str | os.PathLike | None = None, models_root: str | os.PathLike | None = None,
+             data_root: str | os.PathLike | None = None) -> tuple[RunFolder, dict]:
+    """What each notebook starts with: the run's folders and its resolved config."""
+    from galaxylib.pipeline.run_config import load_config
+
+    run = run_folder(run_name, reports_root, models_root, data_root)
+    config = load_config(config_path, {"dataset": dataset} if dataset else None)
+    run.figures.mkdir(parents=True, exist_ok=True)
+    return run, config
