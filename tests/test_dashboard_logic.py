@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxylib.apps.dashboard import app, render, sources, uploads
+from galaxylib.apps.dashboard import app as dash_app
+from galaxylib.apps.dashboard import render, sources
+from galaxylib.apps.dashboard import uploads as dash_uploads
 from galaxylib.artifact import SIDECAR, list_runs
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import PROJECT_ROOT
@@ -53,8 +55,8 @@ def gradcam64():
     return GradCam(model)
 
 
-def upload(name: str, content: bytes, size: int | None = None) -> uploads.Upload:
-    return uploads.Upload(name, content, len(content) if size is None else size)
+def upload(name: str, content: bytes, size: int | None = None) -> dash_uploads.Upload:
+    return dash_uploads.Upload(name, content, len(content) if size is None else size)
 
 
 # ------------------------------------------------------------------ which model
@@ -124,13 +126,13 @@ def test_without_samples_the_examples_are_synthetic_and_say_so(tmp_path):
 def test_the_dashboard_gives_the_predictors_answer(predictor, sample_files):
     """Same bytes, same Predictor and preprocessing: the same class and probabilities as the API."""
     files = sample_files[:4]
-    outcomes = uploads.classify_uploads(predictor, [upload(f.name, f.read_bytes()) for f in files])
+    outcomes = dash_uploads.classify_uploads(predictor, [upload(f.name, f.read_bytes()) for f in files])
     expected = predictor.predict_batch(files)
 
     for out, want in zip(outcomes, expected):
         assert out.error is None
         assert out.prediction == want
-        assert out.image.shape == (256, 256, 3) and out.original_size == (256, 256)
+        assert out.image.shape == (256, 256, 3) and (out.result.width, out.result.height) == (256, 256)
 
 
 def test_broken_files_get_messages_and_the_good_ones_still_get_answers(predictor, sample_files):
@@ -141,7 +143,7 @@ def test_broken_files_get_messages_and_the_good_ones_still_get_answers(predictor
                upload("cut.jpg", good[: len(good) // 2]), upload("anim.gif", gif.getvalue()),
                upload(sample_files[0].name, good)]
 
-    outcomes = uploads.classify_uploads(predictor, uploads)
+    outcomes = dash_uploads.classify_uploads(predictor, uploads)
 
     errors = {o.upload.name: o.error for o in outcomes if not o.ok}
     assert errors == {
@@ -163,7 +165,7 @@ def test_the_upload_limit_counts_files_in_order_while_they_fit(predictor, sample
                upload("c.jpg", cutout + cutout),  # does not fit beside a and b
                upload("d.jpg", cutout)]  # still fits
 
-    outcomes = uploads.classify_uploads(predictor, uploads, limit=limit)
+    outcomes = dash_uploads.classify_uploads(predictor, uploads, limit=limit)
 
     assert [o.ok for o in outcomes] == [False, True, True, False, True]
     assert "is over the upload limit of 20 MB" in outcomes[0].error
@@ -172,7 +174,7 @@ def test_the_upload_limit_counts_files_in_order_while_they_fit(predictor, sample
 
 def test_one_upload_takes_a_bounded_number_of_files(predictor, sample_files):
     cutout = sample_files[0].read_bytes()
-    outcomes = uploads.classify_uploads(predictor, [upload(f"{i}.jpg", cutout) for i in range(4)], max_files=3)
+    outcomes = dash_uploads.classify_uploads(predictor, [upload(f"{i}.jpg", cutout) for i in range(4)], max_files=3)
     assert [o.ok for o in outcomes] == [True, True, True, False]
     assert "at most 3 files" in outcomes[3].error
 
@@ -181,19 +183,19 @@ def test_voila_config_makes_the_documented_limit_the_real_one():
     """tornado closes a websocket on a message over websocket_max_message_size (default 10 MiB),
     and one upload is one message: the setting must be the limit plus room for the JSON part."""
     config = json.loads((PROJECT_ROOT / "voila.json").read_text())
-    assert config["Voila"]["tornado_settings"]["websocket_max_message_size"] == uploads.websocket_max_message_size()
-    assert uploads.websocket_max_message_size() > uploads.UPLOAD_LIMIT_BYTES > 10 * 2**20
-    assert f"var LIMIT = {uploads.UPLOAD_LIMIT_BYTES};" in render.upload_guard_js()
+    assert config["Voila"]["tornado_settings"]["websocket_max_message_size"] == dash_uploads.websocket_max_message_size()
+    assert dash_uploads.websocket_max_message_size() > dash_uploads.UPLOAD_LIMIT_BYTES > 10 * 2**20
+    assert f"var LIMIT = {dash_uploads.UPLOAD_LIMIT_BYTES};" in render.upload_guard_js()
     assert config["Voila"]["port_retries"] == 0  # dashboard.sh prints the URL voila really serves
     assert config["VoilaConfiguration"]["show_tracebacks"] is False
-    assert uploads.UPLOAD_LIMIT_LABEL in (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
+    assert dash_uploads.UPLOAD_LIMIT_LABEL in (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
 
 
 # ------------------------------------------------------------------ what the page shows
 
 
 def test_the_page_shows_every_probability_in_one_format(predictor, sample_files):
-    out = uploads.classify_uploads(predictor, [upload("x.jpg", sample_files[0].read_bytes())])[0]
+    out = dash_uploads.classify_uploads(predictor, [upload("x.jpg", sample_files[0].read_bytes())])[0]
     page = render.prediction_html(out)
     for name, p in out.prediction.probabilities.items():
         assert f'data-class="{name}" data-probability="{p!r}"' in page
@@ -215,7 +217,7 @@ def test_a_failing_callback_shows_a_message_not_a_traceback():
         def set_status(self, message, kind):
             self.status = (message, kind)
 
-        @app.guarded("drawing the chart")
+        @dash_app.guarded("drawing the chart")
         def explode(self):
             raise KeyError("probabilities")
 
@@ -269,7 +271,7 @@ def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_
     """The whole flow of the page without a browser, logging into a fresh SQLite file."""
     from galaxylib.store.database import PredictionStore
 
-    app = app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny")], examples=sources.list_examples(tmp_path),
+    app = dash_app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny")], examples=sources.list_examples(tmp_path),
                          db_url=sqlite_url, log_predictions=True, warm_saliency=False)
     cutout = sample_files[0]
 
@@ -289,7 +291,7 @@ def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_
 
 
 def test_without_a_model_the_page_says_how_to_get_one(tmp_path, sqlite_url):
-    app = app.Dashboard(models=[], examples=sources.list_examples(tmp_path), db_url=sqlite_url,
+    app = dash_app.Dashboard(models=[], examples=sources.list_examples(tmp_path), db_url=sqlite_url,
                          warm_saliency=False)
     assert app.upload.disabled and app.example_button.disabled
     assert "No trained model found" in app.status.value and "MODEL_PATH" in app.status.value
@@ -297,7 +299,7 @@ def test_without_a_model_the_page_says_how_to_get_one(tmp_path, sqlite_url):
 
 def test_a_broken_artifact_is_a_message(tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = app.Dashboard(models=sources.discover_models(tmp_path / "models", model_path=""),
+    app = dash_app.Dashboard(models=sources.discover_models(tmp_path / "models", model_path=""),
                          examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
     assert app.upload.disabled
     assert f"Cannot use the model at {broken}" in app.status.value
@@ -305,7 +307,7 @@ def test_a_broken_artifact_is_a_message(tmp_path, sqlite_url):
 
 def test_the_picker_switches_models_and_a_broken_one_is_a_message(tiny_artifact, tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny"), sources.ModelChoice(broken, "broken")],
+    app = dash_app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny"), sources.ModelChoice(broken, "broken")],
                          examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
     assert app.model_picker.layout.display != "none"  # two models: the picker shows
 

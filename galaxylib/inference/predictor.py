@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galaxylib.artifact import Artifact, read_artifact
+from galaxylib.artifact import Artifact, ArtifactError, read_artifact
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
 
 TOP_K = 3
@@ -49,7 +49,11 @@ class Predictor:
         self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path),
                                         num_threads=self.num_threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        output = self._interpreter.get_output_details()[0]
+        self._output = output["index"]
+        if int(output["shape"][-1]) != len(self.class_names):
+            raise ArtifactError(f"{self.artifact.path}: {len(self.class_names)} class names for "
+                                f"{int(output['shape'][-1])} outputs of {self.artifact.tflite_path.name}")
         self._batch = 0
         self._lock = threading.Lock()  # one interpreter is not thread-safe
         self._resize(1)
