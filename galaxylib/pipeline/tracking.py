@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from galaxylib.config import MLRUNS_DIR, mlflow_tracking_uri
+from galaxylib.config import mlflow_tracking_uri
 
 EXPERIMENT = os.environ.get("MLFLOW_EXPERIMENT_NAME", "galaxy10")
 
@@ -23,6 +23,14 @@ def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where run artifacts go: beside a local SQLite store (MLflow's own default is ./mlruns in
+    whatever folder the process runs in, which for a notebook is inside the checkout)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+    return None  # a tracking server decides
+
+
 @contextlib.contextmanager
 def mlflow_run(run_name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[Any]:
     """Start (or resume, by name) an MLflow run and log its parameters."""
@@ -31,9 +39,7 @@ def mlflow_run(run_name: str, params: dict[str, Any], tags: dict[str, str] | Non
     uri = mlflow_tracking_uri()
     mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        default_store = not os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-        location = (MLRUNS_DIR / "artifacts").as_uri() if default_store else None
-        mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
     mlflow.set_experiment(EXPERIMENT)
     existing = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{run_name}'",
                                   order_by=["attributes.start_time DESC"], max_results=1,

@@ -1,0 +1,93 @@
+"""The one reader of a labelled folder: images plus a ``labels.csv``.
+
+``labels.csv`` has a ``filename`` column and a label column (``label`` unless told
+otherwise). A file name is relative to the folder; a bare name is also looked up in an
+``images/`` subfolder (the layout of ``../shared/gz1_coarse``). The class table:
+- a column of class names: the names as listed in an optional ``classes.txt`` (one per
+  line), else sorted;
+- a column of integers: indices into ``classes.txt``, or into Galaxy10's ten classes
+  when there is none.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from galaxylib.classes import CLASS_NAMES
+
+LABELS_FILE = "labels.csv"
+CLASSES_FILE = "classes.txt"
+
+
+class LabelsError(ValueError):
+    """A labels.csv that is missing, malformed or does not match its folder."""
+
+
+@dataclass(frozen=True)
+class LabelledFolder:
+    folder: Path
+    filenames: tuple[str, ...]  # as written in labels.csv
+    paths: tuple[Path, ...]  # where each file is
+    labels: tuple[int, ...]  # indices into class_names
+    class_names: tuple[str, ...]
+    label_column: str
+
+    def __len__(self) -> int:
+        return len(self.filenames)
+
+
+def _class_table(folder: Path, values: list[str], csv_path: Path, label_column: str) -> tuple[str, ...]:
+    listed = folder / CLASSES_FILE
+    if listed.is_file():
+        names = tuple(line.strip() for line in listed.read_text().splitlines() if line.strip())
+        if len(set(names)) != len(names):
+            raise LabelsError(f"{listed} lists a class twice")
+        return names
+    if all(v.lstrip("-").isdigit() for v in values):
+        return CLASS_NAMES  # integer labels without a classes.txt: Galaxy10's table
+    return tuple(sorted(set(values)))
+
+
+def read_labelled_folder(folder: str | os.PathLike, label_column: str = "label") -> LabelledFolder:
+    """Parse and check ``labels.csv``; every named file must exist. Raises LabelsError."""
+    folder = Path(folder)
+    csv_path = folder / LABELS_FILE
+    if not csv_path.is_file():
+        raise LabelsError(f"{folder} has no {LABELS_FILE} (columns: filename,{label_column})")
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        if "filename" not in columns or label_column not in columns:
+            raise LabelsError(f"{csv_path} needs the columns filename and {label_column!r}; it has {columns}"
+                              + ("" if label_column in columns else " (choose the label column with "
+                                 "-p data.label_column NAME)"))
+        rows = [(line, (row["filename"] or "").strip(), (row[label_column] or "").strip())
+                for line, row in enumerate(reader, start=2)]
+    if not rows:
+        raise LabelsError(f"{csv_path} lists no images")
+    for line, name, value in rows:
+        if not name or not value:
+            raise LabelsError(f"{csv_path}:{line}: empty filename or {label_column}")
+    class_names = _class_table(folder, [v for _, _, v in rows], csv_path, label_column)
+    index_of = {name: i for i, name in enumerate(class_names)}
+    filenames, paths, labels = [], [], []
+    for line, name, value in rows:
+        if value in index_of:
+            label = index_of[value]
+        elif value.lstrip("-").isdigit():
+            label = int(value)
+            if not 0 <= label < len(class_names):
+                raise LabelsError(f"{csv_path}:{line}: label {label} is not in 0..{len(class_names) - 1}")
+        else:
+            raise LabelsError(f"{csv_path}:{line}: {value!r} is not one of the classes {list(class_names)}")
+        path = folder / name
+        if not path.is_file() and Path(name).name == name and (folder / "images" / name).is_file():
+            path = folder / "images" / name
+        if not path.is_file():
+            raise LabelsError(f"{csv_path}:{line}: {name} is not in {folder}")
+        filenames.append(name)
+        paths.append(path)
+        labels.append(label)
+    return LabelledFolder(folder, tuple(filenames), tuple(paths), tuple(labels), class_names, label_column)
