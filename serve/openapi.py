@@ -1,9 +1,8 @@
 """The OpenAPI 3.1 description served at /openapi.json (the /docs page renders it)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
-from galaxylib.classes import CLASS_NAMES
 from serve.params import DEFAULT_LIMIT, MAX_LIMIT
 
 
@@ -16,8 +15,16 @@ def _query(name: str, schema: dict, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
+def _class_schema(class_names: Sequence[str] | None) -> dict[str, Any]:
+    """The served model's classes (its artifact's table), or any name while none is loaded."""
+    return {"type": "string", "enum": list(class_names)} if class_names else {"type": "string", "maxLength": 64}
+
+
+def _filters(class_names: Sequence[str] | None) -> list[dict[str, Any]]:
+    return [_query("predicted_class", _class_schema(class_names), "Only this class."), *FILTERS]
+
+
 FILTERS = [
-    _query("predicted_class", {"type": "string", "enum": list(CLASS_NAMES)}, "Only this class."),
     _query("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}, "Confidence at least this."),
     _query("since", {"type": "string", "format": "date-time"}, "Created at or after (ISO 8601; no zone = UTC)."),
     _query("until", {"type": "string", "format": "date-time"}, "Created at or before (ISO 8601; no zone = UTC)."),
@@ -30,7 +37,7 @@ ADMIN_ERRORS = {
 }
 
 
-def openapi_spec(max_batch: int, max_upload_mb: float) -> dict[str, Any]:
+def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -74,7 +81,7 @@ def openapi_spec(max_batch: int, max_upload_mb: float) -> dict[str, Any]:
                     _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Rows to skip."),
                     _query("cursor", {"type": "string"},
                            "`next_cursor` from the previous page (instead of offset)."),
-                    *FILTERS,
+                    *_filters(class_names),
                 ],
                 "responses": {
                     "200": {"description": "A page and the total matching the filters",
@@ -99,11 +106,11 @@ def openapi_spec(max_batch: int, max_upload_mb: float) -> dict[str, Any]:
             "/predictions/delete": {"delete": {
                 "summary": "Delete predictions by ids or by filters (admin)",
                 "security": [{"bearer": []}],
-                "parameters": FILTERS,
+                "parameters": _filters(class_names),
                 "requestBody": {"required": False, "content": {"application/json": {"schema": {
                     "type": "object",
                     "properties": {"ids": {"type": "array", "items": {"type": "integer", "minimum": 1}},
-                                   **{p["name"]: p["schema"] for p in FILTERS}}}}}},
+                                   **{p["name"]: p["schema"] for p in _filters(class_names)}}}}}},
                 "responses": {
                     "200": {"description": "How many rows were deleted",
                             "content": {"application/json": {"schema": {
@@ -143,8 +150,9 @@ def openapi_spec(max_batch: int, max_upload_mb: float) -> dict[str, Any]:
                 "Prediction": {"type": "object", "properties": {
                     "prediction_id": {"type": "integer"},
                     "filename": {"type": "string"},
-                    "predicted_class": {"type": "string", "enum": list(CLASS_NAMES)},
-                    "class_index": {"type": "integer", "minimum": 0, "maximum": len(CLASS_NAMES) - 1},
+                    "predicted_class": _class_schema(class_names),
+                    "class_index": {"type": "integer", "minimum": 0,
+                                    **({"maximum": len(class_names) - 1} if class_names else {})},
                     "confidence": {"type": "number"},
                     "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
                     "model_version": {"type": "string"},

@@ -10,9 +10,8 @@ import binascii
 import datetime as dt
 import math
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from galaxylib.classes import CLASS_NAMES
 from galaxylib.store.database import PredictionFilter
 from serve.errors import ApiError
 
@@ -96,11 +95,17 @@ def parse_confidence(value: Any) -> float:
     return number
 
 
-def parse_filter(params: Mapping[str, Any]) -> PredictionFilter:
-    """The filters shared by GET /predictions and DELETE /predictions/delete."""
+def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = None) -> PredictionFilter:
+    """The filters shared by GET /predictions and DELETE /predictions/delete.
+
+    ``predicted_class`` must be one of the served model's classes (any name up to 64
+    characters while no model is loaded: the table may hold other models' rows)."""
     predicted_class = params.get("predicted_class")
-    if predicted_class is not None and predicted_class not in CLASS_NAMES:
-        raise bad("invalid_parameter", f"predicted_class must be one of: {', '.join(CLASS_NAMES)}")
+    if predicted_class is not None:
+        if class_names is not None and predicted_class not in class_names:
+            raise bad("invalid_parameter", f"predicted_class must be one of: {', '.join(class_names)}")
+        if not isinstance(predicted_class, str) or not 0 < len(predicted_class) <= 64:
+            raise bad("invalid_parameter", "predicted_class must be a class name of at most 64 characters")
     filename = params.get("filename")
     if filename is not None and (not isinstance(filename, str) or len(filename) > 512):
         raise bad("invalid_parameter", "filename must be a string of at most 512 characters")

@@ -18,6 +18,11 @@ class Runtime:
     model: ModelState
     db: Database
 
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """The served model's class table (None while no model is loaded)."""
+        return self.model.predictor.class_names if self.model.predictor is not None else None
+
     def require_model(self) -> Predictor:
         if self.model.predictor is None:
             raise ApiError(503, "model_unavailable",

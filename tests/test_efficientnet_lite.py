@@ -288,12 +288,15 @@ def test_keras_same_padding_equals_the_torch_ports_static_padding(size: int, ker
     np.testing.assert_allclose(same(x).numpy(), torch_style(x).numpy(), atol=1e-5)
 
 
-def test_tflite_in_litert_matches_keras(cache_dir: Path) -> None:
-    """The backbone converts with TFLiteConverter and LiteRT agrees with Keras to ~1e-4."""
+def test_tflite_in_litert_matches_keras(cache_dir: Path, tmp_path: Path) -> None:
+    """The backbone goes through the kit's one TFLite export and LiteRT agrees with Keras to ~1e-4."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from galaxylib.modeling.export import export_tflite
+
     model = el.load_lite_weights(el.build_lite("lite0", 64), "lite0", cache_dir)
-    interpreter = Interpreter(model_content=el.to_tflite(model), num_threads=2)
+    interpreter = Interpreter(model_path=str(export_tflite(model, tmp_path / "lite0.tflite")), num_threads=2)
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], [1, 64, 64, 3])
     interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     x = np.random.default_rng(0).uniform(0, 255, size=(1, 64, 64, 3)).astype(np.float32)

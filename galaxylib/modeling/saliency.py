@@ -7,8 +7,8 @@ imported lazily: importing this module stays cheap.
 
 Grad-CAM (Selvaraju et al. 2017): weight each channel of the last convolutional
 feature map by the mean gradient of the class score, sum, keep the positive part.
-In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``),
-``image_size / 32`` pixels on a side: 7x7 for a 224 px model. For an
+In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``), in
+EfficientNet-Lite ``head_activation``: ``image_size / 32`` pixels on a side, 7x7 at 224 px. For an
 orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
 network's maps for the 8 views, each turned back to the input's orientation.
 """
@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-DEFAULT_LAYER = "top_activation"
+# The last convolutional feature map, activated: EfficientNetB0's, then EfficientNet-Lite's.
+FEATURE_MAP_LAYERS = ("top_activation", "head_activation")
 DEFAULT_COLORMAP = "turbo"
 
 
@@ -28,16 +29,18 @@ class SaliencyError(RuntimeError):
 class GradCam:
     """Grad-CAM for one Keras classifier; the gradient model is built once and reused."""
 
-    def __init__(self, model, layer_name: str = DEFAULT_LAYER):
+    def __init__(self, model, layer_name: str | None = None):
         import keras
 
         from galaxylib.modeling.orientation import inner_network
 
         self.model = model
-        self.layer_name = layer_name
         network = inner_network(model)
         self.averages_orientations = network is not None
         model = network if network is not None else model
+        names = {layer.name for layer in model.layers}
+        layer_name = layer_name or next((n for n in FEATURE_MAP_LAYERS if n in names), FEATURE_MAP_LAYERS[0])
+        self.layer_name = layer_name
         try:
             layer = model.get_layer(layer_name)
         except ValueError as exc:

@@ -15,8 +15,19 @@ import numpy as np
 from galaxylib.modeling.fused_batchnorm import fused_batchnorm
 
 
+MODES = ("full", "head", "finetune")
+
+
 @dataclass
 class TrainParams:
+    # "full": the network trains as trainable_layers says; "head": the backbone is frozen and the
+    # head trains on cached features; "finetune": "head" first, then the last trainable_layers
+    # backbone layers train with the head (galaxylib/modeling/head.py).
+    mode: str = "full"
+    head_epochs: int = 300  # head mode: an upper bound, early stopping on the views' val loss ends it
+    head_learning_rate: float = 1e-3
+    head_batch_size: int = 256
+    head_patience: int = 25
     epochs: int = 100
     batch_size: int = 32
     patience: int = 10  # early stopping on val_loss, best weights restored

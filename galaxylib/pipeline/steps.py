@@ -33,19 +33,34 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
 
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.export import save_artifact
-    from galaxylib.modeling.model import ModelParams, build_model
+    from galaxylib.modeling.head import train_head, view_features
+    from galaxylib.modeling.model import ModelParams, build_model, compile_model, describe_weights
     from galaxylib.modeling.orientation import with_orientation_average
-    from galaxylib.modeling.training import TrainParams, predict_probabilities, train_model
+    from galaxylib.modeling.training import MODES, TrainParams, predict_probabilities, train_model
 
     keras.utils.set_random_seed(int(config["seed"]))
     model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
+    if train_params.mode not in MODES:
+        raise ValueError(f"train.mode must be one of {', '.join(MODES)}, not {train_params.mode!r}")
     crop = float(config["crop"])
     images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
     labels = data.labels()
     n_classes = len(data.class_names)
-    model = build_model(model_params, n_classes)
-    history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
+    start = describe_weights(model_params.weights)
+    model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
+    if train_params.mode == "full":
+        history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
+    else:
+        tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in start)
+        features = view_features(model, images, show_progress=show_progress, cache_file=cache_dir / "features" / (
+            f"{data.fingerprint()[:16]}_{tag}_{model_params.image_size}px_crop{crop:.3f}.npy"))
+        history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
+        if train_params.mode == "finetune":
+            compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
+            head_history = {f"head_{k}": v for k, v in history.items()}
+            history = {**train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
+                       **head_history}
     if model_params.average_orientations:
         model = with_orientation_average(model)
     val_probs = predict_probabilities(model, images, split.val)
@@ -55,10 +70,12 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
         dataset={"spec": str(config["dataset"]), "path": str(data.path), "sha256": data.fingerprint(),
                  "n_images": data.n_images},
         split={"seed": split.seed, **split.sizes(), "fractions": list(split.fractions)},
-        params={"model": asdict(model_params), "train": asdict(train_params)},
+        params={"model": asdict(model_params), "train": asdict(train_params), "start": start},
         metrics={"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                 "epochs_run": len(history.get("loss", []))},
-        synthetic=data.synthetic, crop=crop)
+                 "val_balanced_accuracy": val["balanced_accuracy"], "epochs_run": len(history.get("loss", []))},
+        synthetic=data.synthetic, crop=crop,
+        architecture=f"{'EfficientNet-' + start.title() if start.startswith('lite') else 'EfficientNetB0'} "
+                     f"({start} start, {train_params.mode} training)")
     return {"history": history, "val": val, "artifact": artifact, "model": model,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "total_params": int(model.count_params())}

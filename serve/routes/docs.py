@@ -11,8 +11,8 @@ bp = Blueprint("docs", __name__)
 
 @bp.get("/openapi.json")
 def openapi():
-    settings = runtime().settings
-    return jsonify(openapi_spec(settings.max_batch, settings.max_upload_mb))
+    rt = runtime()
+    return jsonify(openapi_spec(rt.settings.max_batch, rt.settings.max_upload_mb, rt.class_names))
 
 
 @bp.get("/docs")

@@ -18,7 +18,7 @@ def list_predictions():
     """Newest first; ``offset`` or the opaque ``cursor`` from the previous page."""
     params = single_values(request.args)
     reject_unknown(params, LIST_PARAMS)
-    flt = parse_filter(params)
+    flt = parse_filter(params, runtime().class_names)
     limit = parse_int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=0, maximum=MAX_LIMIT)
     if "offset" in params and "cursor" in params:
         raise bad("invalid_parameter", "use either offset or cursor, not both")
@@ -61,7 +61,7 @@ def delete_predictions():
     if overlap:
         raise bad("invalid_parameter", f"{', '.join(sorted(overlap))} given both in the query and the body")
     ids = parse_ids(body["ids"]) if "ids" in body else None
-    flt = parse_filter({**query, **{k: v for k, v in body.items() if k != "ids"}})
+    flt = parse_filter({**query, **{k: v for k, v in body.items() if k != "ids"}}, runtime().class_names)
     if ids is None and flt.is_empty():
         raise bad("missing_selection", "say what to delete: {\"ids\": [...]} or at least one filter "
                                        f"({', '.join(FILTER_PARAMS)}); POST /reset_db clears everything")

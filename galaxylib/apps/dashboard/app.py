@@ -102,9 +102,10 @@ class Dashboard:
         self.current: _Loaded = _Loaded(problem="No model loaded.")
 
         self.header = w.HTML(
-            '<div class="gc-title">Galaxy10 morphology classifier</div>'
-            '<div class="gc-subtitle">Drop DECaLS cutouts (JPEG or PNG) to see the predicted Galaxy10 '
-            'class, all ten probabilities and a Grad-CAM map of the pixels behind the answer.</div>')
+            '<div class="gc-title">Galaxy morphology classifier</div>'
+            '<div class="gc-subtitle">Drop galaxy cutouts (JPEG or PNG) to see the predicted class, the '
+            "probability of each of the model's classes and a Grad-CAM map of the pixels behind the "
+            'answer.</div>')
         self.model_picker = w.Dropdown(options=[(c.label, str(c.path)) for c in self.models],
                                        layout=w.Layout(width="auto"))
         self.model_picker.add_class("gc-model-picker")

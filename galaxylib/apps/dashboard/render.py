@@ -46,7 +46,7 @@ def prediction_html(out: Outcome) -> str:
             f'<span class="gc-prob-pct">{format_probability(prob)}</span></div>')
     truth = ""
     example = out.upload.example
-    if example is not None and example.true_class:
+    if example is not None and example.true_class in p.probabilities:  # a label in the model's own classes
         agree = "gc-agree" if example.true_class == p.predicted_class else "gc-disagree"
         truth = (f'<div class="gc-truth {agree}">Galaxy Zoo label: <b>{esc(example.true_class)}</b></div>'
                  if not example.synthetic else

@@ -1,0 +1,103 @@
+"""Head mode: a frozen backbone's features computed once, then a head that trains in seconds.
+
+A CPU user fine-tuning EfficientNet at 224 px gets ~13 images/s; the backbone's pooled
+features of every image in each of its 8 orientations, computed once through LiteRT and
+cached on disk, let the head train on thousands of examples per second instead. The head
+is the model's own head layers (``head_on_features``), so after training the full model
+(backbone + head) is ready to save, fine-tune or export.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from galaxylib.files import atomic_path
+from galaxylib.modeling.model import backbone_of, head_on_features
+from galaxylib.modeling.orientation import VIEWS, orient
+from galaxylib.modeling.training import TrainParams, class_weights
+
+
+def view_features(model, images: np.ndarray, cache_file: Path | None = None, batch_size: int = 32,
+                  show_progress: bool = True, num_threads: int | None = None) -> np.ndarray:
+    """Pooled backbone features (8, N, F) of every image in each of the 8 views, cached in ``cache_file``."""
+    if cache_file is not None and cache_file.is_file():
+        cached = np.load(cache_file, mmap_mode="r")
+        if cached.shape[:2] == (len(VIEWS), len(images)):
+            return np.asarray(cached)
+    from ai_edge_litert.interpreter import Interpreter
+    from tqdm import tqdm
+
+    from galaxylib.inference.predictor import default_threads
+    from galaxylib.modeling.export import export_tflite
+
+    backbone = backbone_of(model)
+    size = int(backbone.input_shape[1])
+    with tempfile.TemporaryDirectory(prefix="galaxy-backbone-") as tmp:
+        interpreter = Interpreter(model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite")),
+                                  num_threads=num_threads or default_threads())
+    first, last = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    out = np.zeros((len(VIEWS), len(images), int(backbone.output_shape[-1])), np.float32)
+    shape = None
+    with tqdm(total=len(VIEWS) * len(images), desc="Backbone features (8 views)", unit="img",
+              disable=not show_progress) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+            if shape != batch.shape:
+                interpreter.resize_tensor_input(first, [len(batch), size, size, 3])
+                interpreter.allocate_tensors()
+                shape = batch.shape
+            for v, view in enumerate(VIEWS):
+                interpreter.set_tensor(first, np.ascontiguousarray(orient(batch, view)))
+                interpreter.invoke()
+                out[v, start:start + len(batch)] = interpreter.get_tensor(last)
+                bar.update(len(batch))
+    if cache_file is not None:
+        with atomic_path(cache_file) as tmp_file, open(tmp_file, "wb") as fh:
+            np.save(fh, out)
+    return out
+
+
+def train_head(model, features: np.ndarray, labels: np.ndarray, split, params: TrainParams, n_classes: int,
+               on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+    """Fit the model's head on cached (8, N, F) features of the train rows; select on the val rows.
+
+    Every view of a training image is an example (the 8 orientations are the augmentation);
+    ``balance`` weights or oversamples the rare classes as in full training.
+    """
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    views = features.shape[0]
+    train_x = features[:, split.train].reshape(-1, features.shape[-1])
+    train_y = np.tile(labels[split.train], views)
+    val_x = features[:, split.val].reshape(-1, features.shape[-1])
+    val_y = np.tile(labels[split.val], views)
+    weights = None
+    if params.balance == "class_weight":
+        weights = class_weights(labels[split.train], n_classes)
+    elif params.balance == "oversample":
+        counts = np.bincount(train_y, minlength=n_classes).astype(float)
+        rng = np.random.default_rng(params.seed)
+        p = 1.0 / counts[train_y]
+        pick = rng.choice(len(train_y), size=len(train_y), p=p / p.sum())
+        train_x, train_y = train_x[pick], train_y[pick]
+    elif params.balance != "none":
+        raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
+    head = head_on_features(model)
+    head.compile(optimizer=keras.optimizers.Adam(float(params.head_learning_rate)),
+                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    callbacks: list = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.head_patience),
+                                                     restore_best_weights=True)]
+    if on_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
+    history = head.fit(train_x, train_y, validation_data=(val_x, val_y), epochs=int(params.head_epochs),
+                       batch_size=int(params.head_batch_size), class_weight=weights, shuffle=True,
+                       callbacks=callbacks, verbose=0)
+    result = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    print(f"Head: {len(result.get('loss', []))} epochs on {len(train_y):,} feature vectors "
+          f"(best val loss {min(result.get('val_loss', [float('nan')])):.4f}).")
+    return result
