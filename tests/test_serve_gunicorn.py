@@ -19,6 +19,8 @@ import requests
 
 from support import ADMIN_TOKEN, encode_image, random_rgb, row_count, temporary_postgres_database
 
+pytestmark = pytest.mark.slow  # starts gunicorn servers
+
 REPO = Path(__file__).resolve().parent.parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 INTERPRETER_THREADS = 2

@@ -9,6 +9,8 @@ from galaxylib.modeling.export import load_keras_model
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.modeling.orientation import inner_network
 
+pytestmark = pytest.mark.slow  # runs train.sh end to end
+
 
 def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifact(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}

@@ -5,6 +5,8 @@ import pytest
 from galaxylib.data.split import make_split
 from galaxylib.modeling.training import TrainParams, epoch_orders, train_model
 
+pytestmark = pytest.mark.slow  # trains small models
+
 
 def test_each_epoch_visits_every_training_image_once_in_a_new_order():
     indices = np.arange(10, 40)
