@@ -41,10 +41,9 @@ GALAXY10_PATH = RAW_DIR / GALAXY10_FILENAME
 def user_path(path: str | os.PathLike) -> Path:
     """A path as the user meant it: relative to the folder they typed it in."""
     path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    base = os.environ.get("GALAXY_USER_CWD", "").strip() or os.getcwd()
-    return Path(base) / path
+    if not path.is_absolute():
+        path = Path(os.environ.get("GALAXY_USER_CWD", "").strip() or os.getcwd()) / path
+    return Path(os.path.normpath(path))  # "../shared/x" typed in /work/main is /work/shared/x
 
 
 def database_url() -> str:

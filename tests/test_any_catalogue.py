@@ -225,3 +225,21 @@ def test_an_unknown_start_or_mode_is_a_clear_error(tiny_data):
     with pytest.raises(ValueError, match="train.mode must be one of full, head, finetune"):
         steps.train(config, data, split, run_name="x", model_dir=root / "models" / "x",
                     cache_dir=root / "data" / "cache", show_progress=False)
+
+
+def test_the_logit_adjusted_loss_shifts_the_logits_by_the_log_prior():
+    """With 90 % of class 0, a 50/50 answer is charged as if it said 90/10: the network must raise
+    the rare class to be right, so the plain softmax it is saved with favours the rare class."""
+    from galaxylib.modeling.training import TrainParams, training_loss
+
+    labels = np.array([0] * 90 + [1] * 10)
+    assert training_loss(TrainParams(balance="class_weight"), labels, 2) == "sparse_categorical_crossentropy"
+    adjusted = training_loss(TrainParams(balance="logit_adjust", logit_adjust_tau=1.0), labels, 2)
+    plain = training_loss(TrainParams(balance="logit_adjust", logit_adjust_tau=0.0), labels, 2)
+    half = np.array([[0.5, 0.5]], np.float32)
+
+    assert float(np.asarray(plain(np.array([1]), half))[0]) == pytest.approx(-np.log(0.5), rel=1e-5)
+    assert float(np.asarray(adjusted(np.array([0]), half))[0]) == pytest.approx(-np.log(0.9), rel=1e-4)
+    assert float(np.asarray(adjusted(np.array([1]), half))[0]) == pytest.approx(-np.log(0.1), rel=1e-4)
+    with pytest.raises(ValueError, match="balance must be one of"):
+        training_loss(TrainParams(balance="focal"), labels, 2)

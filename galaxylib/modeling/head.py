@@ -17,7 +17,7 @@ import numpy as np
 from galaxylib.files import atomic_path
 from galaxylib.modeling.model import backbone_of, head_on_features
 from galaxylib.modeling.orientation import VIEWS, orient
-from galaxylib.modeling.training import TrainParams, class_weights
+from galaxylib.modeling.training import TrainParams, class_weights, training_loss
 
 
 def view_features(model, images: np.ndarray, cache_file: Path | None = None, batch_size: int = 32,
@@ -76,6 +76,7 @@ def train_head(model, features: np.ndarray, labels: np.ndarray, split, params: T
     train_y = np.tile(labels[split.train], views)
     val_x = features[:, split.val].reshape(-1, features.shape[-1])
     val_y = np.tile(labels[split.val], views)
+    loss = training_loss(params, labels[split.train], n_classes)
     weights = None
     if params.balance == "class_weight":
         weights = class_weights(labels[split.train], n_classes)
@@ -85,11 +86,13 @@ def train_head(model, features: np.ndarray, labels: np.ndarray, split, params: T
         p = 1.0 / counts[train_y]
         pick = rng.choice(len(train_y), size=len(train_y), p=p / p.sum())
         train_x, train_y = train_x[pick], train_y[pick]
-    elif params.balance != "none":
-        raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
     head = head_on_features(model)
-    head.compile(optimizer=keras.optimizers.Adam(float(params.head_learning_rate)),
-                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    norm = [layer for layer in head.layers if isinstance(layer, keras.layers.Normalization)]
+    if norm:  # standardise the features with the train rows' statistics (part of the saved model)
+        norm[0].adapt(features[:, split.train].reshape(-1, features.shape[-1]))
+    steps = int(np.ceil(len(train_y) / int(params.head_batch_size))) * int(params.head_epochs)
+    schedule = keras.optimizers.schedules.CosineDecay(float(params.head_learning_rate), decay_steps=max(1, steps))
+    head.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
     callbacks: list = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.head_patience),
                                                      restore_best_weights=True)]
     if on_epoch is not None:

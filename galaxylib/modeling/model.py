@@ -39,6 +39,7 @@ class ModelParams:
     trainable_layers: int | str = 100  # the last N backbone layers train; "all" trains every layer
     freeze_batchnorm: bool = True  # BN layers stay in inference mode while fine-tuning
     dropout: float = 0.3
+    feature_norm: bool = False  # the head standardises the pooled features (train statistics; head modes)
     dense_units: list[int] = field(default_factory=lambda: [256, 128, 64])
     learning_rate: float = 1e-5
     # BatchNormalization momentum; None keeps Keras' 0.99. Training from scratch on a
@@ -148,7 +149,8 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
 def _head_layers(params: ModelParams, n_classes: int) -> list:
     import keras
 
-    layers = [keras.layers.Dropout(params.dropout, name="head_dropout")]
+    layers = [keras.layers.Normalization(name="head_norm")] if params.feature_norm else []
+    layers.append(keras.layers.Dropout(params.dropout, name="head_dropout"))
     layers += [keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")
                for i, units in enumerate(params.dense_units)]
     layers.append(keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities"))

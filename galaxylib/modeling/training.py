@@ -24,7 +24,7 @@ class TrainParams:
     # head trains on cached features; "finetune": "head" first, then the last trainable_layers
     # backbone layers train with the head (galaxylib/modeling/head.py).
     mode: str = "full"
-    head_epochs: int = 300  # head mode: an upper bound, early stopping on the views' val loss ends it
+    head_epochs: int = 300  # head mode: the cosine schedule's length; early stopping on the views' val loss may end it sooner
     head_learning_rate: float = 1e-3
     head_batch_size: int = 256
     head_patience: int = 25
@@ -32,7 +32,10 @@ class TrainParams:
     batch_size: int = 32
     patience: int = 10  # early stopping on val_loss, best weights restored
     monitor: str = "val_loss"
-    balance: str = "class_weight"  # "class_weight" | "oversample" | "none"
+    # "class_weight" | "oversample" | "logit_adjust" (the loss sees the logits shifted by
+    # tau * log(class prior): Menon et al. 2021; the saved model answers with plain softmax) | "none"
+    balance: str = "class_weight"
+    logit_adjust_tau: float = 1.5
     augment_dihedral: bool = True  # the 8 rotations and flips
     augment_brightness: float = 0.1  # +-10 % brightness
     augment_zoom: float = 0.1  # +-10 % zoom
@@ -48,6 +51,32 @@ class TrainParams:
     def from_dict(cls, params: dict[str, Any]) -> "TrainParams":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
+
+
+BALANCES = ("class_weight", "oversample", "logit_adjust", "none")
+
+
+def training_loss(params: "TrainParams", train_labels: np.ndarray, n_classes: int):
+    """The loss for probabilities from a softmax: plain cross-entropy, or the logit-adjusted one.
+
+    Logit adjustment trains as if the rare classes' logits were lowered by tau * log(prior),
+    so the plain model that is saved favours them at inference; it balances classes without
+    weighting examples (docs/training.md, "Real galaxies")."""
+    if params.balance not in BALANCES:
+        raise ValueError(f"balance must be one of {', '.join(BALANCES)}, not {params.balance!r}")
+    if params.balance != "logit_adjust":
+        return "sparse_categorical_crossentropy"
+    import keras
+    from keras import ops
+
+    counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    shift = (float(params.logit_adjust_tau) * np.log(np.maximum(counts, 1) / counts.sum())).astype(np.float32)
+
+    def logit_adjusted_crossentropy(y_true, y_pred):
+        logits = ops.log(ops.clip(y_pred, 1e-7, 1.0)) + shift
+        return keras.losses.sparse_categorical_crossentropy(y_true, logits, from_logits=True)
+
+    return logit_adjusted_crossentropy
 
 
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -121,8 +150,7 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
 
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
-    if params.balance not in ("class_weight", "oversample", "none"):
-        raise ValueError(f"balance must be class_weight, oversample or none, not {params.balance!r}")
+    loss = training_loss(params, labels[split.train], n_classes)
     weights = class_weights(labels[split.train], n_classes) if params.balance == "class_weight" else None
 
     # Only train and val rows are read, once, in index order (cheap on a memmap).
@@ -154,7 +182,7 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     elif params.lr_schedule not in ("constant", "plateau", "cosine_budget"):
         raise ValueError("lr_schedule must be constant, cosine, cosine_budget or plateau, "
                          f"not {params.lr_schedule!r}")
-    trainer.compile(optimizer=optimizer, loss=model.loss, metrics=["accuracy"])
+    trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
     callbacks: list = [keras.callbacks.EarlyStopping(
         monitor=params.monitor, patience=int(params.patience), restore_best_weights=True, verbose=1)]
