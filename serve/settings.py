@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from galaxylib.config import database_url
+from galaxylib.config import database_url, user_path
 
 MiB = 1024 * 1024
 
@@ -95,7 +95,7 @@ class Settings:
         env = os.environ
         kwargs: dict = {
             "database_url": database_url(),
-            "model_path": env.get("MODEL_PATH", "").strip() or None,
+            "model_path": str(user_path(env["MODEL_PATH"].strip())) if env.get("MODEL_PATH", "").strip() else None,
             "model_url": env.get("MODEL_URL", "").strip() or None,
             "model_sha256": env.get("MODEL_SHA256", "").strip() or None,
             "admin_token": env.get("ADMIN_TOKEN") or None,

@@ -211,3 +211,14 @@ def test_a_batch_of_predictions_is_stored_all_or_nothing_on_postgresql(postgres_
 
     assert row_count(postgres_url) == 0
     db.store().close()
+
+
+def test_a_relative_model_path_is_relative_to_where_the_user_started(env, tmp_path):
+    env.setenv("MODEL_PATH", "models/run-1")
+    env.setenv("GALAXY_USER_CWD", str(tmp_path))  # what dashboard.sh and train.sh pass on after cd
+
+    assert Settings.from_env().model_path == str(tmp_path / "models" / "run-1")
+
+    env.delenv("GALAXY_USER_CWD")
+    env.chdir(tmp_path / "..")
+    assert Settings.from_env().model_path == str((tmp_path / "..").resolve() / "models" / "run-1")
