@@ -13,7 +13,7 @@ from galaxylib.classes import CLASS_NAMES
 def short_names(names: Sequence[str]) -> list[str]:
     """Class names short enough for axis ticks (Galaxy10's long ones abbreviated)."""
     return [n.replace("Unbarred ", "").replace("In-between ", "In-betw. ").replace(" without ", " w/o ")
-            .replace(" with ", " w/ ").replace("_", " ") for n in names]
+            .replace(" with ", " w/ ") for n in names]
 
 
 def _save(fig, path: str | Path | None):
