@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from galaxylib.artifact import read_artifact
 from galaxylib.modeling.export import load_keras_model
 from galaxylib.config import PROJECT_ROOT
