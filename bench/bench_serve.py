@@ -1,7 +1,8 @@
 """Benchmark: the served model's bare forward pass against POST /predict end to end.
 
 Measures, in one run on one machine:
-  (a) the bare forward (galaxylib Predictor.predict_arrays) on one preprocessed
+  (a) the bare forward (galaxylib Predictor.forward: the interpreter, without the
+      calibration and out-of-distribution score the server adds) on one preprocessed
       image and on a batch of 32 in one pass, with the same interpreter threads as
       a worker; and, for reference, the same 32 images in passes of the server's
       forward batch (GALAXY_FORWARD_BATCH), which is what a worker runs;
@@ -224,18 +225,26 @@ def main() -> int:
     x1 = predictor.preprocess(single_file)[None]
     xb = np.stack([predictor.preprocess(f) for f in batch_files])
     for _ in range(3):
-        predictor.predict_arrays(x1)
-        predictor.predict_arrays(xb)
+        predictor.forward(x1)
+        predictor.forward(xb)
 
     def bare(x: np.ndarray, chunk: int | None = None) -> float:
+        """The interpreter alone: no calibration, no OOD score (the server adds both)."""
         chunk = chunk or len(x)
         started = time.perf_counter()
         for start in range(0, len(x), chunk):
-            predictor.predict_arrays(x[start:start + chunk])
+            predictor.forward(x[start:start + chunk])
         return time.perf_counter() - started
 
     for _ in range(2):
         bare(xb, args.forward_batch)
+    # What the server adds to one image's forward pass: calibration and the OOD score.
+    raw_1, features_1 = predictor.forward(x1)
+    started = time.perf_counter()
+    for _ in range(500):
+        predictor.trust.ood_scores(features_1, predictor.trust.calibrate(raw_1))
+    ood_ms = (time.perf_counter() - started) * 1e3 / 500
+    ood_method = predictor.trust.scorer.method if predictor.has_ood else "none (no OOD check in this artifact)"
 
     load_before = os.getloadavg()[0]
     database_url, drop_database = make_database(args.postgres)
@@ -294,6 +303,7 @@ def main() -> int:
     bc = statistics.median(bare_chunked)
     figures = {
         "single_breakdown_p50_ms": breakdown(measured_timings),
+        "ood_method": ood_method, "ood_ms_per_image": ood_ms,
         "model": str(model), "image_size": predictor.image_size, "threads": threads,
         "workers": args.workers, "cpu_cores": cpu_cores(), "batch_size": args.batch_size,
         "bare_single_p50_ms": b1 * 1e3, "bare_single_p99_ms": pct(bare_single, 99),
@@ -335,6 +345,8 @@ def report(f: dict) -> str:
         f"{f['threads']} interpreter threads each, {f['cpu_cores']} cores; "
         f"load average {f['load_average_1min'][0]:.2f} before, {f['load_average_1min'][1]:.2f} after",
         "",
+        f"calibration and OOD check served: {f['ood_method']}; they add {f['ood_ms_per_image']:.3f} ms "
+        "to a single image",
         f"(a) bare forward, 1 image      p50 {f['bare_single_p50_ms']:8.2f} ms   p99 {f['bare_single_p99_ms']:8.2f} ms",
         f"    bare forward, batch of {f['batch_size']}  p50 {f['bare_batch_p50_ms']:8.2f} ms   "
         f"= {f['bare_batch_images_per_s']:.1f} images/s (one pass)",

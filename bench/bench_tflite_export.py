@@ -42,7 +42,7 @@ def main() -> int:
     import numpy as np
     import tensorflow as tf
 
-    from galaxylib.artifact import export_tflite
+    from galaxylib.modeling.export import export_tflite
     from galaxylib.modeling.model import ModelParams, build_model
 
     model = build_model(ModelParams(image_size=args.size, weights="none", trainable_layers="all",

@@ -102,6 +102,7 @@ def read_artifact(run_dir: str | os.PathLike, *, verify_hashes: bool = True,
             f"{run_dir} expects preprocessing contract {contract}, this code implements version "
             f"{CONTRACT_VERSION}: retrain or use a matching galaxylib")
     needed = [TFLITE_FILE] + ([KERAS_FILE] if need_keras else [])
+    needed += [name for name in sidecar["files"] if name not in (TFLITE_FILE, KERAS_FILE)]  # e.g. ood.npz
     for name in needed:
         path = run_dir / name
         if not path.is_file():
@@ -118,6 +119,23 @@ def update_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
     sidecar = json.loads(path.read_text())
     sidecar["metrics"] = {**sidecar.get("metrics", {}), **metrics}
     atomic_write_json(path, sidecar)
+
+
+def add_to_artifact(run_dir: str | os.PathLike, updates: dict[str, Any], new_files: tuple[str, ...] = (),
+                    removed_files: tuple[str, ...] = ()) -> None:
+    """Merge ``updates`` into the sidecar and record the SHA-256 of ``new_files`` (already written
+    into the folder, atomically): how calibration and the OOD statistics join a saved artifact."""
+    run_dir = Path(run_dir)
+    path = run_dir / SIDECAR
+    sidecar = json.loads(path.read_text())
+    for name in new_files:
+        sidecar["files"][name] = sha256_file(run_dir / name)
+    for name in removed_files:
+        sidecar["files"].pop(name, None)
+    sidecar.update(updates)
+    atomic_write_json(path, sidecar)
+    for name in removed_files:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def list_runs(models_dir: str | os.PathLike) -> list[Path]:

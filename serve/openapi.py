@@ -29,6 +29,9 @@ FILTERS = [
     _query("since", {"type": "string", "format": "date-time"}, "Created at or after (ISO 8601; no zone = UTC)."),
     _query("until", {"type": "string", "format": "date-time"}, "Created at or before (ISO 8601; no zone = UTC)."),
     _query("filename", {"type": "string", "maxLength": 512}, "Exact uploaded filename."),
+    _query("in_distribution", {"type": "boolean"},
+           "Only predictions the out-of-distribution check passed (true) or flagged (false); "
+           "rows from a model without the check match neither."),
 ]
 ADMIN_ERRORS = {
     "401": _error("Missing or wrong admin token (`missing_token`, `invalid_token`)."),
@@ -155,6 +158,12 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
                                     **({"maximum": len(class_names) - 1} if class_names else {})},
                     "confidence": {"type": "number"},
                     "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "in_distribution": {"type": ["boolean", "null"], "description": (
+                        "false: the image does not look like the cutouts the model was trained on (the "
+                        "class is still given); null: the model has no out-of-distribution check")},
+                    "ood_score": {"type": ["number", "null"], "description": (
+                        "larger is less like the training cutouts; in_distribution is ood_score <= the "
+                        "artifact's threshold, set so that at least 95 % of in-distribution cutouts pass")},
                     "model_version": {"type": "string"},
                     "timestamp": {"type": "string", "format": "date-time"},
                 }},
@@ -169,10 +178,11 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
                     "filename": {"type": "string"},
                     "predicted_class": {"type": "string"},
                     "confidence": {"type": "number"},
+                    "in_distribution": {"type": ["boolean", "null"]},
                     "created_at": {"type": "string", "format": "date-time"},
                     "metadata": {"type": "object", "description": (
                         "the prediction record: source, model_version, class_index, top_classes, probabilities, "
-                        "width, height, size_bytes, sha256, latency_ms, batch_size, example")},
+                        "width, height, size_bytes, sha256, latency_ms, batch_size, example, ood_score, in_distribution")},
                 }},
                 "PredictionPage": {"type": "object", "properties": {
                     "predictions": {"type": "array", "items": {"$ref": "#/components/schemas/StoredPrediction"}},

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from galaxylib.store.database import PredictionFilter
 from serve.errors import ApiError
 
-FILTER_PARAMS = ("predicted_class", "min_confidence", "since", "until", "filename")
+FILTER_PARAMS = ("predicted_class", "min_confidence", "since", "until", "filename", "in_distribution")
 LIST_PARAMS = ("limit", "offset", "cursor") + FILTER_PARAMS
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -115,8 +115,22 @@ def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = 
         raise bad("invalid_parameter", "since is after until")
     min_confidence = (parse_confidence(params["min_confidence"])
                       if params.get("min_confidence") is not None else None)
+    in_distribution = parse_boolean(params["in_distribution"], "in_distribution") if params.get(
+        "in_distribution") is not None else None
     return PredictionFilter(predicted_class=predicted_class, min_confidence=min_confidence,
-                            since=since, until=until, filename=filename)
+                            since=since, until=until, filename=filename, in_distribution=in_distribution)
+
+
+def parse_boolean(value: Any, name: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) from a query string, or a JSON boolean."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise bad("invalid_parameter", f"{name} must be true or false")
 
 
 def parse_ids(value: Any) -> list[int]:

@@ -56,7 +56,7 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(app, c
     def explode(batch):
         raise RuntimeError("secret detail: /srv/models/internal.tflite")
 
-    monkeypatch.setattr(predictor, "predict_arrays", explode)
+    monkeypatch.setattr(predictor, "forward", explode)  # the LiteRT call every prediction goes through
     with caplog.at_level(logging.ERROR, logger="serve"):
         response = client.post("/predict", data={"file": (io.BytesIO(sample_files[0].read_bytes()), "g.jpg")},
                                content_type="multipart/form-data")

@@ -12,12 +12,12 @@ import pytest
 from galaxylib.store.database import PredictionStore
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
-ROWS = [  # (filename, class, confidence, minutes after T0)
-    ("a.jpg", "Round Smooth", 0.91, 0),
-    ("b.jpg", "Barred Spiral", 0.55, 10),
-    ("c.jpg", "Round Smooth", 0.30, 20),
-    ("d.jpg", "Merging", 0.99, 30),
-    ("a.jpg", "Edge-on with Bulge", 0.75, 40),
+ROWS = [  # (filename, class, confidence, minutes after T0, in_distribution: None = a model without the check)
+    ("a.jpg", "Round Smooth", 0.91, 0, True),
+    ("b.jpg", "Barred Spiral", 0.55, 10, False),
+    ("c.jpg", "Round Smooth", 0.30, 20, None),
+    ("d.jpg", "Merging", 0.99, 30, True),
+    ("a.jpg", "Edge-on with Bulge", 0.75, 40, False),
 ]
 
 
@@ -31,7 +31,7 @@ def store(database_url):
 @pytest.fixture
 def client(make_app, database_url, store):
     store.add_many([{"filename": f, "predicted_class": c, "confidence": p, "metadata": {"seeded": True},
-                     "created_at": T0 + dt.timedelta(minutes=m)} for f, c, p, m in ROWS])
+                     "in_distribution": ood, "created_at": T0 + dt.timedelta(minutes=m)} for f, c, p, m, ood in ROWS])
     return make_app(database_url).test_client()
 
 
@@ -53,7 +53,7 @@ def test_the_listing_is_newest_first_with_the_total(client):
     assert [p["created_at"] for p in response.json["predictions"]] == [
         (T0 + dt.timedelta(minutes=m)).isoformat() for m in (40, 30, 20, 10, 0)]
     first = response.json["predictions"][0]
-    assert set(first) == {"id", "filename", "predicted_class", "confidence", "metadata", "created_at"}
+    assert set(first) == {"id", "filename", "predicted_class", "confidence", "metadata", "in_distribution", "created_at"}
 
 
 def test_limit_and_offset_page_through_the_rows(client):
@@ -106,6 +106,9 @@ def test_the_cursor_follows_time_order_even_when_ids_do_not(client, store):
     ("filename=a.jpg", [("a.jpg", "Edge-on with Bulge"), ("a.jpg", "Round Smooth")]),
     ("filename=a.jpg&min_confidence=0.8", [("a.jpg", "Round Smooth")]),
     ("predicted_class=Disturbed", []),
+    ("in_distribution=false", [("a.jpg", "Edge-on with Bulge"), ("b.jpg", "Barred Spiral")]),
+    ("in_distribution=true", [("d.jpg", "Merging"), ("a.jpg", "Round Smooth")]),
+    ("in_distribution=true&predicted_class=Round Smooth", [("a.jpg", "Round Smooth")]),
 ])
 def test_filters_select_the_matching_rows_and_the_total_counts_them(client, query, expected):
     response = client.get(f"/predictions?{query}")
@@ -144,6 +147,7 @@ def test_limit_zero_returns_only_the_total(client):
     ("min_confidence=high", "invalid_parameter"),
     ("predicted_class=Smooth, Cigar shaped", "invalid_parameter"),  # astroNN's wrong name for class 4
     ("min_conf=0.9", "invalid_parameter"),
+    ("in_distribution=maybe", "invalid_parameter"),
     ("cursor=not-a-cursor", "invalid_cursor"),
     ("offset=1&cursor=MjAyNi0xMS0wMVQxMjowMDowMCswMDowMHwx", "invalid_parameter"),
 ])

@@ -319,3 +319,26 @@ def test_the_picker_switches_models_and_a_broken_one_is_a_message(tiny_artifact,
     app._on_example(None)  # the first synthetic example
     head = app.results.children[0].children[0].value
     assert "synthetic-disturbed.png" in head and "synthetic example" in head
+
+
+def test_a_flagged_image_gets_a_warning_on_its_card_and_keeps_its_class():
+    from galaxylib.apps.dashboard.render import history_html, prediction_html
+    from galaxylib.apps.dashboard.uploads import Outcome, Upload
+    from galaxylib.inference.classify import Classified
+    from galaxylib.inference.predictor import Prediction
+
+    def card(in_distribution):
+        p = Prediction(class_index=0, predicted_class="smooth", confidence=0.8,
+                       probabilities={"smooth": 0.8, "merger": 0.2}, model_version="m", top_classes=[("smooth", 0.8)],
+                       ood_score=None if in_distribution is None else (9.0 if not in_distribution else 0.1),
+                       in_distribution=in_distribution)
+        return prediction_html(Outcome(upload=Upload("cat.jpg", b"", 0), result=Classified(name="cat.jpg", prediction=p)))
+
+    flagged, passed, unchecked = card(False), card(True), card(None)
+    assert "does not look like the galaxy cutouts the model was trained on" in flagged
+    assert 'data-in-distribution="false"' in flagged and ">smooth<" in flagged  # the class is still shown
+    assert "does not look like" not in passed and 'data-in-distribution="true"' in passed
+    assert "does not look like" not in unchecked and 'data-in-distribution=""' in unchecked
+    rows = [{"filename": "cat.jpg", "predicted_class": "smooth", "confidence": 0.8, "created_at": None,
+             "metadata": {"source": "api"}, "in_distribution": False}]
+    assert "not like the training cutouts" in history_html(rows, 1, {"smooth": 1}, "sqlite", ["smooth", "merger"])

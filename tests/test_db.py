@@ -18,7 +18,32 @@ def test_the_schema_is_created_by_alembic_and_upgrading_twice_is_harmless(databa
     insp = inspect(store.engine)
     assert {"predictions", "alembic_version"} <= set(insp.get_table_names())
     cols = {c["name"] for c in insp.get_columns("predictions")}
-    assert cols == {"id", "filename", "predicted_class", "confidence", "metadata", "created_at"}
+    assert cols == {"id", "filename", "predicted_class", "confidence", "metadata", "in_distribution", "created_at"}
+
+
+def test_a_table_from_before_the_ood_check_upgrades_in_place_and_keeps_its_rows(database_url):
+    """Revision 0001 with a stored row, then the current code: the row stays, its verdict is NULL,
+    and new rows carry theirs."""
+    from alembic import command
+    from alembic.config import Config
+
+    from galaxylib.store.database import MIGRATIONS_DIR, make_engine
+
+    engine = make_engine(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
+                             "VALUES ('old.jpg', 'Merging', 0.5, '{}', CURRENT_TIMESTAMP)")
+    engine.dispose()
+    store = PredictionStore(database_url)
+    store.add_many([{**rows(1)[0], "in_distribution": False}])
+    listed, total = store.list()
+    assert total == 2
+    assert {r.filename: r.in_distribution for r in listed} == {"old.jpg": None, "g0.jpg": False}
+    assert [r.filename for r in store.list(PredictionFilter(in_distribution=False))[0]] == ["g0.jpg"]
 
 
 def test_metadata_is_jsonb_on_postgresql(postgres_url):
@@ -38,13 +63,15 @@ def test_rows_round_trip_with_their_metadata(database_url):
 def test_one_row_and_a_batch_store_the_same_fields(database_url):
     """PostgreSQL writes one row with VALUES and several with unnest: both must store alike."""
     store = PredictionStore(database_url)
-    written = store.add_many(rows(1)) + store.add_many(rows(3))
-    expected = rows(1) + rows(3)
+    verdicts = [True, False, None]  # the OOD check passed, flagged, or absent
+    batch = [{**row, "in_distribution": ood} for row, ood in zip(rows(3), verdicts)]
+    written = store.add_many([{**rows(1)[0], "in_distribution": False}]) + store.add_many(batch)
+    expected = [{**rows(1)[0], "in_distribution": False}] + batch
 
     for record, row in zip(written, expected, strict=True):
         stored = store.get(record.id).as_dict()
-        assert {k: stored[k] for k in ("filename", "predicted_class", "confidence")} == \
-            {k: row[k] for k in ("filename", "predicted_class", "confidence")}
+        assert {k: stored[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")} == \
+            {k: row[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")}
         assert stored["metadata"] == row["metadata"]
         assert dt.datetime.fromisoformat(stored["created_at"]) == record.created_at
 

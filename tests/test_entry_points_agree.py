@@ -13,6 +13,7 @@ import pytest
 
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.inference.predictor import Predictor
+from support import add_trust_check
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,7 @@ def cropped_artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("cropped") / "run"
     save_artifact(model, path, run_name="cropped", dataset={"sha256": "0" * 64}, split={}, params={},
                   synthetic=True, crop=0.6)
+    add_trust_check(path, tmp_path_factory.mktemp("cropped-trust"))  # so every entry point reports the OOD check
     return path
 
 
@@ -73,6 +75,14 @@ def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
         assert float(lines[i]["confidence"]) == pytest.approx(probs[top], abs=1e-6)  # CSV keeps 6 decimals
         assert api[i]["probabilities"] == pytest.approx(probs, abs=1e-7)
         assert dashboard[i].prediction.probabilities == pytest.approx(probs, abs=1e-7)
+        # the same out-of-distribution verdict and score everywhere
+        reference = predictor.predict(files[i])
+        assert isinstance(reference.in_distribution, bool) and isinstance(reference.ood_score, float)
+        assert lines[i]["in_distribution"] == str(reference.in_distribution).lower()
+        assert float(lines[i]["ood_score"]) == pytest.approx(reference.ood_score, rel=1e-5)
+        assert api[i]["in_distribution"] is reference.in_distribution
+        assert api[i]["ood_score"] == pytest.approx(reference.ood_score, rel=1e-9)
+        assert dashboard[i].prediction.in_distribution is reference.in_distribution
 
 
 def test_the_three_entry_points_store_the_same_record(cropped_artifact, sample_files, make_app, sqlite_url, tmp_path):

@@ -87,6 +87,17 @@ def test_the_entry_point_builds_from_the_environment_without_tensorflow(tiny_art
 
 # --- the schema -----------------------------------------------------------------------------
 
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from galaxylib.store.database import MIGRATIONS_DIR
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def test_starting_twice_upgrades_the_schema_once_and_keeps_the_rows(make_app, database_url, sample_files):
     import io
 
@@ -100,7 +111,7 @@ def test_starting_twice_upgrades_the_schema_once_and_keeps_the_rows(make_app, da
     assert second.get("/predictions").json["total"] == 1
     engine = create_engine(database_url)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
     engine.dispose()
     assert row_count(database_url) == 1
 

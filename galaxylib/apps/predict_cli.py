@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 H5_SUFFIXES = {".h5", ".hdf5"}
 CSV_FIELDS = (["filename", "predicted_class", "class_index", "confidence"]
               + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
-              + ["model_version", "prediction_id", "error"])
+              + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"])
 
 
 def _is_h5(path: Path) -> bool:
@@ -90,7 +90,10 @@ def csv_line(item: Classified, model_version: str, prediction_id: int | None) ->
     p = item.prediction
     line = {"filename": item.name, "predicted_class": p.predicted_class, "class_index": str(p.class_index),
             "confidence": f"{p.confidence:.6f}", "model_version": p.model_version,
-            "prediction_id": "" if prediction_id is None else str(prediction_id), "error": ""}
+            "prediction_id": "" if prediction_id is None else str(prediction_id), "error": "",
+            # empty for a model without an out-of-distribution check
+            "in_distribution": "" if p.in_distribution is None else str(p.in_distribution).lower(),
+            "ood_score": "" if p.ood_score is None else f"{p.ood_score:.6g}"}
     for k, (name, prob) in enumerate(p.top_classes, start=1):
         line[f"top{k}"], line[f"top{k}_p"] = name, f"{prob:.6f}"
     return line

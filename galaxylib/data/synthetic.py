@@ -663,6 +663,16 @@ def render_galaxy(class_index: int, rng: np.random.Generator, size: int = IMAGE_
     """
     if not 0 <= int(class_index) < NUM_CLASSES:
         raise ValueError(f"Galaxy10 has classes 0..{NUM_CLASSES - 1}; got {class_index}")
+    return _render(_PAINTERS[int(class_index)], rng, size)
+
+
+def render_star_field(rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The same survey, sky, noise and foreground stars as a cutout, with no galaxy at all:
+    an input the classifier should flag as out of distribution."""
+    return _render(None, rng, size)
+
+
+def _render(painter, rng: np.random.Generator, size: int) -> np.ndarray:
     if size < 32:
         raise ValueError(f"size must be at least 32 px; got {size}")
     scale = size / IMAGE_SIZE
@@ -676,7 +686,8 @@ def render_galaxy(class_index: int, rng: np.random.Generator, size: int = IMAGE_
         sharp=np.zeros((size, size, 3), np.float32), diffuse=np.zeros((size, size, 3), np.float32),
         diffuse_sigma=rng.uniform(1.5, 3.0) * scale,
     )
-    _PAINTERS[int(class_index)](s)
+    if painter is not None:  # a star field keeps its scene empty: zero flux stays zero when scaled
+        painter(s)
 
     # Display: sky level and noise gain in output units, flux in sky sigmas. The half-light
     # isophote's display level is drawn the same way for every class, so brightness cannot
@@ -689,7 +700,8 @@ def render_galaxy(class_index: int, rng: np.random.Generator, size: int = IMAGE_
     s.sharp *= norm
     s.diffuse *= norm
 
-    _add_background_galaxies(s, half_flux)
+    if painter is not None:
+        _add_background_galaxies(s, half_flux)
     _add_stars(s, noise_gain, soft)
     flux = ndimage.gaussian_filter(s.sharp, (s.psf, s.psf, 0), truncate=5.0)
     if s.used_diffuse:

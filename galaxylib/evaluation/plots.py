@@ -89,8 +89,7 @@ def confusion_heatmap(cm: Sequence[Sequence[int]], path=None, normalise: bool = 
     return _save(fig, path)
 
 
-def reliability(bins: list[dict], ece: float, path=None):
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+def _reliability_axes(ax, bins: list[dict], title: str) -> None:
     used = [b for b in bins if b["count"]]
     centers = [(b["lower"] + b["upper"]) / 2 for b in used]
     ax.bar(centers, [b["accuracy"] for b in used], width=1 / len(bins), edgecolor="k", alpha=0.75, label="accuracy")
@@ -99,8 +98,44 @@ def reliability(bins: list[dict], ece: float, path=None):
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability (ECE = {ece:.3f})")
+    ax.set_title(title)
     ax.legend(loc="upper left")
+
+
+def reliability(bins: list[dict], ece: float, path=None):
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    _reliability_axes(ax, bins, f"Reliability (ECE = {ece:.3f})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def reliability_before_after(before: list[dict], ece_before: float, after: list[dict], ece_after: float,
+                             temperature: float, path=None):
+    """The reliability diagram of the raw answer beside the temperature-scaled one."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.2), sharey=True)
+    _reliability_axes(axes[0], before, f"Before scaling (ECE = {ece_before:.3f})")
+    _reliability_axes(axes[1], after, f"After, T = {temperature:.2f} (ECE = {ece_after:.3f})")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def ood_scores(scores: dict[str, np.ndarray], threshold: float, path=None):
+    """Each case's OOD scores as a strip of points against the threshold (log scale when it helps)."""
+    names = list(scores)
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(names) + 1.4))
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(names):
+        values = np.asarray(scores[name], dtype=float)
+        colour = "#4c72b0" if name == "test" else "#c44e52"
+        ax.scatter(values, i + rng.uniform(-0.25, 0.25, len(values)), s=6, alpha=0.5, color=colour)
+    ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold (>= 95 % of cutouts inside, 90 % confidence)")
+    positive = np.concatenate([np.asarray(v, float) for v in scores.values()])
+    if positive.min() > 0 and positive.max() / positive.min() > 100:
+        ax.set_xscale("log")
+    ax.set_yticks(range(len(names)), [n.replace("_", " ") for n in names])
+    ax.invert_yaxis()
+    ax.set_xlabel("OOD score (right: less like the training cutouts)")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

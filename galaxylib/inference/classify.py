@@ -115,10 +115,10 @@ def classify(predictor: Predictor, inputs: Sequence[ImageInput], *, forward_batc
         part = arrays[start:start + forward_batch]
         batch = part[0][None] if len(part) == 1 else np.stack(part)  # [None] is a view, no copy
         started = time.perf_counter()
-        probabilities = predictor.predict_arrays(batch)
+        probabilities, ood_scores = predictor.score_arrays(batch)
         share = (time.perf_counter() - started) * 1e3 / len(part)
-        for out, probs in zip(good[start:start + forward_batch], probabilities):
-            out.prediction = predictor.to_prediction(probs)
+        for i, (out, probs) in enumerate(zip(good[start:start + forward_batch], probabilities)):
+            out.prediction = predictor.to_prediction(probs, None if ood_scores is None else ood_scores[i])
             out.forward_ms = share
     for out in good:
         out.batch_size = len(good)

@@ -2,7 +2,8 @@
 
 predict.sh, the API and the dashboard all reach it through ``galaxylib.inference.classify``.
 It runs on LiteRT (``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and ~100 MB to
-get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact.
+get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact, and
+so do the temperature and the out-of-distribution check it applies (``trust.py``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from galaxylib.artifact import Artifact, ArtifactError, read_artifact
+from galaxylib.inference.trust import TrustCheck, trust_from_sidecar
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
 
 TOP_K = 3
@@ -27,6 +29,9 @@ class Prediction:
     probabilities: dict[str, float]
     model_version: str
     top_classes: list[tuple[str, float]] = field(default_factory=list)  # the TOP_K most likely
+    # The out-of-distribution check (galaxylib/inference/trust.py): None for an artifact without one.
+    ood_score: float | None = None  # larger = less like the training cutouts
+    in_distribution: bool | None = None  # ood_score <= the artifact's threshold (>= 95 % of in-distribution cutouts pass)
 
 
 def default_threads() -> int:
@@ -37,7 +42,8 @@ def default_threads() -> int:
 
 class Predictor:
     def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None,
-                 verify_hashes: bool = True):
+                 verify_hashes: bool = True, trust: bool = True):
+        """``trust=False`` ignores the artifact's calibration and OOD check: for refitting them."""
         from ai_edge_litert.interpreter import Interpreter
 
         self.artifact: Artifact = read_artifact(model_dir, verify_hashes=verify_hashes)
@@ -49,18 +55,38 @@ class Predictor:
         self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path),
                                         num_threads=self.num_threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
-        output = self._interpreter.get_output_details()[0]
-        self._output = output["index"]
-        if int(output["shape"][-1]) != len(self.class_names):
-            raise ArtifactError(f"{self.artifact.path}: {len(self.class_names)} class names for "
-                                f"{int(output['shape'][-1])} outputs of {self.artifact.tflite_path.name}")
+        self._output, self._features = self._find_outputs(self._interpreter.get_output_details())
+        try:
+            self.trust: TrustCheck = (trust_from_sidecar(self.artifact.sidecar, self.artifact.path) if trust
+                                      else TrustCheck())
+        except (OSError, KeyError, ValueError) as exc:
+            raise ArtifactError(f"{self.artifact.path}: its calibration or OOD check cannot be read ({exc})") from exc
+        if self.trust.has_ood and self.trust.scorer.method != "max_softmax" and self._features is None:
+            raise ArtifactError(f"{self.artifact.path}: its OOD check needs the features output, which "
+                                f"{self.artifact.tflite_path.name} lacks")
         self._batch = 0
         self._lock = threading.Lock()  # one interpreter is not thread-safe
         self._resize(1)
 
+    def _find_outputs(self, outputs: list[dict]) -> tuple[int, int | None]:
+        """The probabilities (one per class) and, when exported, the pooled features."""
+        n = len(self.class_names)
+        probs = [o for o in outputs if int(o["shape"][-1]) == n]
+        if len(probs) != 1 or len(outputs) > 2:
+            shapes = ", ".join(str([int(d) for d in o["shape"]]) for o in outputs)
+            raise ArtifactError(f"{self.artifact.path}: {n} class names for {int(outputs[0]['shape'][-1])} outputs "
+                                f"of {self.artifact.tflite_path.name} (output shapes {shapes})")
+        others = [o["index"] for o in outputs if o is not probs[0]]
+        return probs[0]["index"], (others[0] if others else None)
+
     @property
     def path(self) -> Path:
         return self.artifact.path
+
+    @property
+    def has_ood(self) -> bool:
+        """Whether predictions carry ``ood_score`` and ``in_distribution`` (artifacts since issue 13)."""
+        return self.trust.has_ood
 
     def _resize(self, batch: int) -> None:
         if batch != self._batch:
@@ -72,24 +98,39 @@ class Predictor:
         """The artifact's own preprocessing contract (size and crop) on one image."""
         return preprocess_image(decode_image(source), self.image_size, self.crop)
 
-    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, size, size, 3) model inputs -> (N, n_classes) probabilities, in one forward pass."""
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """float32 (N, size, size, 3) model inputs -> the model's own (N, n_classes) probabilities,
+        before calibration, and its (N, D) pooled features (None for an older export): one pass."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if batch.ndim != 4 or batch.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected (N, {self.image_size}, {self.image_size}, 3), got {batch.shape}")
         if len(batch) == 0:
-            return np.zeros((0, len(self.class_names)), np.float32)
+            return np.zeros((0, len(self.class_names)), np.float32), None
         with self._lock:
             self._resize(len(batch))
             self._interpreter.set_tensor(self._input, batch)
             self._interpreter.invoke()
-            return np.array(self._interpreter.get_tensor(self._output), dtype=np.float32)
+            probs = np.array(self._interpreter.get_tensor(self._output), dtype=np.float32)
+            features = (None if self._features is None
+                        else np.array(self._interpreter.get_tensor(self._features), dtype=np.float32))
+        return probs, features
 
-    def to_prediction(self, probs: np.ndarray) -> Prediction:
+    def score_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and OOD scores (None without an OOD check) for model inputs."""
+        raw, features = self.forward(batch)
+        calibrated = self.trust.calibrate(raw) if len(raw) else raw.astype(np.float64)
+        return calibrated, (self.trust.ood_scores(features, calibrated) if len(raw) else None)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, size, size, 3) model inputs -> (N, n_classes) calibrated probabilities."""
+        return self.score_arrays(batch)[0]
+
+    def to_prediction(self, probs: np.ndarray, ood_score: float | None = None) -> Prediction:
         probs = np.asarray(probs, dtype=np.float64)
         idx = int(np.argmax(probs))
         order = np.argsort(-probs)[:TOP_K]
         names = self.class_names
+        known = ood_score is not None and self.trust.threshold is not None
         return Prediction(
             class_index=idx,
             predicted_class=names[idx],
@@ -97,6 +138,8 @@ class Predictor:
             probabilities={name: float(p) for name, p in zip(names, probs)},
             model_version=self.model_version,
             top_classes=[(names[i], float(probs[i])) for i in order],
+            ood_score=float(ood_score) if known else None,
+            in_distribution=bool(ood_score <= self.trust.threshold) if known else None,
         )
 
     def predict(self, source: ImageSource) -> Prediction:
@@ -106,4 +149,5 @@ class Predictor:
         """All images in one forward pass; an undecodable one raises ImageError."""
         arrays = np.stack([self.preprocess(s) for s in sources]) if sources else np.zeros(
             (0, self.image_size, self.image_size, 3), np.float32)
-        return [self.to_prediction(p) for p in self.predict_arrays(arrays)]
+        probs, scores = self.score_arrays(arrays)
+        return [self.to_prediction(p, None if scores is None else scores[i]) for i, p in enumerate(probs)]

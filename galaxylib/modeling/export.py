@@ -17,19 +17,50 @@ from galaxylib.files import atomic_write_json, sha256_file
 from galaxylib.preprocessing import preprocessing_contract
 
 
-def export_tflite(model, path: Path) -> Path:
+def with_features_output(model):
+    """The classifier with a second output: its pooled backbone features (orientation-averaged
+    like the answer), which the out-of-distribution check scores. Same layers, same weights;
+    the features are computed anyway, so the second output costs nothing at inference.
+
+    None for a model with no ``avg_pool`` layer, or a bare backbone that ends there.
+    """
+    import keras
+
+    from galaxylib.modeling.model import FEATURES_LAYER
+    from galaxylib.modeling.orientation import inner_network, _layers
+
+    network = inner_network(model) or model
+    if network.layers[-1].name == FEATURES_LAYER:
+        return None  # a bare backbone: its one output is the features
+    try:
+        pooled = network.get_layer(FEATURES_LAYER).output
+    except ValueError:
+        return None
+    both = keras.Model(network.input, [network.output, pooled], name="classifier_with_features")
+    if network is model:
+        return both
+    views_layer, mean_layer = _layers()
+    inputs = keras.Input(model.input_shape[1:])
+    probs, features = both(views_layer(name="orientation_views")(inputs))
+    return keras.Model(inputs, [mean_layer(name="orientation_mean")(probs),
+                                mean_layer(name="features_mean")(features)], name="orientation_averaged")
+
+
+def export_tflite(model, path: Path, features: bool = True) -> Path:
     """TFLite with a dynamic batch dimension, so the server can run a batch in one call.
 
-    The inference function is traced once and its variables frozen into constants before
-    conversion: about a third of the time ``from_keras_model`` takes, with the same outputs
-    (bench/bench_tflite_export.py). A concrete function converted unfrozen keeps READ_VARIABLE
-    ops that LiteRT runs as NaN.
+    With ``features`` (and a classifier), a second output holds the pooled features for the
+    out-of-distribution check (``with_features_output``). The inference function is traced
+    once and its variables frozen into constants before conversion: about a third of the time
+    ``from_keras_model`` takes, with the same outputs (bench/bench_tflite_export.py). A
+    concrete function converted unfrozen keeps READ_VARIABLE ops that LiteRT runs as NaN.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     size = int(model.input_shape[1])
-    inference = tf.function(lambda images: model(images, training=False))
+    scoring = with_features_output(model) if features else None
+    inference = tf.function(lambda images: (scoring or model)(images, training=False))
     concrete = inference.get_concrete_function(tf.TensorSpec([None, size, size, 3], tf.float32))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([convert_variables_to_constants_v2(concrete)])
     path.write_bytes(converter.convert())

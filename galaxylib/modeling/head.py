@@ -36,7 +36,7 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
     backbone = backbone_of(model)
     size = int(backbone.input_shape[1])
     with tempfile.TemporaryDirectory(prefix="galaxy-backbone-") as tmp:
-        interpreter = Interpreter(model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite")),
+        interpreter = Interpreter(model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite", features=False)),
                                   num_threads=num_threads or default_threads())
     first, last = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
     out = np.zeros((len(VIEWS), len(images), int(backbone.output_shape[-1])), np.float32)

@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"label_column": "label"},  # the labels.csv column of a folder dataset
     "model": {},
     "train": {},
-    "evaluate": {"max_misclassified": 24, "gz1_max_images": 0},
+    "evaluate": {"max_misclassified": 24, "gz1_max_images": 0, "ood_cases": 40},  # ood_cases: images per OOD case
 }
 SECTIONS = ("data", "model", "train", "evaluate")
 

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     label = " (SYNTHETIC data)" if metrics.get("synthetic") else ""
     print(f"\nDone in {minutes:.1f} min{label}.")
-    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_ece", "val_accuracy",
+    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_ece", "test_ece_uncalibrated",
+                "test_nll", "test_nll_uncalibrated", "ood_far_auroc", "ood_test_flagged_fraction", "val_accuracy",
                 "gz1_coarse_balanced_accuracy"):
         if key in metrics:
             print(f"  {key:30s} {metrics[key]:.4f}")

@@ -28,7 +28,7 @@ def prepare_data(config: dict, data_dir: Path, show_progress: bool = True) -> tu
 
 def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, model_dir: Path, cache_dir: Path,
           show_progress: bool = True, on_epoch=None) -> dict[str, Any]:
-    """Build, fit and save the artifact; returns history and validation metrics."""
+    """Build, fit and save the artifact, then fit its calibration and OOD check (``trust.fit_trust``)."""
     import keras
 
     from galaxylib.evaluation.metrics import evaluate
@@ -36,7 +36,9 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     from galaxylib.modeling.head import train_head, view_features
     from galaxylib.modeling.model import ModelParams, build_model, compile_model, describe_weights
     from galaxylib.modeling.orientation import with_orientation_average
-    from galaxylib.modeling.training import MODES, TrainParams, predict_probabilities, train_model
+    from galaxylib.artifact import read_artifact, update_metrics
+    from galaxylib.modeling.training import MODES, TrainParams, train_model
+    from galaxylib.pipeline.trust import fit_trust
 
     keras.utils.set_random_seed(int(config["seed"]))
     model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
@@ -63,20 +65,26 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
                        **head_history}
     if model_params.average_orientations:
         model = with_orientation_average(model)
-    val_probs = predict_probabilities(model, images, split.val)
-    val = evaluate(labels[split.val], val_probs, data.class_names)
     artifact = save_artifact(
         model, model_dir, run_name=run_name, class_names=data.class_names,
         dataset={"spec": str(config["dataset"]), "path": str(data.path), "sha256": data.fingerprint(),
                  "n_images": data.n_images},
         split={"seed": split.seed, **split.sizes(), "fractions": list(split.fractions)},
         params={"model": asdict(model_params), "train": asdict(train_params), "start": start},
-        metrics={"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
-                 "val_balanced_accuracy": val["balanced_accuracy"], "epochs_run": len(history.get("loss", []))},
+        metrics={"epochs_run": len(history.get("loss", []))},
         synthetic=data.synthetic, crop=crop,
         architecture=f"{'EfficientNet-' + start.title() if start.startswith('lite') else 'EfficientNetB0'} "
                      f"({start} start, {train_params.mode} training)")
-    return {"history": history, "val": val, "artifact": artifact, "model": model,
+    # A frozen backbone's features are the cached ones (mean over the 8 views, like the export's
+    # second output), so head mode fits the OOD statistics without another pass over train.
+    train_features = features.mean(axis=0)[split.train] if train_params.mode == "head" else None
+    trust = fit_trust(data, split, model_dir, cache_dir, seed=int(config["seed"]), train_features=train_features,
+                      n_cases=int(config["evaluate"].get("ood_cases", 40)), show_progress=show_progress)
+    val = evaluate(labels[split.val], trust.pop("val_probs"), data.class_names)  # the served model, calibrated
+    update_metrics(model_dir, {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
+                               "val_balanced_accuracy": val["balanced_accuracy"], "val_ece": val["ece"]})
+    artifact = read_artifact(model_dir)
+    return {"history": history, "val": val, "artifact": artifact, "model": model, "trust": trust,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "total_params": int(model.count_params())}
 
@@ -170,7 +178,7 @@ def keras_tflite_agreement(model_dir: Path, images: np.ndarray) -> dict[str, Any
     artifact = read_artifact(model_dir, need_keras=True)
     model = load_keras_model(artifact)
     keras_probs = np.asarray(model.predict(images, verbose=0, batch_size=32))
-    tflite_probs = Predictor(model_dir).predict_arrays(images)
+    tflite_probs = Predictor(model_dir).forward(images)[0]  # before calibration, as Keras has no temperature
     return {"n": int(len(images)),
             "max_abs_diff": float(np.abs(keras_probs - tflite_probs).max()),
             "argmax_agreement": float((keras_probs.argmax(1) == tflite_probs.argmax(1)).mean()),

@@ -86,6 +86,7 @@ class PredictionStore:
         """Insert rows (filename, predicted_class, confidence, metadata) atomically."""
         records = [PredictionRecord(filename=r["filename"], predicted_class=r["predicted_class"],
                                     confidence=float(r["confidence"]), meta=r.get("metadata", {}),
+                                    in_distribution=r.get("in_distribution"),
                                     created_at=r.get("created_at") or utcnow()) for r in rows]
         if not records:
             return []
@@ -167,13 +168,13 @@ class _PostgresWriter:
     """
 
     # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
-    MANY_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
-                "SELECT f, c, p, m, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
-                "%s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, t, n) ORDER BY n RETURNING id")
+    MANY_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, in_distribution, created_at) "
+                "SELECT f, c, p, m, d, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
+                "%s::bool[], %s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, d, t, n) ORDER BY n RETURNING id")
     # One row, the API's common case: plain VALUES took ~0.3 ms less than unnest at the
     # median (bench/bench_db_write.py, docs/performance.md).
-    ONE_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
-               "VALUES (%s, %s, %s, %s::jsonb, %s) RETURNING id")
+    ONE_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, in_distribution, created_at) "
+               "VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id")
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
 
     def __init__(self, engine: Engine):
@@ -189,11 +190,12 @@ class _PostgresWriter:
         if len(records) == 1:
             r = records[0]
             sql, params = self.ONE_SQL, (r.filename, r.predicted_class, float(r.confidence),
-                                         json.dumps(r.meta), r.created_at)
+                                         json.dumps(r.meta), r.in_distribution, r.created_at)
         else:
             sql, params = self.MANY_SQL, ([r.filename for r in records], [r.predicted_class for r in records],
                                           [float(r.confidence) for r in records],
-                                          [json.dumps(r.meta) for r in records], [r.created_at for r in records])
+                                          [json.dumps(r.meta) for r in records], [r.in_distribution for r in records],
+                                          [r.created_at for r in records])
         with self._lock:
             try:
                 conn = self._connection()

@@ -25,7 +25,10 @@ METADATA_TYPES: dict[str, type] = {
     "latency_ms": float,  # decode + preprocess + this image's share of the forward pass
     "batch_size": int,  # images classified together with this one
     "example": bool,  # the dashboard's example picker, not a user's file
+    "ood_score": float,  # None when the model has no out-of-distribution check
+    "in_distribution": bool,  # None likewise; also the row's own column, for filtering
 }
+NULLABLE = ("ood_score", "in_distribution")
 
 
 def prediction_row(item: Classified, source: str, *, example: bool = False) -> dict[str, Any]:
@@ -48,6 +51,8 @@ def prediction_row(item: Classified, source: str, *, example: bool = False) -> d
         "latency_ms": round(float(item.latency_ms), 3),
         "batch_size": int(item.batch_size),
         "example": bool(example),
+        "ood_score": None if p.ood_score is None else float(p.ood_score),
+        "in_distribution": p.in_distribution,
     }
     return {"filename": item.name, "predicted_class": p.predicted_class, "confidence": float(p.confidence),
-            "metadata": metadata}
+            "in_distribution": p.in_distribution, "metadata": metadata}

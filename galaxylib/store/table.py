@@ -9,7 +9,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -34,12 +34,16 @@ class PredictionRecord(Base):
     # "metadata" is reserved on declarative classes, so the attribute is ``meta``.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", MetadataJSON, nullable=False, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    # The OOD check's verdict (also in metadata), a column so that it can be filtered and indexed;
+    # NULL when the model has no check (migration 0002).
+    in_distribution: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
     __table_args__ = (
         Index("ix_predictions_created_at", "created_at"),
         Index("ix_predictions_predicted_class", "predicted_class"),
         Index("ix_predictions_confidence", "confidence"),
         Index("ix_predictions_filename", "filename"),
+        Index("ix_predictions_in_distribution", "in_distribution"),
     )
 
     def as_dict(self) -> dict[str, Any]:
@@ -52,6 +56,7 @@ class PredictionRecord(Base):
             "predicted_class": self.predicted_class,
             "confidence": self.confidence,
             "metadata": self.meta,
+            "in_distribution": self.in_distribution,
             "created_at": created.isoformat() if created else None,
         }
 
@@ -65,10 +70,11 @@ class PredictionFilter:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
     filename: str | None = None
+    in_distribution: bool | None = None
 
     def is_empty(self) -> bool:
         return all(v is None for v in (self.predicted_class, self.min_confidence, self.since,
-                                       self.until, self.filename))
+                                       self.until, self.filename, self.in_distribution))
 
     def clauses(self) -> list:
         c = PredictionRecord
@@ -83,4 +89,6 @@ class PredictionFilter:
             out.append(c.created_at <= self.until)
         if self.filename is not None:
             out.append(c.filename == self.filename)
+        if self.in_distribution is not None:
+            out.append(c.in_distribution.is_(self.in_distribution))
         return out

@@ -25,7 +25,11 @@ def health():
         "live": True,
         "ready": ready,
         "model": {"loaded": model_ok, "model_version": rt.model.model_version,
-                  "image_size": rt.model.predictor.image_size if model_ok else None},
+                  "image_size": rt.model.predictor.image_size if model_ok else None,
+                  # how far to trust the answers: the calibration temperature and the OOD method (or null)
+                  "temperature": rt.model.predictor.trust.temperature if model_ok else None,
+                  "ood_check": (rt.model.predictor.trust.scorer.method
+                                if model_ok and rt.model.predictor.has_ood else None)},
         "database": {"reachable": database_ok, "dialect": rt.db.dialect},
     }
     if not model_ok:

@@ -109,6 +109,8 @@ def _result(item: Classified, record) -> dict:
         "class_index": p.class_index,
         "confidence": p.confidence,
         "probabilities": p.probabilities,
+        "in_distribution": p.in_distribution,  # null for a model without an OOD check
+        "ood_score": p.ood_score,
         "model_version": p.model_version,
         "timestamp": record.as_dict()["created_at"],
     }

@@ -34,7 +34,8 @@ esc = functools.partial(html.escape, quote=True)
 
 
 def prediction_html(out: Outcome) -> str:
-    """Class, confidence, the 10-class bar chart and the model version, with data-* for tests."""
+    """Class, confidence, the class bar chart and the model version, with data-* for tests; a
+    warning first when the out-of-distribution check flags the image."""
     p = out.prediction
     rows = []
     for rank, (name, prob) in enumerate(sorted(p.probabilities.items(), key=lambda kv: -kv[1])):
@@ -51,9 +52,15 @@ def prediction_html(out: Outcome) -> str:
         truth = (f'<div class="gc-truth {agree}">Galaxy Zoo label: <b>{esc(example.true_class)}</b></div>'
                  if not example.synthetic else
                  f'<div class="gc-truth {agree}">Drawn as: <b>{esc(example.true_class)}</b></div>')
+    flag = "" if p.in_distribution is None else str(p.in_distribution).lower()
+    ood = "" if p.in_distribution is not False else (
+        '<div class="gc-ood-warn" role="alert"><b>This does not look like the galaxy cutouts the model was '
+        'trained on.</b> The class below is the model\'s best guess; treat it with care.</div>')
     return (
         f'<div class="gc-prediction" data-filename="{esc(out.upload.name)}" '
-        f'data-class="{esc(p.predicted_class)}" data-confidence="{p.confidence!r}">'
+        f'data-class="{esc(p.predicted_class)}" data-confidence="{p.confidence!r}" '
+        f'data-in-distribution="{flag}">'
+        f'{ood}'
         f'<div class="gc-kicker">Predicted class</div>'
         f'<div class="gc-class">{esc(p.predicted_class)}</div>'
         f'<div class="gc-confidence">confidence <b>{format_probability(p.confidence)}</b></div>'
@@ -118,11 +125,13 @@ def history_html(rows: Sequence[dict[str, Any]], total: int, counts: dict[str, i
         for r in rows:
             short, full = _when(r.get("created_at"))
             source = (r.get("metadata") or {}).get("source") or ""
+            flagged = (' · <span class="gc-h-ood" title="flagged by the out-of-distribution check">not like '
+                       'the training cutouts</span>' if r.get("in_distribution") is False else "")
             items.append(
                 f'<div class="gc-h-item"><div class="gc-h-line"><span class="gc-h-file" title="{esc(r["filename"])}">'
                 f'{esc(r["filename"])}</span><span class="gc-h-time" title="{esc(full)}">{esc(short)}</span></div>'
                 f'<div class="gc-h-line gc-muted"><span>{esc(r["predicted_class"])} · '
-                f'{format_probability(r["confidence"])}</span><span>{esc(str(source))}</span></div></div>')
+                f'{format_probability(r["confidence"])}{flagged}</span><span>{esc(str(source))}</span></div></div>')
         listing = f'<div class="gc-history-list">{"".join(items)}</div>'
     else:
         listing = '<div class="gc-empty">No predictions logged yet. Tick the logging box and classify a cutout.</div>'

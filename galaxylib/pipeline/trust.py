@@ -1,0 +1,172 @@
+"""Fit and judge the artifact's calibration and out-of-distribution check (issue 13).
+
+``fit_trust`` runs after training, on the served model itself (its TFLite export through the
+Predictor): the temperature on the validation split, each OOD scorer on train features, the
+choice between scorers on validation cutouts against the ``selection`` half of the far-OOD
+cases, and the threshold that keeps at least 95 % of in-distribution cutouts in, with 90 %
+confidence (``threshold_for``). The result
+joins the artifact (``model.json`` and ``ood.npz``). ``judge_trust`` scores the test split and
+the ``evaluation`` cases for the report. Nothing here reads the test split while fitting.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galaxylib.artifact import add_to_artifact
+from galaxylib.data.galaxy10 import Galaxy10File, resized_cache
+from galaxylib.data.split import Split
+from galaxylib.evaluation.metrics import expected_calibration_error
+from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
+from galaxylib.files import atomic_path
+from galaxylib.inference.predictor import Predictor
+from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, apply_temperature, auroc, fit_scorer,
+                                       fit_temperature, negative_log_likelihood, threshold_for)
+from galaxylib.preprocessing import preprocess_image
+
+
+def served_outputs(predictor: Predictor, inputs: np.ndarray, batch_size: int = 64,
+                   progress: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The served model's raw probabilities and features for float32 model inputs, in batches."""
+    from tqdm import tqdm
+
+    probs, features = [], []
+    for start in tqdm(range(0, len(inputs), batch_size), desc=progress, disable=progress is None):
+        p, f = predictor.forward(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+        probs.append(p)
+        features.append(f)
+    if not probs:
+        return np.zeros((0, len(predictor.class_names))), None
+    return np.concatenate(probs), (None if features[0] is None else np.concatenate(features))
+
+
+def model_inputs(predictor: Predictor, images: np.ndarray) -> np.ndarray:
+    """uint8 cutouts through the artifact's own preprocessing contract."""
+    return np.stack([preprocess_image(image, predictor.image_size, predictor.crop) for image in images])
+
+
+def _sample(indices: np.ndarray, most: int, seed: int) -> np.ndarray:
+    if most and len(indices) > most:
+        return np.sort(np.random.default_rng(seed).choice(indices, most, replace=False))
+    return indices
+
+
+def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path, *, seed: int = 0,
+              max_train: int = 2000, n_cases: int = 40, train_features: np.ndarray | None = None,
+              methods: tuple[str, ...] = METHODS, show_progress: bool = True) -> dict[str, Any]:
+    """Fit T, choose and fit the OOD scorer, set its threshold, and store all of it in the artifact.
+
+    ``train_features``: the served model's features of every train row, when the caller has them
+    (head mode's cache); otherwise up to ``max_train`` train rows go through the model. ``methods``:
+    the scorers to choose between (a bench pins one). Returns the
+    report, with the calibrated validation probabilities under ``val_probs``."""
+    predictor = Predictor(model_dir, trust=False)  # a refit starts from the model's own answers
+    images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
+    labels = data.labels()
+    bar = "Served model on {}" if show_progress else None
+    train_rows = split.train if train_features is not None else _sample(split.train, max_train, seed)
+    val_raw, val_features = served_outputs(predictor, images[split.val], progress=bar and bar.format("validation"))
+    y_val = labels[split.val]
+    temperature = fit_temperature(val_raw, y_val)
+    val_probs = apply_temperature(val_raw, temperature)
+    calibration = {
+        "temperature": temperature, "fitted_on": "validation", "n": int(len(y_val)),
+        "val_nll_before": negative_log_likelihood(val_raw, y_val), "val_nll_after": negative_log_likelihood(val_probs, y_val),
+        "val_ece_before": expected_calibration_error(y_val, val_raw)[0],
+        "val_ece_after": expected_calibration_error(y_val, val_probs)[0],
+    }
+    methods = methods if val_features is not None else ("max_softmax",)
+    if val_features is None:
+        train_features = None
+    elif train_features is None:
+        _, train_features = served_outputs(predictor, images[train_rows], progress=bar and bar.format("train"))
+    cases = far_ood_cases(n_cases, seed, "selection")
+    case_raw, case_features = served_outputs(predictor, model_inputs(predictor, np.concatenate(list(cases.values()))),
+                                             progress=bar and bar.format("non-galaxy images"))
+    case_probs = apply_temperature(case_raw, temperature)
+    selection: dict[str, dict[str, float]] = {}
+    scorers = {}
+    for method in methods:
+        scorer = fit_scorer(method, train_features, labels[train_rows], seed=seed)
+        s_in, s_out = scorer.score(val_features, val_probs), scorer.score(case_features, case_probs)
+        threshold = threshold_for(s_in)
+        selection[method] = {"auroc": auroc(s_in, s_out), "flagged_fraction": float((s_out > threshold).mean())}
+        scorers[method] = (scorer, threshold, float((s_in <= threshold).mean()))
+    method = max(methods, key=lambda m: (selection[m]["auroc"], selection[m]["flagged_fraction"]))
+    scorer, threshold, val_kept = scorers[method]
+    arrays = scorer.arrays()
+    model_dir = Path(model_dir)
+    if arrays:
+        with atomic_path(model_dir / OOD_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    ood = {"method": method, "threshold": threshold, "keep_fraction": KEEP_FRACTION, "confidence": CONFIDENCE,
+           "val_kept_fraction": val_kept,
+           "file": OOD_FILE if arrays else None,
+           "features": "pooled backbone features, orientation-averaged (model.tflite's second output)",
+           "feature_dim": None if train_features is None else int(train_features.shape[1]),
+           "fitted_on": {"scorer": f"{len(train_rows)} train cutouts", "threshold": "validation",
+                         "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)"},
+           "selection": selection}
+    add_to_artifact(model_dir, {"calibration": calibration, "ood": ood}, new_files=(OOD_FILE,) if arrays else (),
+                    removed_files=() if arrays else (OOD_FILE,))  # a refit may drop an older scorer's file
+    return {"calibration": calibration, "ood": ood, "val_probs": val_probs}
+
+
+def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_dir: Path, *, seed: int = 0,
+                n_cases: int = 40, near_ood: dict[str, np.ndarray] | None = None,
+                show_progress: bool = True) -> dict[str, Any]:
+    """Calibration before and after on test, and the OOD check on test against every case."""
+    images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
+    y_test = data.labels()[split.test]
+    bar = "Served model on {}" if show_progress else None
+    raw, features = served_outputs(predictor, images[split.test], progress=bar and bar.format("test"))
+    probs = predictor.trust.calibrate(raw)
+    ece_before, bins_before = expected_calibration_error(y_test, raw)
+    ece_after, bins_after = expected_calibration_error(y_test, probs)
+    report: dict[str, Any] = {
+        "temperature": predictor.trust.temperature,
+        "calibration": {"ece_before": ece_before, "ece_after": ece_after,
+                        "nll_before": negative_log_likelihood(raw, y_test), "nll_after": negative_log_likelihood(probs, y_test),
+                        "reliability_before": bins_before, "reliability_after": bins_after},
+        "probs": probs,
+    }
+    if not predictor.has_ood:
+        report["ood"] = None
+        return report
+    scores_in = predictor.trust.ood_scores(features, probs)
+    threshold = predictor.trust.threshold
+    rng_rows = _sample(split.test, n_cases, seed)
+    cases = {**far_ood_cases(n_cases, seed, "evaluation"), **shifted_cases(data.read_images(rng_rows), seed)}
+    cases.update(near_ood or {})
+    scores: dict[str, np.ndarray] = {"test": scores_in}
+    per_case: dict[str, dict[str, Any]] = {"test": {"n": int(len(scores_in)), "auroc": None,
+                                                    "flagged_fraction": float((scores_in > threshold).mean())}}
+    for name, case in cases.items():
+        case_raw, case_features = served_outputs(predictor, model_inputs(predictor, case),
+                                                 progress=bar and bar.format(name.replace("_", " ")))
+        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw))
+        scores[name] = s
+        per_case[name] = {"n": int(len(s)), "auroc": auroc(scores_in, s), "flagged_fraction": float((s > threshold).mean()),
+                          "kind": "far" if name in FAR_OOD else ("near" if name in (near_ood or {}) else "shifted")}
+    far = np.concatenate([scores[name] for name in FAR_OOD])
+    report["ood"] = {"method": predictor.trust.scorer.method, "threshold": threshold,
+                     "far_ood_auroc": auroc(scores_in, far), "far_ood_flagged_fraction": float((far > threshold).mean()),
+                     "test_flagged_fraction": per_case["test"]["flagged_fraction"], "cases": per_case,
+                     "scores": scores}
+    return report
+
+
+def near_ood_galaxies(predictor: Predictor, gz1_dir: Path, n: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """For a Galaxy10-class model: ``n`` real SDSS galaxies from ``../shared/gz1_coarse``, another
+    survey's cutouts, reported as near-OOD (not required to be flagged). {} when absent."""
+    from galaxylib.classes import CLASS_NAMES
+    from galaxylib.data.labels import read_labelled_folder
+    from galaxylib.preprocessing import decode_image
+
+    if not (gz1_dir / "labels.csv").is_file() or tuple(predictor.class_names) != CLASS_NAMES:
+        return {}
+    paths = read_labelled_folder(gz1_dir, "coarse").paths
+    chosen = _sample(np.arange(len(paths)), n, seed)
+    return {"gz1_sdss": [np.asarray(decode_image(paths[i].read_bytes())) for i in chosen]}

@@ -1,0 +1,189 @@
+"""Calibration and the out-of-distribution scorers (galaxylib/inference/trust.py), in NumPy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from galaxylib.evaluation.ood_cases import FAR_OOD, PHOTOS, far_ood_cases, shifted_cases
+from galaxylib.inference.trust import (KNearest, Mahalanobis, MaxSoftmax, TrustCheck, apply_temperature, auroc,
+                                       fit_temperature, load_scorer, negative_log_likelihood, threshold_for)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def overconfident_model(true_temperature: float, n: int = 20000, seed: int = 0):
+    """Labels drawn from softmax(z / T0) while the model reports softmax(z): T0 is the answer."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(n, 4))
+    truth = softmax(logits / true_temperature)
+    labels = np.array([rng.choice(4, p=p) for p in truth])
+    return softmax(logits), labels
+
+
+def test_temperature_one_changes_nothing_and_no_temperature_changes_a_class():
+    probs, _ = overconfident_model(2.0, n=200)
+    assert np.array_equal(apply_temperature(probs, 1.0), probs)
+    for t in (0.5, 2.0, 7.0):
+        scaled = apply_temperature(probs, t)
+        np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
+        assert np.array_equal(scaled.argmax(axis=1), probs.argmax(axis=1))
+    assert apply_temperature(probs, 3.0).max(axis=1).mean() < probs.max(axis=1).mean()
+
+
+def test_fitted_temperature_recovers_how_overconfident_a_model_is():
+    for true_t in (0.7, 2.5):
+        probs, labels = overconfident_model(true_t)
+        fitted = fit_temperature(probs, labels)
+        assert fitted == pytest.approx(true_t, rel=0.06)
+        assert negative_log_likelihood(apply_temperature(probs, fitted), labels) < negative_log_likelihood(probs, labels)
+
+
+def test_auroc_is_the_probability_that_an_ood_input_scores_higher():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 10, 300).astype(float)  # many ties
+    b = rng.integers(3, 14, 200).astype(float)
+    pairs = (b[None, :] > a[:, None]).mean() + 0.5 * (b[None, :] == a[:, None]).mean()
+    assert auroc(a, b) == pytest.approx(pairs)
+    assert auroc(a, a + 100) == 1.0 and auroc(a + 100, a) == 0.0
+
+
+def test_the_threshold_keeps_at_least_95_percent_of_new_cutouts_in_nine_times_out_of_ten():
+    """Thresholds set on 375 validation scores, judged on fresh draws from the same distribution."""
+    rng = np.random.default_rng(2)
+    flagged = []
+    for _ in range(400):
+        threshold = threshold_for(rng.normal(size=375))
+        flagged.append((rng.normal(size=20000) > threshold).mean())
+    flagged = np.array(flagged)
+    assert (flagged <= 0.05).mean() >= 0.88  # 90 % by construction, less the simulation's noise
+    assert flagged.mean() > 0.025  # and not much stricter than it needs to be
+    assert threshold_for(np.arange(10.0)) == 9.0  # too few to allow any: the largest score
+
+
+def clusters(seed: int = 3, n: int = 600, dim: int = 16):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, size=(3, dim))
+    labels = rng.integers(0, 3, n)
+    features = centres[labels] + rng.normal(0, 1, size=(n, dim)) * np.linspace(0.5, 2, dim)
+    return features, labels, centres
+
+
+def test_mahalanobis_is_the_distance_to_the_nearest_class_under_the_shrunk_shared_covariance():
+    features, labels, centres = clusters()
+    scorer = Mahalanobis.fit(features, labels, shrinkage=0.1)
+    means = np.stack([features[labels == c].mean(0) for c in range(3)])
+    centred = features - means[labels]
+    cov = centred.T @ centred / (len(features) - 3)
+    cov = 0.9 * cov + 0.1 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    precision = np.linalg.inv(cov)
+    queries = np.random.default_rng(4).normal(0, 6, size=(50, features.shape[1]))
+    brute = np.array([min((q - m) @ precision @ (q - m) for m in means) for q in queries]) / features.shape[1]
+    np.testing.assert_allclose(scorer.score(queries, None), brute, rtol=1e-4)  # scored in float32
+    # a point at a class centre is in distribution; one far from every class is not
+    assert scorer.score(centres[:1], None)[0] < scorer.score(centres[:1] + 30, None)[0]
+
+
+def test_the_low_rank_mahalanobis_gives_the_other_directions_their_mean_variance():
+    """Rank 4 of 16: the covariance is its 4 leading eigenpairs plus one shared variance."""
+    features, labels, _ = clusters()
+    scorer = Mahalanobis.fit(features, labels, shrinkage=0.1, rank=4)
+    means = np.stack([features[labels == c].mean(0) for c in range(3)])
+    centred = features - means[labels]
+    cov = centred.T @ centred / (len(features) - 3)
+    cov = 0.9 * cov + 0.1 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval[:-4] = eigval[:-4].mean()
+    precision = eigvec @ np.diag(1 / eigval) @ eigvec.T
+    queries = np.random.default_rng(6).normal(0, 6, size=(30, features.shape[1]))
+    brute = np.array([min((q - m) @ precision @ (q - m) for m in means) for q in queries]) / features.shape[1]
+    np.testing.assert_allclose(scorer.score(queries, None), brute, rtol=1e-4)
+
+
+def test_knn_is_one_minus_the_kth_largest_cosine_similarity():
+    features, labels, _ = clusters(n=300)
+    scorer = KNearest.fit(features, k=5)
+    queries = np.random.default_rng(5).normal(size=(20, features.shape[1]))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    sims = unit(queries) @ unit(features).T
+    brute = 1 - np.sort(sims, axis=1)[:, -5]
+    np.testing.assert_allclose(scorer.score(queries, None), brute, rtol=1e-4, atol=1e-6)
+
+
+def test_scorers_round_trip_through_the_artifacts_npz(tmp_path):
+    features, labels, _ = clusters(n=200)
+    queries = features[:10] + 1.0
+    for scorer in (Mahalanobis.fit(features, labels), KNearest.fit(features, k=3)):
+        path = tmp_path / f"{scorer.method}.npz"
+        np.savez(path, **scorer.arrays())
+        loaded = load_scorer(scorer.method, path)
+        np.testing.assert_allclose(loaded.score(queries, None), scorer.score(queries, None), rtol=1e-4, atol=1e-6)
+    assert isinstance(load_scorer("max_softmax", None), MaxSoftmax)
+    with pytest.raises(FileNotFoundError, match="ood.npz"):
+        load_scorer("knn", tmp_path / "missing.npz")
+
+
+def test_an_artifact_without_a_check_reports_no_score():
+    check = TrustCheck()
+    assert not check.has_ood and check.ood_scores(np.zeros((2, 4)), np.full((2, 3), 1 / 3)) is None
+
+
+def test_the_ood_cases_are_cutout_shaped_and_the_photo_halves_are_disjoint():
+    assert not set(PHOTOS["selection"]) & set(PHOTOS["evaluation"])
+    cases = far_ood_cases(6, seed=0, half="evaluation")
+    assert tuple(cases) == FAR_OOD
+    for name, images in cases.items():
+        assert images.shape == (6, 256, 256, 3) and images.dtype == np.uint8, name
+    assert all(len(np.unique(frame.reshape(-1, 3), axis=0)) == 1 for frame in cases["blank"])
+    assert not np.array_equal(cases["photos"], far_ood_cases(6, seed=0, half="selection")["photos"])
+    galaxies = np.random.default_rng(0).integers(0, 60, size=(3, 256, 256, 3)).astype(np.uint8)
+    galaxies[:, 100:156, 100:156] = 220  # a bright centre
+    shifted = shifted_cases(galaxies, seed=0)
+    assert shifted["off_centre"][:, 100:156, 100:156].mean() < 200  # the centre moved away
+    assert np.array_equal(shifted["inverted"], 255 - galaxies)
+    assert shifted["saturated"].mean() > galaxies.mean()
+
+
+def test_an_artifact_from_before_the_check_still_loads_and_serves_without_the_flag(tmp_path, sample_files):
+    """A single-output export with no calibration or OOD entry (what every earlier train.sh wrote)."""
+    import keras
+
+    from galaxylib.inference.predictor import Predictor
+    from galaxylib.modeling.export import export_tflite, save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
+
+    keras.utils.set_random_seed(0)
+    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False))
+    run = tmp_path / "old"
+    save_artifact(model, run, run_name="old", dataset={"sha256": "0" * 64}, split={}, params={}, synthetic=True)
+    export_tflite(model, run / "model.tflite", features=False)  # the export as it was
+    predictor = Predictor(run, verify_hashes=False)
+    prediction = predictor.predict(sample_files[0])
+    assert not predictor.has_ood and predictor.trust.temperature == 1.0
+    assert (prediction.ood_score, prediction.in_distribution) == (None, None)
+    assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, tmp_path, sample_files):
+    import shutil
+
+    from galaxylib.artifact import ArtifactError, read_sidecar
+    from galaxylib.inference.predictor import Predictor
+    from support import add_trust_check
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_artifact, run)
+    report = add_trust_check(run, tmp_path / "work", methods=("knn",))
+    sidecar = read_sidecar(run)
+    assert sidecar["calibration"]["temperature"] == report["calibration"]["temperature"]
+    assert sidecar["ood"]["method"] == "knn" and sidecar["files"]["ood.npz"]
+    predictor = Predictor(run)
+    prediction = predictor.predict(sample_files[0])
+    assert isinstance(prediction.in_distribution, bool) and isinstance(prediction.ood_score, float)
+    assert prediction.in_distribution == (prediction.ood_score <= sidecar["ood"]["threshold"])
+    with open(run / "ood.npz", "ab") as fh:  # a changed statistics file is refused like a changed model
+        fh.write(b"\0")
+    with pytest.raises(ArtifactError, match="ood.npz does not match"):
+        Predictor(run)
