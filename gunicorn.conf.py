@@ -4,6 +4,9 @@ Command-line flags override these (``gunicorn -w 4 -b 0.0.0.0:$PORT serve.app:ap
 """
 import os
 import select
+import shutil
+import tempfile
+from pathlib import Path
 
 import galaxylib.config  # noqa: F401 - loads .env, so PORT, WEB_CONCURRENCY and MODEL_URL apply here too
 from serve.threads import limit_native_threads
@@ -28,7 +31,46 @@ errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 
 
+def prepare_metrics_dir(server) -> None:
+    """Give the workers one PROMETHEUS_MULTIPROC_DIR, so /metrics sums them all (serve/metrics.py).
+
+    Set in the master before any worker forks, and before prometheus_client is imported anywhere
+    (it picks its mode at import). Unset: a fresh temporary folder, removed at exit. Set by the
+    operator: created if missing and emptied, since files left by an earlier run would be counted.
+    """
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if not path:
+        path = tempfile.mkdtemp(prefix="galaxy-prometheus-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+        server.galaxy_metrics_tmpdir = path
+    else:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    server.log.info("prometheus multiprocess folder: %s", path)
+
+
 def on_starting(server):
+    prepare_metrics_dir(server)
+    fetch_model(server)
+
+
+def child_exit(server, worker):
+    """Drop the dead worker's live gauges (galaxy_model_info); its counters stay in the sums."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    tmpdir = getattr(server, "galaxy_metrics_tmpdir", None)
+    if tmpdir:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def fetch_model(server):
     """Download MODEL_URL once, in the master, before the workers start.
 
     Each worker would otherwise fetch it at import time, where a slow download

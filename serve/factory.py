@@ -14,6 +14,7 @@ from flask import Flask, Response
 
 from serve.errors import register_error_handlers
 from serve.logs import configure_logging
+from serve.metrics import install_metrics
 from serve.model_loader import load_model
 from serve.runtime import Runtime
 from serve.settings import Settings
@@ -46,11 +47,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["galaxy"] = runtime
 
-    from serve.routes import admin, docs, health, predict, predictions
+    from serve.routes import admin, docs, health, metrics, predict, predictions
 
-    for module in (predict, predictions, admin, health, docs):
+    for module in (predict, predictions, admin, health, docs, metrics):
         app.register_blueprint(module.bp)
     register_error_handlers(app)
+    install_metrics(app, runtime.model.model_version)
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -138,6 +138,13 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
                               "503": {"description": "Not ready; the body says what is missing"}},
             }},
             "/health/live": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive"}}}},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: requests, latency, predictions, confidence, model version",
+                "description": ("The Prometheus text format (0.0.4), summed over all gunicorn workers; no token "
+                                "needed. Metric names and example queries: docs/monitoring.md."),
+                "responses": {"200": {"description": "Prometheus text exposition",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
+            }},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/docs": {"get": {"summary": "Human-readable API documentation",

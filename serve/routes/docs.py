@@ -24,4 +24,4 @@ def docs():
 @bp.get("/")
 def index():
     return jsonify({"service": "galaxy10-classifier", "docs": "/docs", "openapi": "/openapi.json",
-                    "health": "/health"})
+                    "health": "/health", "metrics": "/metrics"})

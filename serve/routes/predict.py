@@ -16,6 +16,7 @@ from flask import Blueprint, jsonify, request
 from galaxylib.inference.classify import Classified, ImageInput, classify
 from galaxylib.store.records import prediction_row
 from serve.errors import ApiError
+from serve.metrics import observe_predictions
 from serve.multipart import Upload, split_files
 from serve.runtime import runtime
 
@@ -81,6 +82,7 @@ def predict():
     store_started = time.perf_counter()
     records = rt.db.store().add_many([prediction_row(c, "api") for c in good])  # atomic; a failure is a 503
     store_ms = (time.perf_counter() - store_started) * 1e3
+    observe_predictions(good)  # after the commit: the counters agree with the table
 
     record_of = {id(c): r for c, r in zip(good, records)}
     results = [_result(c, record_of.get(id(c))) for c in classified]
