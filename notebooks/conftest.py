@@ -1,4 +1,4 @@
-"""nbval runs the four pipeline notebooks in order on the tiny synthetic config, writing into a
+"""nbval runs the four pipeline notebooks, then 05_catalog_inference, in order on the tiny synthetic config, writing into a
 temporary folder instead of data/, reports/ and models/. They are marked slow (they train)."""
 import os
 import tempfile

@@ -1,6 +1,11 @@
 """``./predict.sh``: classify files, folders or a Galaxy10 h5; write a CSV; log to the database.
 
 Usage: python -m galaxylib.apps.predict_cli --model models/<run> INPUT ... [--out predictions.csv]
+       python -m galaxylib.apps.predict_cli --model models/<run> --catalog CATALOG --out OUT_DIR
+           [--shard K/N] [--dask local:N | --dask tcp://HOST:PORT] [--to-database]
+
+With ``--catalog`` it runs survey-scale catalogue inference into a Parquet dataset
+(``galaxylib.catalog``, docs/catalog.md); without it, it behaves as it always has.
 
 A broken file gets a CSV line with an ``error`` and no database row; it never stops the
 batch. Rows go to the database one transaction per batch, and the CSV appears (atomically)
@@ -69,7 +74,10 @@ def count_inputs(inputs: list[Path]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="predict.sh", description="Classify galaxy cutouts with a trained model.")
+    parser = argparse.ArgumentParser(prog="predict.sh", description="Classify galaxy cutouts with a trained model.",
+                                     epilog="For a whole survey catalogue (Parquet dataset out, sharded, resumable, "
+                                            "Slurm or Dask): predict.sh --model M --catalog CATALOG --out DIR "
+                                            "(see docs/catalog.md).")
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
     parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
@@ -99,7 +107,86 @@ def csv_line(item: Classified, model_version: str, prediction_id: int | None) ->
     return line
 
 
+def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="predict.sh --catalog", description="Classify a whole catalogue into a Parquet dataset, one file per "
+        "work shard; resumable (see docs/catalog.md).")
+    parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
+    parser.add_argument("--catalog", required=True,
+                        help="a .parquet or .csv with id_str and file_loc, a folder of cutouts, a Galaxy10 .h5, or "
+                             "WebDataset .tar shards (a tar, a folder of them, or a pattern like s-{000..009}.tar)")
+    parser.add_argument("--out", required=True, type=Path, help="the output folder (a Parquet dataset)")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="do only task K of N (1-based), e.g. --shard ${SLURM_ARRAY_TASK_ID}/N")
+    parser.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
+                        help="run the shards on Dask: N local worker processes, or an existing scheduler")
+    parser.add_argument("--to-database", action="store_true",
+                        help="also bulk-load the predictions into the predictions table (idempotent per shard)")
+    parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
+    parser.add_argument("--shard-rows", type=int, default=None, help="rows per work shard (default 2048)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="LiteRT threads (default: all cores; 1 per worker with --dask local:N)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    from galaxylib.catalog.run import parse_dask
+    from galaxylib.catalog.shards import parse_shard
+    from galaxylib.catalog.sources import CatalogError
+
+    try:
+        args.shard_k_n = parse_shard(args.shard)
+        if args.dask is not None:
+            parse_dask(args.dask)
+    except CatalogError as exc:
+        parser.error(str(exc))
+    for name in ("shard_rows", "batch_size", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    args.model, args.out = user_path(args.model), user_path(args.out)
+    if not any(c in args.catalog for c in "*?[{"):
+        args.catalog = str(user_path(args.catalog))
+    return args
+
+
+def catalog_main(argv: list[str]) -> int:
+    """``predict.sh --catalog``: one summary line, a clear message (exit 2) for bad input."""
+    args = parse_catalog_args(argv)
+    from galaxylib.catalog.run import DEFAULT_BATCH, DEFAULT_SHARD_ROWS, predict_catalog
+    from galaxylib.catalog.sources import CatalogError
+
+    try:
+        result = predict_catalog(args.model, args.catalog, args.out, shard=args.shard_k_n, dask=args.dask,
+                                 to_database=args.to_database, database_url=args.database_url,
+                                 shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS,
+                                 batch_size=args.batch_size or DEFAULT_BATCH, threads=args.threads,
+                                 overwrite=args.overwrite, show_progress=not args.no_progress)
+    except ArtifactError as exc:
+        print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    except CatalogError as exc:
+        print(f"predict.sh: {exc}", file=sys.stderr)
+        return 2
+    for line in result.failed:
+        print(f"  FAILED {line}", file=sys.stderr)
+    task = f" (task {args.shard_k_n[0]}/{args.shard_k_n[1]}: {result.selected} shards)" if args.shard else ""
+    print(f"Catalogue: {result.shards} shard(s){task}; {result.skipped} already finished, {result.processed} done now: "
+          f"{result.rows} row(s), {result.errors} unreadable; {result.seconds:.1f} s. Parquet dataset: {args.out}")
+    if result.failed:
+        print(f"{len(result.failed)} shard(s) failed; run the same command again to redo them.", file=sys.stderr)
+        return 1
+    if result.rows and result.errors == result.rows:
+        print("predict.sh: no image could be read (see the error column): is file_loc relative to the "
+              "catalogue's folder?", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a == "--catalog" or a.startswith("--catalog=") for a in argv):
+        return catalog_main(argv)
     args = parse_args(argv)
     from galaxylib.inference.predictor import Predictor
 

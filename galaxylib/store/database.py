@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import and_, create_engine, delete, event, func, or_, select, text
+from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -98,6 +98,55 @@ class PredictionStore:
             s.add_all(records)
             s.flush()
         return records
+
+    def replace_many(self, rows: list[dict[str, Any]], *, source: str, model_version: str,
+                     filenames: Iterable[str]) -> tuple[int, int]:
+        """In one transaction, delete the rows of ``source`` and ``model_version`` whose filename is
+        in ``filenames``, then insert ``rows``: a batch loaded twice (a resumed catalogue shard)
+        leaves one copy. Bulk: COPY on PostgreSQL, one executemany on SQLite. Returns
+        (deleted, inserted)."""
+        names = list(dict.fromkeys(filenames))
+        now = utcnow()
+        values = [{"filename": r["filename"], "predicted_class": r["predicted_class"],
+                   "confidence": float(r["confidence"]), "meta": r.get("metadata", {}),
+                   "in_distribution": r.get("in_distribution"), "created_at": r.get("created_at") or now}
+                  for r in rows]
+        if self.engine.dialect.name == "postgresql":
+            return self._replace_postgres(values, source, model_version, names)
+        c = PredictionRecord
+        deleted = 0
+        with self.session() as s, s.begin():
+            for start in range(0, len(names), 500):  # SQLite caps the parameters of one statement
+                stmt = delete(c).where(c.filename.in_(names[start:start + 500]),
+                                       c.meta["source"].as_string() == source,
+                                       c.meta["model_version"].as_string() == model_version)
+                deleted += int(s.execute(stmt.execution_options(synchronize_session=False)).rowcount or 0)
+            if values:
+                s.execute(insert(c), values)
+        return deleted, len(values)
+
+    def _replace_postgres(self, values: list[dict[str, Any]], source: str, model_version: str,
+                          names: list[str]) -> tuple[int, int]:
+        fairy = self.engine.raw_connection()
+        try:
+            conn = fairy.driver_connection
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("DELETE FROM predictions WHERE filename = ANY(%s) AND metadata->>'source' = %s "
+                                "AND metadata->>'model_version' = %s", (names, source, model_version))
+                    deleted = int(cur.rowcount or 0)
+                    with cur.copy("COPY predictions (filename, predicted_class, confidence, metadata, "
+                                  "in_distribution, created_at) FROM STDIN") as copy:
+                        for v in values:
+                            copy.write_row((v["filename"], v["predicted_class"], v["confidence"],
+                                            json.dumps(v["meta"]), v["in_distribution"], v["created_at"]))
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+        finally:
+            fairy.close()
+        return deleted, len(values)
 
     def get(self, prediction_id: int) -> PredictionRecord | None:
         with self.session() as s:

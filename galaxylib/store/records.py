@@ -1,6 +1,6 @@
 """The one prediction record: what every entry point stores for one classified image.
 
-predict.sh, the API and the dashboard all build their rows here, so the ``metadata`` of a
+predict.sh, the API, the dashboard and catalogue runs all build their rows here, so the ``metadata`` of a
 row has the same keys with the same types whoever wrote it (a test compares them).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from galaxylib.inference.classify import Classified
 
-SOURCES = ("predict.sh", "api", "dashboard")
+SOURCES = ("predict.sh", "api", "dashboard", "catalog")  # catalog: ./predict.sh --catalog (galaxylib.catalog)
 
 # key -> the type every row stores (None is allowed only where the value can be unknown)
 METADATA_TYPES: dict[str, type] = {

@@ -1,0 +1,388 @@
+"""Survey-scale catalogue inference (galaxylib.catalog, ./predict.sh --catalog) on real cutouts.
+
+Catalogues in CSV and Parquet with pass-through columns and broken rows, a folder, a Galaxy10
+h5 and WebDataset tars; resuming from the manifest (and distrusting files it does not vouch
+for); SIGKILL at random moments; a real Dask LocalCluster; --to-database idempotency on SQLite
+and PostgreSQL; the provenance in the Parquet schema metadata.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from galaxylib.catalog.run import predict_catalog
+from galaxylib.catalog.shards import read_provenance
+from galaxylib.catalog.sources import CatalogError
+from galaxylib.config import PROJECT_ROOT
+from galaxylib.inference.predictor import Predictor
+from support import add_trust_check, row_count
+
+def write_catalog_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def cutouts(tmp_path, sample_files) -> Path:
+    """A survey-like folder: 12 real cutouts in images/, plus one text file posing as a JPEG."""
+    folder = tmp_path / "survey" / "images"
+    folder.mkdir(parents=True)
+    for src in sample_files[:12]:
+        (folder / src.name).write_bytes(src.read_bytes())
+    (folder / "broken.jpg").write_text("not an image")
+    return folder
+
+
+@pytest.fixture
+def csv_catalog(cutouts) -> Path:
+    """id_str, file_loc relative to the catalogue's folder, ra/dec/mag to pass through, a broken and a missing image."""
+    rows = [{"id_str": f"DESI-{i:03d}", "file_loc": f"images/{p.name}", "ra": 150.0 + i / 10, "dec": 2.0 - i / 20,
+             "mag_r": 17.5 + i / 7} for i, p in enumerate(sorted(p for p in cutouts.glob("*.jpg") if p.name != "broken.jpg"))]
+    rows.append({"id_str": "DESI-broken", "file_loc": "images/broken.jpg", "ra": 1.0, "dec": 1.0, "mag_r": 20.0})
+    rows.append({"id_str": "DESI-missing", "file_loc": "images/nowhere.jpg", "ra": 2.0, "dec": 2.0, "mag_r": 21.0})
+    return write_catalog_csv(cutouts.parent / "catalog.csv", rows)
+
+
+def read_out(out: Path) -> pa.Table:
+    return pq.read_table(out).sort_by("id_str")
+
+
+def run(model, catalog, out, **kwargs):
+    kwargs.setdefault("show_progress", False)
+    return predict_catalog(model, catalog, out, **kwargs)
+
+
+def test_a_csv_catalogue_gives_one_row_per_input_with_pass_through_and_errors(tiny_artifact, csv_catalog, tmp_path):
+    out = tmp_path / "out"
+    result = run(tiny_artifact, csv_catalog, out, shard_rows=5, batch_size=4)
+    assert result.ok and result.shards == 3 and result.rows == 14 and result.errors == 2
+    table = read_out(out)
+    names = list(Predictor(tiny_artifact).class_names)
+    assert table.column_names == ["id_str", "ra", "dec", "mag_r", "predicted_class", "confidence", *names, "error"]
+    assert table.num_rows == 14 and len(set(table.column("id_str").to_pylist())) == 14
+    rows = {r["id_str"]: r for r in table.to_pylist()}
+    assert "not a JPEG or PNG" in rows["DESI-broken"]["error"] and rows["DESI-broken"]["predicted_class"] is None
+    assert "no such file" in rows["DESI-missing"]["error"] and rows["DESI-missing"]["ra"] == 2.0
+    # The same answer as the Predictor itself, file by file, and the pass-through values as given.
+    predictor = Predictor(tiny_artifact)
+    with open(csv_catalog, newline="") as fh:
+        for line in csv.DictReader(fh):
+            row = rows[line["id_str"]]
+            assert row["ra"] == pytest.approx(float(line["ra"])) and row["mag_r"] == pytest.approx(float(line["mag_r"]))
+            if row["error"] is None:
+                expected = predictor.predict(csv_catalog.parent / line["file_loc"])
+                assert row["predicted_class"] == expected.predicted_class
+                assert row["confidence"] == pytest.approx(expected.confidence, abs=1e-12)
+                assert [row[n] for n in names] == pytest.approx([expected.probabilities[n] for n in names], abs=1e-12)
+
+
+def test_a_parquet_catalogue_with_absolute_paths_and_its_provenance(tiny_artifact, cutouts, tmp_path):
+    files = sorted(p for p in cutouts.glob("*.jpg") if p.name != "broken.jpg")
+    catalog = tmp_path / "catalog.parquet"
+    pq.write_table(pa.table({"id_str": pa.array([f"g{i}" for i in range(len(files))]),
+                             "file_loc": pa.array([str(p.resolve()) for p in files]),
+                             "ra": pa.array(np.linspace(0, 10, len(files))),
+                             "survey": pa.array(["DECaLS"] * len(files))}), catalog)
+    out = tmp_path / "out"
+    result = run(tiny_artifact, catalog, out, shard_rows=8)
+    assert result.ok and result.shards == 2 and result.errors == 0
+    table = read_out(out)
+    assert table.num_rows == len(files) and set(table.column("survey").to_pylist()) == {"DECaLS"}
+    assert table.column("error").null_count == len(files)
+    from galaxylib.artifact import read_artifact
+    from galaxylib.catalog.sources import canonical_checksum
+
+    artifact = read_artifact(tiny_artifact)
+    for index in (0, 1):
+        meta = read_provenance(out / f"part-{index:05d}.parquet")
+        assert meta["model_version"] == artifact.model_version
+        assert meta["model_sha256"] == artifact.sidecar["files"]["model.tflite"]
+        assert meta["galaxylib_version"] == __import__("galaxylib").__version__
+        from galaxylib.config import git_commit
+
+        assert meta["git_commit"] == (git_commit() or "unknown")
+        assert json.loads(meta["preprocessing"]) == artifact.sidecar["preprocessing"]
+        assert meta["orientation_views"] == "1"  # the tiny artifact does not average orientations
+        # the input checksum is that of the shard's own rows (as normalised: paths resolved)
+        normalised = next((out / "_plan").glob("input-*.parquet"))
+        shard_rows = pq.ParquetFile(normalised).read_row_group(index)
+        assert meta["input_checksum"] == canonical_checksum(shard_rows, {"shard": index, "start": index * 8})
+    assert read_provenance(out / "part-00000.parquet")["input_checksum"] != \
+        read_provenance(out / "part-00001.parquet")["input_checksum"]
+
+
+def test_a_folder_an_h5_and_webdataset_tars_are_inputs_too(tiny_artifact, cutouts, sample_files, tmp_path):
+    import webdataset as wds
+
+    predictor = Predictor(tiny_artifact)
+    # a folder: id_str is the path inside it; the text file gets an error row
+    out = tmp_path / "folder-out"
+    assert run(tiny_artifact, cutouts, out, shard_rows=4).ok
+    table = read_out(out)
+    assert table.num_rows == 13 and "broken.jpg" in table.column("id_str").to_pylist()
+    assert table.column("error").null_count == 12
+
+    # a Galaxy10 h5, read in chunks: its ra/dec/ans datasets pass through
+    h5 = tmp_path / "g10.h5"
+    from PIL import Image
+
+    images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sample_files[:7]])
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("ans", data=np.arange(7, dtype=np.uint8))
+        f.create_dataset("ra", data=np.linspace(10, 11, 7))
+        f.create_dataset("dec", data=np.linspace(-1, 1, 7))
+    out = tmp_path / "h5-out"
+    assert run(tiny_artifact, h5, out, shard_rows=3, batch_size=2).ok
+    table = pq.read_table(out)
+    assert table.column("id_str").to_pylist() == [f"g10.h5[{i}]" for i in range(7)]
+    assert table.column("ra").to_pylist() == pytest.approx(list(np.linspace(10, 11, 7)))
+    assert table.column("ans").to_pylist() == list(range(7))
+    expected = predictor.predict_arrays(np.stack([predictor.preprocess(a) for a in images]))
+    assert table.column("confidence").to_pylist() == pytest.approx(list(expected.max(1)), abs=1e-6)
+
+    # WebDataset tars in galaxy-datasets' layout (__key__ = id_str, image.jpg, labels.json)
+    shards = tmp_path / "wds"
+    shards.mkdir()
+    for s in range(2):
+        with wds.TarWriter(str(shards / f"shard-{s:03d}.tar")) as sink:
+            for i, p in enumerate(sample_files[s * 4:(s + 1) * 4]):
+                sink.write({"__key__": f"wds_{s}_{i}", "image.jpg": p.read_bytes(), "labels.json": '{"label": 1}'})
+            sink.write({"__key__": f"wds_{s}_nopic", "labels.json": '{"label": 2}'})
+    out = tmp_path / "wds-out"
+    result = run(tiny_artifact, str(shards / "shard-{000..001}.tar"), out)
+    assert result.ok and result.shards == 2 and result.rows == 10 and result.errors == 2
+    table = read_out(out)
+    rows = {r["id_str"]: r for r in table.to_pylist()}
+    assert "no .jpg or .png member" in rows["wds_0_nopic"]["error"]
+    assert rows["wds_1_2"]["predicted_class"] == predictor.predict(sample_files[6]).predicted_class
+    assert read_provenance(out / "part-00001.parquet")["input_checksum"] == \
+        __import__("galaxylib.files", fromlist=["sha256_file"]).sha256_file(shards / "shard-001.tar")
+    # a folder of tars is the same input
+    assert run(tiny_artifact, shards, tmp_path / "wds-out2").rows == 10
+
+
+def test_a_rerun_skips_what_the_manifest_vouches_for_and_redoes_the_rest(tiny_artifact, csv_catalog, tmp_path):
+    out = tmp_path / "out"
+    first = run(tiny_artifact, csv_catalog, out, shard_rows=4)
+    assert first.processed == 4
+    before = read_out(out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+
+    again = run(tiny_artifact, csv_catalog, out, shard_rows=4)
+    assert (again.skipped, again.processed) == (4, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")} == stamps
+
+    # a file without its manifest entry (a crash between the rename and the entry) is redone
+    (out / "_manifest" / "part-00002.json").unlink()
+    # a file that changed since its entry was written is not trusted either
+    part3 = out / "part-00003.parquet"
+    part3.write_bytes(part3.read_bytes() + b"\0")
+    third = run(tiny_artifact, csv_catalog, out, shard_rows=4)
+    assert (third.skipped, third.processed) == (2, 2)
+    assert read_out(out).equals(before)
+
+    # Slurm-style tasks: 1/2 and 2/2 each do their own shards
+    out2 = tmp_path / "out2"
+    a = run(tiny_artifact, csv_catalog, out2, shard_rows=4, shard="1/2")
+    b = run(tiny_artifact, csv_catalog, out2, shard_rows=4, shard="2/2")
+    assert (a.selected, a.processed, b.selected, b.processed) == (2, 2, 2, 2)
+    assert sorted(p.name for p in out2.glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(4)]
+    assert read_out(out2).equals(before)
+
+
+def test_a_partial_temporary_file_from_a_crash_is_never_trusted(tiny_artifact, csv_catalog, tmp_path):
+    out = tmp_path / "out"
+    run(tiny_artifact, csv_catalog, out, shard_rows=4)
+    expected = read_out(out)
+    # What kill -9 in the middle of writing shard 1 leaves: half a temporary file, no final file, no entry.
+    part = out / "part-00001.parquet"
+    (out / ".part-00001.parquet.tmp-99999").write_bytes(part.read_bytes()[:300])
+    part.unlink()
+    (out / "_manifest" / "part-00001.json").unlink()
+    assert pq.read_table(out).num_rows == expected.num_rows - 4  # readers ignore the temporary name
+    result = run(tiny_artifact, csv_catalog, out, shard_rows=4)
+    assert (result.skipped, result.processed) == (3, 1)
+    assert not list(out.glob(".part-*"))
+    assert read_out(out).equals(expected)
+
+
+def test_bad_input_is_a_clear_error(tiny_artifact, cutouts, csv_catalog, tmp_path):
+    no_path = write_catalog_csv(tmp_path / "no_path.csv", [{"id_str": "a", "ra": 1.0}])
+    with pytest.raises(CatalogError, match="no column 'file_loc'"):
+        run(tiny_artifact, no_path, tmp_path / "o1")
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"this is not parquet")
+    with pytest.raises(CatalogError, match="cannot read the catalogue"):
+        run(tiny_artifact, garbage, tmp_path / "o2")
+    with pytest.raises(CatalogError, match="no catalogue at"):
+        run(tiny_artifact, tmp_path / "absent.csv", tmp_path / "o3")
+    with pytest.raises(CatalogError, match="K/N"):
+        run(tiny_artifact, csv_catalog, tmp_path / "o4", shard="3/2")
+    with pytest.raises(CatalogError, match="local:N"):
+        run(tiny_artifact, csv_catalog, tmp_path / "o4", dask="local:zero")
+    clash = write_catalog_csv(tmp_path / "clash.csv", [{"id_str": "a", "file_loc": "x.jpg", "confidence": 1}])
+    with pytest.raises(CatalogError, match="clash"):
+        run(tiny_artifact, clash, tmp_path / "o5")
+    # another catalogue into the same folder is refused, not mixed in
+    run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=8)
+    with pytest.raises(CatalogError, match="another run"):
+        run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=4)
+    assert run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=4, overwrite=True).processed == 4
+    assert sorted(p.name for p in (tmp_path / "o6").glob("part-*")) == [f"part-0000{i}.parquet" for i in range(4)]
+
+    env = {**os.environ, "PYTHON": sys.executable}
+    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(csv_catalog),
+                          "--out", str(tmp_path / "o7"), "--shard", "0/4"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert cli.returncode == 2 and "1 <= K <= N" in cli.stderr
+    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(no_path),
+                          "--out", str(tmp_path / "o8")], capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 2 and "no column 'file_loc'" in cli.stderr and "Traceback" not in cli.stderr
+    assert not (tmp_path / "o8").exists() or not list((tmp_path / "o8").glob("part-*"))
+
+
+def test_an_artifact_with_an_ood_check_adds_in_distribution_and_ood_score(tiny_artifact, csv_catalog, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_artifact, model)
+    add_trust_check(model, tmp_path / "trust", methods=("max_softmax",))
+    predictor = Predictor(model)
+    assert predictor.has_ood
+    out = tmp_path / "out"
+    assert run(model, csv_catalog, out).ok
+    table = read_out(out)
+    assert table.column_names[-3:] == ["in_distribution", "ood_score", "error"]
+    first = table.to_pylist()[0]  # DESI-000: the first cutout
+    expected = predictor.predict(sorted(p for p in (csv_catalog.parent / "images").glob("*.jpg")
+                                        if p.name != "broken.jpg")[0])
+    assert isinstance(first["in_distribution"], bool) and isinstance(first["ood_score"], float)
+    assert first["ood_score"] == pytest.approx(expected.ood_score) and first["in_distribution"] == expected.in_distribution
+    broken = next(r for r in table.to_pylist() if r["id_str"] == "DESI-broken")
+    assert broken["in_distribution"] is None and broken["ood_score"] is None
+
+
+def test_to_database_loads_each_shard_once_even_when_resumed(tiny_artifact, csv_catalog, tmp_path, database_url):
+    from galaxylib.store.database import PredictionStore
+    from galaxylib.store.records import METADATA_TYPES
+
+    out = tmp_path / "out"
+    result = run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url)
+    assert result.ok and row_count(database_url) == 12  # the two unreadable images get no row
+    store = PredictionStore(database_url, upgrade=False)
+    try:
+        rows, _ = store.list(limit=100)
+        assert {r.filename for r in rows} == {f"DESI-{i:03d}" for i in range(12)}
+        for r in rows:
+            assert r.meta["source"] == "catalog" and set(r.meta) == set(METADATA_TYPES)
+        parquet = {r["id_str"]: r for r in read_out(out).to_pylist()}
+        assert all(r.predicted_class == parquet[r.filename]["predicted_class"]
+                   and r.confidence == pytest.approx(parquet[r.filename]["confidence"]) for r in rows)
+        # Another entry point's row with the same name is not touched by a reload.
+        store.add_many([{"filename": "DESI-000", "predicted_class": "Merging", "confidence": 0.5,
+                         "metadata": {"source": "api", "model_version": rows[0].meta["model_version"]}}])
+    finally:
+        store.close()
+    # A crash after the database commit and before the manifest entry: the rerun loads the shard again.
+    for entry in (out / "_manifest").glob("*.json"):
+        entry.unlink()
+    again = run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url)
+    assert again.processed == 4 and row_count(database_url) == 13
+    # Finished for this database: nothing to do; and no duplicates from a plain rerun.
+    assert run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url).processed == 0
+    assert row_count(database_url) == 13
+    # A run that wrote only Parquet first, then --to-database: only the database part is caught up.
+    out2 = tmp_path / "out2"
+    run(tiny_artifact, csv_catalog, out2, shard_rows=4)
+    assert run(tiny_artifact, csv_catalog, out2, shard_rows=4, to_database=True,
+               database_url=database_url).processed == 4
+    assert row_count(database_url) == 13
+
+
+CRASH_SCRIPT = """
+import sys
+from galaxylib.catalog.run import predict_catalog
+predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=3, batch_size=2, show_progress=False,
+                to_database=True, database_url=sys.argv[4])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifact, sample_files, tmp_path):
+    """The crash test on a small catalogue: kill -9 three times, rerun, compare with a run never interrupted."""
+    rows = [{"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)]), "ra": float(i)}
+            for i in range(600)]
+    catalog = write_catalog_csv(tmp_path / "catalog.csv", rows)
+    reference = tmp_path / "reference"
+    run(tiny_artifact, catalog, reference, shard_rows=3, batch_size=2)
+    out = tmp_path / "out"
+    manifest = out / "_manifest"
+    db = f"sqlite:///{tmp_path / 'predictions.db'}"
+    command = [sys.executable, "-c", CRASH_SCRIPT, str(tiny_artifact), str(catalog), str(out), db]
+    # First the worst instants, every time: half a file written, the file renamed but not recorded,
+    # the database loaded but the manifest not written.
+    for point in ("mid-write:2", "after-rename:5", "after-database:8"):
+        killed = subprocess.run(command, env={**os.environ, "GALAXY_CATALOG_KILL_AT": point}, capture_output=True)
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
+        shard = int(point.split(":")[1])
+        assert not (manifest / f"part-{shard:05d}.json").exists(), point
+        if point.startswith("mid-write"):
+            assert list(out.glob(f".part-{shard:05d}.parquet.tmp-*")) and not (out / f"part-{shard:05d}.parquet").exists()
+        else:
+            assert (out / f"part-{shard:05d}.parquet").is_file()
+    # Then kill -9 at random moments.
+    rng = random.Random(0)
+    for attempt in range(3):
+        done_before = len(list(manifest.glob("*.json")))
+        target = done_before + rng.randint(1, 12)  # a few more shards, then a random instant
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(list(manifest.glob("*.json"))) >= target:
+                break
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.03))  # anywhere: mid-decode, mid-write, between rename and manifest
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert len(list(manifest.glob("*.json"))) < 200
+    final = run(tiny_artifact, catalog, out, shard_rows=3, batch_size=2, to_database=True, database_url=db)
+    assert final.ok and final.skipped + final.processed == 200 and final.processed > 0
+    assert row_count(db) == 600  # one database row per image too
+    table = read_out(out)
+    ids = table.column("id_str").to_pylist()
+    assert len(ids) == 600 and len(set(ids)) == 600
+    assert table.equals(read_out(reference))
+
+
+@pytest.mark.slow
+def test_a_real_local_cluster_of_two_worker_processes(tiny_artifact, csv_catalog, tmp_path):
+    reference = tmp_path / "reference"
+    run(tiny_artifact, csv_catalog, reference, shard_rows=4)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable}
+    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog",
+                          str(csv_catalog), "--out", str(out), "--shard-rows", "4", "--dask", "local:2"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert "4 done now: 14 row(s), 2 unreadable" in cli.stdout
+    hosts = {json.loads(p.read_text())["host"] for p in (out / "_manifest").glob("*.json")}
+    assert hosts  # written by the workers
+    assert read_out(out).equals(read_out(reference))
