@@ -81,7 +81,7 @@ def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
         assert lines[i]["in_distribution"] == str(reference.in_distribution).lower()
         assert float(lines[i]["ood_score"]) == pytest.approx(reference.ood_score, rel=1e-5)
         assert api[i]["in_distribution"] is reference.in_distribution
-        assert api[i]["ood_score"] == pytest.approx(reference.ood_score, rel=1e-9)
+        assert api[i]["ood_score"] == pytest.approx(reference.ood_score, rel=1e-5)  # float32, other batch size
         assert dashboard[i].prediction.in_distribution is reference.in_distribution
 
 
