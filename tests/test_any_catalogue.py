@@ -167,13 +167,19 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
     artifact = result["artifact"]
     assert artifact.sidecar["params"]["start"] == "lite0" and "Lite0" in artifact.sidecar["architecture"]
     assert len(result["history"]["loss"]) >= 1
-    features = list((root / "data" / "cache" / "features").glob("*lite0_32px*.npy"))
-    assert len(features) == 1 and np.load(features[0]).shape == (8, data.n_images, 1280)
+    features_file = list((root / "data" / "cache" / "features").glob("*lite0_32px*.npy"))
+    assert len(features_file) == 1 and np.load(features_file[0]).shape == (8, data.n_images, 1280)
     predictor = Predictor(artifact.path)
     assert predictor.class_names == data.class_names
     batch = np.stack([predictor.preprocess(img) for img in data.read_images(split.test[:3])])
     keras_probs = np.asarray(result["model"].predict(batch, verbose=0))
-    np.testing.assert_allclose(predictor.predict_arrays(batch), keras_probs, atol=1e-4)
+    raw, features = predictor.forward(batch)  # the export's own answer, before the fitted temperature
+    np.testing.assert_allclose(raw, keras_probs, atol=1e-4)
+    # the features output is what head mode cached (mean of the 8 views), so the OOD statistics fit on it
+    assert predictor.has_ood and features.shape == (3, 1280)
+    np.testing.assert_allclose(features, np.load(features_file[0]).mean(axis=0)[split.test[:3]], rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(predictor.predict_arrays(batch),
+                               predictor.trust.calibrate(raw), atol=1e-6)  # what every entry point reports
     cam = GradCam(export.load_keras_model(artifact))
     assert cam.layer_name == "head_activation" and cam.heatmaps(batch, [0, 1, 2]).shape == (3, 1, 1)
 
