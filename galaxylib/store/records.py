@@ -28,7 +28,6 @@ METADATA_TYPES: dict[str, type] = {
     "ood_score": float,  # None when the model has no out-of-distribution check
     "in_distribution": bool,  # None likewise; also the row's own column, for filtering
 }
-NULLABLE = ("ood_score", "in_distribution")
 
 
 def prediction_row(item: Classified, source: str, *, example: bool = False) -> dict[str, Any]:
