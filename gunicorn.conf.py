@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 import galaxylib.config  # noqa: F401 - loads .env, so PORT, WEB_CONCURRENCY and MODEL_URL apply here too
-from serve.threads import limit_native_threads
+from galaxylib.inference.threads import limit_native_threads
 
 # Native thread pools default to one thread; the model's own threads are GALAXY_NUM_THREADS
 # (default: all cores). Set here, in the master, so every forked worker inherits them.

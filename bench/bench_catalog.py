@@ -2,9 +2,11 @@
 
 Prints, each ratio measured within this one run:
 - throughput of ``predict_catalog`` on N cutouts at the production preprocessing (224 px) against
-  the bare LiteRT forward (``Predictor.forward``) of the same model with the same total threads
-  (goal >= 0.9), and ``--dask local:2`` (one thread each) against the single-machine run (>= 0.85);
-- peak RSS of a run at 100,000 catalogue rows against 10,000 (goal: within 10 %, <= 600 MB);
+  the bare LiteRT forward (``Predictor.forward``) of the same model with the same total threads,
+  at the faster of the catalogue's batch size and 32 (goal >= 0.9), and ``--dask local:2`` (one
+  thread each) against the single-machine run (>= 0.85);
+- peak RSS of a run at 100,000 catalogue rows against 10,000, in the run's process and in its
+  worker processes (goal: within 10 %, <= 600 MB each);
 - crash safety: SIGKILL at a random moment three times, rerun, compare with an uninterrupted run;
 - the time a rerun takes to pass over 1,000 finished shards (goal < 1 s).
 
@@ -98,7 +100,8 @@ def child_run(argv: list[str]) -> None:
 
     model, catalog, out = argv[:3]
     result = predict_catalog(model, catalog, out, show_progress=False, dask=argv[3] if len(argv) > 3 else None)
-    print(json.dumps({"rows": result.rows, "maxrss_mb": peak_rss_mb()}))
+    print(json.dumps({"rows": result.rows, "maxrss_mb": peak_rss_mb(), "processes": result.processes,
+                      "worker_mb": result.worker_peak_rss_mb}))
 
 
 def peak_rss_mb() -> float:
@@ -188,17 +191,25 @@ def main() -> None:
                   f"{'with' if art.sidecar.get('ood') else 'no'} OOD check; {args.n} cutouts; load average "
                   f"{os.getloadavg()[0]:.2f}", flush=True)
             # The bare forward before and after the catalogue run, so that a change in the background
-            # load (a shared machine) hits both sides of the ratio alike.
-            bare_before = bare_forward(model, args.n // 2, args.threads, files)
+            # load (a shared machine) hits both sides of the ratio alike; at the catalogue's batch
+            # size and at 32, and the ratio is taken against the faster of the two.
+            from galaxylib.catalog.run import DEFAULT_BATCH
+
+            batches = sorted({DEFAULT_BATCH, 32})
+            before = {b: bare_forward(model, args.n // 4, args.threads, files, batch=b) for b in batches}
             t0 = time.perf_counter()
             result = predict_catalog(model, catalog, work / "local", threads=args.threads, show_progress=False)
             local = result.rows / (time.perf_counter() - t0)
-            bare_after = bare_forward(model, args.n // 2, args.threads, files)
-            bare = (bare_before + bare_after) / 2
-            print(f"bare LiteRT forward (Predictor.forward, {args.threads} threads, batches of 32, pre-decoded): "
-                  f"{bare:.1f} images/s (before {bare_before:.1f}, after {bare_after:.1f})", flush=True)
-            print(f"catalogue, one machine ({args.threads} threads, planning and model load included): {local:.1f} "
-                  f"images/s = {local / bare:.3f} x the bare forward (goal >= 0.9) -> "
+            after = {b: bare_forward(model, args.n // 4, args.threads, files, batch=b) for b in batches}
+            bare_by_batch = {b: (before[b] + after[b]) / 2 for b in batches}
+            best = max(bare_by_batch, key=bare_by_batch.get)
+            bare = bare_by_batch[best]
+            for b in batches:
+                print(f"bare LiteRT forward (Predictor.forward, {args.threads} threads, batches of {b}, pre-decoded): "
+                      f"{bare_by_batch[b]:.1f} images/s (before {before[b]:.1f}, after {after[b]:.1f})", flush=True)
+            print(f"catalogue, one machine ({args.threads} threads in {result.processes} process(es), batches of "
+                  f"{DEFAULT_BATCH}, planning and model load included): {local:.1f} images/s = {local / bare:.3f} x "
+                  f"the faster bare forward (batches of {best}; goal >= 0.9) -> "
                   f"{'PASS' if local / bare >= 0.9 else 'FAIL'}", flush=True)
             if "dask" in only:
                 t0 = time.perf_counter()
@@ -209,18 +220,22 @@ def main() -> None:
                       f"{'PASS' if dask / local >= 0.85 else 'FAIL'}", flush=True)
         small = ensure_small_artifact(args.small_size) if only & {"memory", "crash", "skip"} else None
         if "memory" in only:
-            peaks = []
+            peaks, workers = [], []
             for n in [int(x) for x in args.memory_rows.split(",")]:
                 catalog = write_catalog(work / f"memory-{n}.csv", n, files)
                 t0 = time.perf_counter()
                 info = run_child(small, catalog, work / f"memory-{n}")
                 peaks.append(info["maxrss_mb"])
-                print(f"peak RSS at {n} rows ({args.small_size} px model): {info['maxrss_mb']:.0f} MB "
+                workers.append(info["worker_mb"] or 0.0)
+                print(f"peak RSS at {n} rows ({args.small_size} px model): {info['maxrss_mb']:.0f} MB in the run's "
+                      f"process, {workers[-1]:.0f} MB in the largest of its {info['processes']} worker process(es) "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
             growth = peaks[-1] / peaks[0] - 1
-            ok = abs(growth) <= 0.10 and max(peaks) <= 600
-            print(f"memory: peak RSS {peaks[-1]:.0f} MB vs {peaks[0]:.0f} MB = {growth * 100:+.1f} % "
-                  f"(goal within 10 %, <= 600 MB) -> {'PASS' if ok else 'FAIL'}", flush=True)
+            worker_growth = workers[-1] / workers[0] - 1 if workers[0] else 0.0
+            ok = abs(growth) <= 0.10 and abs(worker_growth) <= 0.10 and max(peaks + workers) <= 600
+            print(f"memory: peak RSS {peaks[-1]:.0f} MB vs {peaks[0]:.0f} MB = {growth * 100:+.1f} %, workers "
+                  f"{workers[-1]:.0f} MB vs {workers[0]:.0f} MB = {worker_growth * 100:+.1f} % (goal within 10 %, "
+                  f"<= 600 MB each) -> {'PASS' if ok else 'FAIL'}", flush=True)
         if "crash" in only:
             print(crash_test(small, work, files, args.crash_rows, 16, seed=int(time.time())), flush=True)
         if "skip" in only:

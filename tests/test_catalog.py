@@ -320,8 +320,29 @@ CRASH_SCRIPT = """
 import sys
 from galaxylib.catalog.run import predict_catalog
 predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=3, batch_size=2, show_progress=False,
-                to_database=True, database_url=sys.argv[4])
+                to_database=True, database_url=sys.argv[4], threads=2, processes=2)
 """
+
+
+def worker_pids(pid: int) -> set[int]:
+    import psutil
+
+    try:
+        return {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def wait_gone(pids: set[int], seconds: float = 10.0) -> set[int]:
+    """The pids still alive after ``seconds`` (zombies count as gone)."""
+    import psutil
+
+    deadline = time.monotonic() + seconds
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        time.sleep(0.05)
+    return alive
 
 
 @pytest.mark.slow
@@ -339,7 +360,9 @@ def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifa
     # First the worst instants, every time: half a file written, the file renamed but not recorded,
     # the database loaded but the manifest not written.
     for point in ("mid-write:2", "after-rename:5", "after-database:8"):
-        killed = subprocess.run(command, env={**os.environ, "GALAXY_CATALOG_KILL_AT": point}, capture_output=True)
+        # (a timeout, not a hang, if a worker outlived its run and kept the pipes open)
+        killed = subprocess.run(command, env={**os.environ, "GALAXY_CATALOG_KILL_AT": point}, capture_output=True,
+                                timeout=180)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
         shard = int(point.split(":")[1])
         assert not (manifest / f"part-{shard:05d}.json").exists(), point
@@ -360,8 +383,12 @@ def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifa
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.03))  # anywhere: mid-decode, mid-write, between rename and manifest
         assert proc.poll() is None, "the run finished before it could be killed"
+        workers = worker_pids(proc.pid)
+        assert len(workers) >= 2, workers  # the run's own worker processes (spawn adds a resource tracker)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        # its workers die with it: none goes on to finish a shard the rerun is redoing
+        assert not wait_gone(workers), "worker processes outlived the killed run"
     assert len(list(manifest.glob("*.json"))) < 200
     final = run(tiny_artifact, catalog, out, shard_rows=3, batch_size=2, to_database=True, database_url=db)
     assert final.ok and final.skipped + final.processed == 200 and final.processed > 0
@@ -370,6 +397,38 @@ def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifa
     ids = table.column("id_str").to_pylist()
     assert len(ids) == 600 and len(set(ids)) == 600
     assert table.equals(read_out(reference))
+
+
+def test_worker_processes_write_exactly_what_one_process_writes(tiny_artifact, csv_catalog, tmp_path):
+    """The default on a multi-core machine for a real catalogue: one single-thread interpreter per core."""
+    one = run(tiny_artifact, csv_catalog, tmp_path / "one", shard_rows=4, processes=1)
+    two = run(tiny_artifact, csv_catalog, tmp_path / "two", shard_rows=4, threads=2, processes=2, batch_size=3)
+    assert (one.processes, two.processes) == (1, 2)
+    assert one.worker_peak_rss_mb is None and 50 < two.worker_peak_rss_mb < 600
+    assert (two.rows, two.errors) == (14, 2)
+    assert read_out(tmp_path / "two").equals(read_out(tmp_path / "one"))
+    with pytest.raises(CatalogError, match="--processes must be at least 1"):
+        run(tiny_artifact, csv_catalog, tmp_path / "three", processes=0)
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from galaxylib.catalog.run import predict_catalog
+result = predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=4, threads=2, processes=2,
+                         show_progress=False)
+print("processes", result.processes, "rows", result.rows)
+"""
+
+
+def test_worker_processes_work_from_a_plain_script_without_a_main_guard(tiny_artifact, csv_catalog, tmp_path):
+    """Spawned workers would re-run such a script; they are started without importing it."""
+    script = tmp_path / "classify_my_survey.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tiny_artifact), str(csv_catalog), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("processes 2 rows 14") == 1  # printed once: the workers did not run the script
+    assert read_out(tmp_path / "out").num_rows == 14
 
 
 @pytest.mark.slow

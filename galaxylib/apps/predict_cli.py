@@ -13,19 +13,24 @@ only when the whole run has finished.
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import sys
-from pathlib import Path
-from typing import Iterator
+if __name__ == "__main__":  # run as predict.sh; importing this module changes nothing
+    from galaxylib.inference.threads import limit_native_threads
 
-from tqdm import tqdm
+    limit_native_threads()  # before numpy: the interpreter's threads are the only ones that should spin
 
-from galaxylib.artifact import ArtifactError
-from galaxylib.config import user_path
-from galaxylib.files import atomic_path
-from galaxylib.inference.classify import Classified, ImageInput, classify
-from galaxylib.inference.predictor import TOP_K
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
+
+from tqdm import tqdm  # noqa: E402
+
+from galaxylib.artifact import ArtifactError  # noqa: E402
+from galaxylib.config import user_path  # noqa: E402
+from galaxylib.files import atomic_path  # noqa: E402
+from galaxylib.inference.classify import Classified, ImageInput, classify  # noqa: E402
+from galaxylib.inference.predictor import TOP_K  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 H5_SUFFIXES = {".h5", ".hdf5"}
@@ -124,9 +129,12 @@ def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
                         help="also bulk-load the predictions into the predictions table (idempotent per shard)")
     parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
     parser.add_argument("--shard-rows", type=int, default=None, help="rows per work shard (default 2048)")
-    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 8)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="LiteRT threads (default: all cores; 1 per worker with --dask local:N)")
+                        help="LiteRT threads in all (default: all cores; 1 per worker with --dask local:N)")
+    parser.add_argument("--processes", type=int, default=None,
+                        help="worker processes sharing --threads (default: one per thread; 1 = this process only, "
+                             "which a catalogue under 512 rows uses anyway)")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -140,7 +148,7 @@ def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
             parse_dask(args.dask)
     except CatalogError as exc:
         parser.error(str(exc))
-    for name in ("shard_rows", "batch_size", "threads"):
+    for name in ("shard_rows", "batch_size", "threads", "processes"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -161,6 +169,7 @@ def catalog_main(argv: list[str]) -> int:
                                  to_database=args.to_database, database_url=args.database_url,
                                  shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS,
                                  batch_size=args.batch_size or DEFAULT_BATCH, threads=args.threads,
+                                 processes=args.processes,
                                  overwrite=args.overwrite, show_progress=not args.no_progress)
     except ArtifactError as exc:
         print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
@@ -170,9 +179,10 @@ def catalog_main(argv: list[str]) -> int:
         return 2
     for line in result.failed:
         print(f"  FAILED {line}", file=sys.stderr)
+    workers = f" on {result.processes} worker processes" if result.processes > 1 else ""
     task = f" (task {args.shard_k_n[0]}/{args.shard_k_n[1]}: {result.selected} shards)" if args.shard else ""
     print(f"Catalogue: {result.shards} shard(s){task}; {result.skipped} already finished, {result.processed} done now: "
-          f"{result.rows} row(s), {result.errors} unreadable; {result.seconds:.1f} s. Parquet dataset: {args.out}")
+          f"{result.rows} row(s), {result.errors} unreadable; {result.seconds:.1f} s{workers}. Parquet dataset: {args.out}")
     if result.failed:
         print(f"{len(result.failed)} shard(s) failed; run the same command again to redo them.", file=sys.stderr)
         return 1

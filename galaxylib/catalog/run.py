@@ -6,20 +6,28 @@ orientation averaging, when the artifact has it, is inside the exported graph an
 decode), write its Parquet file atomically, load the database if asked, then record the shard
 in the manifest. So a shard is finished, or it is redone from scratch by the next run.
 
-On one machine a small pool of threads keeps the LiteRT interpreter busy: while one chunk
-runs its forward pass (the Predictor serialises them), the next ones are read, decoded and
-preprocessed (Pillow and LiteRT release the GIL). At most ``threads + 2`` chunks are in
-flight, so memory does not grow with the catalogue.
+On one machine a catalogue of more than a few hundred rows is classified by worker
+processes, one per core, each with its own one-thread LiteRT interpreter that decodes and runs
+its chunks (a chunk is one forward batch): one interpreter's decode overlaps another's forward
+pass, with no locks and no thread hand-offs inside XNNPACK, which measured faster than one
+interpreter using every core (docs/catalog.md). A small run stays in this process, where a
+pool of threads decodes the next chunks while the interpreter runs the current one. Either
+way at most a few chunks per worker are in flight, so memory does not grow with the
+catalogue, and the parent alone writes files and the manifest.
 """
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -30,9 +38,11 @@ from galaxylib.catalog.shards import (Plan, crash_point, make_plan, output_colum
 from galaxylib.catalog.sources import ID_COLUMN, CatalogError, ShardSpec
 from galaxylib.inference.classify import Classified, ImageInput, classify
 from galaxylib.inference.predictor import Predictor, default_threads
+from galaxylib.inference.threads import single_threaded_children
 
 DEFAULT_SHARD_ROWS = 2048  # ~1 min of EfficientNetB0 at 224 px on 2 cores: little lost to a crash
-DEFAULT_BATCH = 32
+DEFAULT_BATCH = 8  # per forward pass: 8 kept each worker's activations in cache (docs/catalog.md: 32 ran ~12 % slower)
+PROCESS_MIN_ROWS = 512  # below this, starting worker processes (~2 s each) costs more than it saves
 
 
 @dataclass
@@ -48,6 +58,8 @@ class CatalogResult:
     errors: int  # rows with an unreadable image
     failed: list[str] = field(default_factory=list)  # "shard N: error", Dask only (local raises)
     seconds: float = 0.0
+    processes: int = 1  # worker processes on one machine (1: this process)
+    worker_peak_rss_mb: float | None = None  # the largest worker process's peak (Linux), None without workers
 
     @property
     def ok(self) -> bool:
@@ -57,19 +69,21 @@ class CatalogResult:
 # ------------------------------------------------------------------------ one shard
 
 
-def classify_stream(predictor: Predictor, chunks: Iterator[tuple[Any, list[ImageInput]]], batch_size: int,
-                    workers: int) -> Iterator[tuple[Any, list[Classified]]]:
-    """Classify chunks in order, with up to ``workers + 1`` of them decoding ahead of the forward pass."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        pending: collections.deque = collections.deque()
-        for table, items in chunks:
-            pending.append((table, pool.submit(classify, predictor, items, forward_batch=batch_size)))
-            if len(pending) > workers:
-                table0, future = pending.popleft()
-                yield table0, future.result()
-        while pending:
+ChunkSubmitter = Callable[[list[ImageInput]], "Future[list[Classified]]"]
+
+
+def classify_stream(submit: ChunkSubmitter, chunks: Iterator[tuple[Any, list[ImageInput]]], ahead: int
+                    ) -> Iterator[tuple[Any, list[Classified]]]:
+    """Classify chunks in input order, with up to ``ahead + 1`` of them submitted at once."""
+    pending: collections.deque = collections.deque()
+    for table, items in chunks:
+        pending.append((table, submit(items)))
+        if len(pending) > ahead:
             table0, future = pending.popleft()
             yield table0, future.result()
+    while pending:
+        table0, future = pending.popleft()
+        yield table0, future.result()
 
 
 def build_output(inputs: Any, results: Sequence[Classified], class_names: Sequence[str], has_ood: bool) -> Any:
@@ -104,23 +118,38 @@ def kit_provenance() -> dict[str, str]:
     return {"galaxylib_version": galaxylib.__version__, "git_commit": git_commit() or "unknown"}
 
 
-def run_shard(predictor: Predictor, plan: Plan, spec: ShardSpec, *, batch_size: int = DEFAULT_BATCH,
+def run_shard(predictor: Predictor | None, plan: Plan, spec: ShardSpec, *, batch_size: int = DEFAULT_BATCH,
               workers: int = 2, database_url: str | None = None, to_database: bool = False,
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Classify one work shard and put it in place: Parquet file, database rows, manifest entry."""
+              progress: Callable[[int], None] | None = None, pool: Executor | None = None) -> dict[str, Any]:
+    """Classify one work shard and put it in place: Parquet file, database rows, manifest entry.
+
+    With ``pool`` (a :func:`worker_pool`), its processes classify the chunks, ``workers`` of them
+    queued ahead; otherwise ``predictor`` does, with ``workers`` decoding threads."""
     import pyarrow as pa
 
-    if predictor.has_ood != plan.has_ood or list(predictor.class_names) != plan.class_names:
+    if predictor is not None and (predictor.has_ood != plan.has_ood
+                                  or list(predictor.class_names) != plan.class_names):
         raise CatalogError(f"the model at {predictor.path} is not the one this plan was made for")
     remove_stale_temporaries(plan, spec.index)
     started = time.perf_counter()
     shard_input = plan.source.read(spec, batch_size)
     tables, results = [], []
-    for table, classified in classify_stream(predictor, shard_input.chunks, batch_size, workers):
-        tables.append(table)
-        results.extend(classified)
-        if progress is not None:
-            progress(len(classified))
+    with contextlib.ExitStack() as stack:
+        if pool is not None:
+            def submit(items: list[ImageInput]) -> Future:
+                return pool.submit(_worker_classify, items, batch_size)
+        elif predictor is not None:
+            threads = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode"))
+
+            def submit(items: list[ImageInput]) -> Future:
+                return threads.submit(classify, predictor, items, forward_batch=batch_size)
+        else:
+            raise ValueError("run_shard needs a predictor or a worker pool")
+        for table, classified in classify_stream(submit, shard_input.chunks, workers):
+            tables.append(table)
+            results.extend(classified)
+            if progress is not None:
+                progress(len(classified))
     inputs = pa.concat_tables(tables) if tables else pa.table({ID_COLUMN: pa.array([], pa.string())})
     out = build_output(inputs, results, plan.class_names, plan.has_ood)
     errors = sum(not r.ok for r in results)
@@ -157,20 +186,123 @@ def run_shard(predictor: Predictor, plan: Plan, spec: ShardSpec, *, batch_size: 
 # ------------------------------------------------------------------------- runners
 
 
-def _run_local(plan: Plan, todo: list[ShardSpec], *, threads: int | None, batch_size: int, database_url: str | None,
-               to_database: bool, show_progress: bool) -> list[dict[str, Any]]:
+_POOL_PREDICTOR: Predictor | None = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A worker is killed with the run that started it, so a ``kill -9`` of the run leaves no
+    orphan finishing a chunk while the rerun redoes its shard (Linux: PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the line above
+        os._exit(1)
+
+
+def _worker_init(model_dir: str, threads: int, parent_pid: int) -> None:
+    global _POOL_PREDICTOR
+    _die_with_parent(parent_pid)
+    _POOL_PREDICTOR = Predictor(model_dir, num_threads=threads)
+
+
+def _worker_classify(items: list[ImageInput], batch_size: int) -> list[Classified]:
+    assert _POOL_PREDICTOR is not None, "a worker process runs _worker_init first"
+    return classify(_POOL_PREDICTOR, items, forward_batch=batch_size)
+
+
+def _worker_ready() -> int:
+    return os.getpid()
+
+
+def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> ProcessPoolExecutor:
+    """``processes`` fresh interpreters (spawned: nothing inherited from a parent that may hold
+    threads), each loading the model once with ``threads`` LiteRT threads and every other
+    native library on one thread. They are started here, so a model that fails to load fails
+    now, and the environment they start with is this function's."""
+    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init, initargs=(str(model_dir), threads, os.getpid()))
+    try:
+        # Each submit starts a process while none is idle yet, so all of them start inside the block.
+        with single_threaded_children(), _without_main_module():
+            ready = [pool.submit(_worker_ready) for _ in range(processes)]
+        for future in ready:
+            future.result()
+    except BaseException as exc:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if isinstance(exc, BrokenProcessPool):
+            raise CatalogError(f"the catalogue's worker processes could not start ({exc}); "
+                               "processes=1 (--processes 1) runs in this process") from exc
+        raise
+    return pool
+
+
+@contextlib.contextmanager
+def _without_main_module() -> Iterator[None]:
+    """Spawned workers skip re-importing the caller's ``__main__`` (they need nothing from it), so a
+    plain script without an ``if __name__ == "__main__":`` guard works, and a guarded one is not
+    imported twice more. multiprocessing reads ``sys.modules["__main__"]`` only while starting a
+    process, which is all that happens inside this block."""
+    import types
+
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def local_processes(todo: Sequence[ShardSpec], total_threads: int, shard_rows: int) -> int:
+    """One worker process per thread for a catalogue worth starting them for, else 1 (this process)."""
+    rows = sum(int(s.rows) if s.rows is not None else shard_rows for s in todo)
+    return total_threads if total_threads > 1 and rows >= PROCESS_MIN_ROWS else 1
+
+
+def _run_local(plan: Plan, todo: list[ShardSpec], *, threads: int | None, processes: int | None, batch_size: int,
+               database_url: str | None, to_database: bool, show_progress: bool
+               ) -> tuple[list[dict[str, Any]], int, float | None]:
     from tqdm import tqdm
 
-    predictor = Predictor(plan.model_dir, num_threads=threads or default_threads())
+    total_threads = threads or default_threads()
+    n_proc = processes or local_processes(todo, total_threads, plan.shard_rows)
     total = None if any(s.rows is None for s in todo) else sum(int(s.rows or 0) for s in todo)
-    entries = []
-    with tqdm(total=total, desc="Classifying catalogue", unit="img", file=sys.stderr, disable=not show_progress,
-              smoothing=0.05) as bar:
+    entries: list[dict[str, Any]] = []
+    peak: float | None = None
+    with contextlib.ExitStack() as stack:
+        if n_proc > 1:
+            pool = stack.enter_context(worker_pool(plan.model_dir, n_proc, max(1, total_threads // n_proc)))
+            predictor, ahead = None, 2 * n_proc
+        else:
+            pool, predictor = None, Predictor(plan.model_dir, num_threads=total_threads)
+            ahead = predictor.num_threads + 1
+        bar = stack.enter_context(tqdm(total=total, desc="Classifying catalogue", unit="img", file=sys.stderr,
+                                       disable=not show_progress, smoothing=0.05))
+        bar.set_postfix(processes=n_proc)
         for spec in todo:
-            entries.append(run_shard(predictor, plan, spec, batch_size=batch_size, workers=predictor.num_threads + 1,
-                                     database_url=database_url, to_database=to_database, progress=bar.update))
-            bar.set_postfix(shards=f"{len(entries)}/{len(todo)}")
-    return entries
+            entries.append(run_shard(predictor, plan, spec, batch_size=batch_size, workers=ahead,
+                                     database_url=database_url, to_database=to_database, progress=bar.update,
+                                     pool=pool))
+            bar.set_postfix(shards=f"{len(entries)}/{len(todo)}", processes=n_proc)
+        if pool is not None:
+            peaks = [_peak_rss_mb(p.pid) for p in multiprocessing.active_children() if p.pid is not None]
+            peak = max((x for x in peaks if x is not None), default=None)
+    return entries, n_proc, peak
 
 
 _WORKER_PREDICTORS: dict[tuple[str, int], Predictor] = {}
@@ -257,14 +389,16 @@ def _run_dask(plan: Plan, todo: list[ShardSpec], spec_text: str, *, threads: int
 def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: str | os.PathLike, *,
                     shard: str | tuple[int, int] | None = None, dask: str | None = None, to_database: bool = False,
                     database_url: str | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
-                    batch_size: int = DEFAULT_BATCH, threads: int | None = None, overwrite: bool = False,
-                    show_progress: bool = True) -> CatalogResult:
+                    batch_size: int = DEFAULT_BATCH, threads: int | None = None, processes: int | None = None,
+                    overwrite: bool = False, show_progress: bool = True) -> CatalogResult:
     """Classify every row of ``catalog`` into the Parquet dataset ``out``; what ``./predict.sh --catalog`` runs.
 
     Resumable: shards the manifest records as finished (for this input, model and shard size)
     are skipped, so rerunning after a crash, or as another task of a Slurm array
     (``shard="K/N"``), only does what is left. ``dask="local:N"`` or a scheduler address
-    spreads the shards over Dask workers."""
+    spreads the shards over Dask workers. On one machine ``threads`` (default: all cores) is the
+    total; ``processes`` splits it over worker processes (default: one per thread, or none for a
+    catalogue under ``PROCESS_MIN_ROWS`` rows)."""
     from galaxylib.artifact import read_artifact
 
     started = time.perf_counter()
@@ -273,6 +407,8 @@ def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: s
         parse_shard(f"{shard[0]}/{shard[1]}")
     if batch_size < 1:
         raise CatalogError(f"--batch-size must be at least 1, got {batch_size}")
+    if processes is not None and processes < 1:
+        raise CatalogError(f"--processes must be at least 1, got {processes}")
     if dask is not None:
         parse_dask(dask)  # a bad spec fails before any work
     artifact = read_artifact(model)
@@ -285,15 +421,18 @@ def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: s
     selected = [s for s in plan.shards if s.index % k_n[1] == k_n[0] - 1]
     todo = plan.todo(k_n, db_key)
     failed: list[str] = []
+    n_proc, peak = 1, None
     if not todo:
         entries: list[dict[str, Any]] = []
     elif dask is None:
-        entries = _run_local(plan, todo, threads=threads, batch_size=batch_size, database_url=database_url,
-                             to_database=to_database, show_progress=show_progress)
+        entries, n_proc, peak = _run_local(plan, todo, threads=threads, processes=processes, batch_size=batch_size,
+                                           database_url=database_url, to_database=to_database,
+                                           show_progress=show_progress)
     else:
         entries, failed = _run_dask(plan, todo, dask, threads=threads, batch_size=batch_size,
                                     database_url=database_url, to_database=to_database, show_progress=show_progress)
     return CatalogResult(out_dir=Path(out), shards=len(plan.shards), selected=len(selected),
                          skipped=len(selected) - len(todo), processed=len(entries),
                          rows=sum(e["rows"] for e in entries), errors=sum(e["errors"] for e in entries),
-                         failed=failed, seconds=time.perf_counter() - started)
+                         failed=failed, seconds=time.perf_counter() - started, processes=n_proc,
+                         worker_peak_rss_mb=peak)
