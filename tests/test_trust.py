@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
 from galaxylib.evaluation.ood_cases import FAR_OOD, PHOTOS, far_ood_cases, shifted_cases
 from galaxylib.inference.trust import (KNearest, Mahalanobis, MaxSoftmax, TrustCheck, apply_temperature, auroc,
                                        fit_temperature, load_scorer, negative_log_likelihood, threshold_for)
@@ -39,6 +40,28 @@ def test_fitted_temperature_recovers_how_overconfident_a_model_is():
         fitted = fit_temperature(probs, labels)
         assert fitted == pytest.approx(true_t, rel=0.06)
         assert negative_log_likelihood(apply_temperature(probs, fitted), labels) < negative_log_likelihood(probs, labels)
+
+
+def test_the_ece_noise_floor_is_what_a_perfectly_calibrated_model_measures_on_that_many_cutouts():
+    """Labels drawn from the model's own probabilities: calibrated by construction, yet the ECE
+    of a 500-cutout test split is not 0, and the floor says how far from 0 it typically is."""
+    rng = np.random.default_rng(7)
+    probs = softmax(rng.normal(0, 1.5, size=(500, 4)))
+    floor = ece_noise_floor(probs, seed=1)
+    measured = []
+    for _ in range(200):
+        labels = np.array([rng.choice(4, p=p) for p in probs])
+        measured.append(expected_calibration_error(labels, probs)[0])
+    assert 0.02 < floor["median"] < floor["p90"] < 0.12  # several hundredths on 500 cutouts
+    assert floor["median"] == pytest.approx(np.median(measured), rel=0.15)
+    assert np.mean(np.array(measured) <= floor["p90"]) == pytest.approx(0.9, abs=0.07)
+    # four times the cutouts, about half the noise
+    big = ece_noise_floor(np.tile(probs, (4, 1)), seed=1)
+    assert big["median"] == pytest.approx(floor["median"] / 2, rel=0.3)
+    # an over-confident model measures far above its floor
+    sharp = apply_temperature(probs, 0.4)
+    labels = np.array([rng.choice(4, p=p) for p in probs])
+    assert expected_calibration_error(labels, sharp)[0] > ece_noise_floor(sharp, seed=1)["p90"] + 0.05
 
 
 def test_auroc_is_the_probability_that_an_ood_input_scores_higher():

@@ -18,7 +18,7 @@ import numpy as np
 from galaxylib.artifact import add_to_artifact
 from galaxylib.data.galaxy10 import Galaxy10File, resized_cache
 from galaxylib.data.split import Split
-from galaxylib.evaluation.metrics import expected_calibration_error
+from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
 from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
 from galaxylib.inference.predictor import Predictor
@@ -129,6 +129,7 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
         "temperature": predictor.trust.temperature,
         "calibration": {"ece_before": ece_before, "ece_after": ece_after,
                         "nll_before": negative_log_likelihood(raw, y_test), "nll_after": negative_log_likelihood(probs, y_test),
+                        "ece_noise_floor": ece_noise_floor(probs, seed=seed),
                         "reliability_before": bins_before, "reliability_after": bins_after},
         "probs": probs,
     }
