@@ -1,9 +1,12 @@
 """The predictions table on PostgreSQL and SQLite: migrations, writes, queries."""
 import datetime as dt
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import inspect
 
+from galaxylib.config import PROJECT_ROOT
 from galaxylib.store.database import PredictionFilter, PredictionStore
 
 
@@ -19,6 +22,44 @@ def test_the_schema_is_created_by_alembic_and_upgrading_twice_is_harmless(databa
     assert {"predictions", "alembic_version"} <= set(insp.get_table_names())
     cols = {c["name"] for c in insp.get_columns("predictions")}
     assert cols == {"id", "filename", "predicted_class", "confidence", "metadata", "in_distribution", "created_at"}
+
+
+RACE_SCRIPT = """
+import multiprocessing, sys
+
+
+def open_store(url, results):
+    from galaxylib.store.database import PredictionStore  # imported in each worker, as gunicorn's do
+    try:
+        PredictionStore(url).close()
+        results.put("ok")
+    except Exception as exc:
+        results.put(type(exc).__name__ + ": " + str(exc).splitlines()[0])
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(8):
+        results = ctx.Queue()
+        procs = [ctx.Process(target=open_store, args=(f"sqlite:///{sys.argv[1]}/fresh-{attempt}.db", results))
+                 for _ in range(3)]
+        for proc in procs:
+            proc.start()
+        print([results.get(timeout=120) for _ in procs])
+        for proc in procs:
+            proc.join(60)
+"""
+
+
+def test_workers_creating_one_fresh_sqlite_file_at_once_all_get_the_schema(tmp_path):
+    """Without the lock, most attempts had a worker fail with "table predictions already exists"."""
+    script = tmp_path / "race.py"
+    script.write_text(RACE_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    assert lines == ["['ok', 'ok', 'ok']"] * 8, done.stdout
 
 
 def test_a_table_from_before_the_ood_check_upgrades_in_place_and_keeps_its_rows(database_url):

@@ -6,12 +6,13 @@ default). The schema is owned by Alembic (``galaxylib/store/migrations``);
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, text
 from sqlalchemy.engine import Engine
@@ -45,17 +46,36 @@ def make_engine(url: str | None = None) -> Engine:
 
 
 def upgrade_schema(engine: Engine) -> None:
-    """Alembic ``upgrade head``; serialised on PostgreSQL so parallel workers don't race."""
+    """Alembic ``upgrade head``, serialised so parallel workers don't race: an advisory lock on
+    PostgreSQL, an exclusive lock on the database file for SQLite (two gunicorn workers creating
+    one fresh SQLite file at once failed with "table predictions already exists")."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.begin() as conn:
+    with _sqlite_file_lock(engine), engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(861027)"))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """flock on the SQLite file itself (SQLite's own locks are fcntl locks, which flock does not touch)."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not path or path == ":memory:" or path.startswith("file:"):
+        yield
+        return
+    import fcntl
+
+    with open(path, "ab") as fh:  # an empty file is an empty SQLite database
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class PredictionStore:
