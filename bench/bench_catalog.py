@@ -25,7 +25,6 @@ import csv
 import json
 import os
 import random
-import resource
 import shutil
 import signal
 import subprocess
@@ -96,21 +95,12 @@ def bare_forward(model: Path, n: int, threads: int, files: list[Path], batch: in
 
 def child_run(argv: list[str]) -> None:
     """``--child MODEL CATALOG OUT [dask]``: one run in a fresh process; prints its peak RSS."""
-    from galaxylib.catalog.run import predict_catalog
+    from galaxylib.catalog.run import peak_rss_mb, predict_catalog
 
     model, catalog, out = argv[:3]
     result = predict_catalog(model, catalog, out, show_progress=False, dask=argv[3] if len(argv) > 3 else None)
     print(json.dumps({"rows": result.rows, "maxrss_mb": peak_rss_mb(), "processes": result.processes,
                       "worker_mb": result.worker_peak_rss_mb}))
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM, not ru_maxrss, which on Linux keeps the peak of
-    the process before exec (here the bench itself, forked with its 224 px model loaded)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(model: Path, catalog: Path, out: Path) -> dict:

@@ -258,7 +258,9 @@ def _without_main_module() -> Iterator[None]:
             sys.modules["__main__"] = main
 
 
-def _peak_rss_mb(pid: int) -> float | None:
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """A process's peak resident memory (VmHWM, Linux; None elsewhere). Not ru_maxrss, which on
+    Linux keeps the peak of the process before an exec."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -300,7 +302,7 @@ def _run_local(plan: Plan, todo: list[ShardSpec], *, threads: int | None, proces
                                      pool=pool))
             bar.set_postfix(shards=f"{len(entries)}/{len(todo)}", processes=n_proc)
         if pool is not None:
-            peaks = [_peak_rss_mb(p.pid) for p in multiprocessing.active_children() if p.pid is not None]
+            peaks = [peak_rss_mb(p.pid) for p in multiprocessing.active_children() if p.pid is not None]
             peak = max((x for x in peaks if x is not None), default=None)
     return entries, n_proc, peak
 
