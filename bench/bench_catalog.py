@@ -205,9 +205,15 @@ def main() -> None:
                 t0 = time.perf_counter()
                 result = predict_catalog(model, catalog, work / "dask", dask="local:2", show_progress=False)
                 dask = result.rows / (time.perf_counter() - t0)
+                # The one-machine run again, after: compared with the mean of the two, a change in
+                # the background load during the Dask run counts on both sides of the ratio.
+                t0 = time.perf_counter()
+                result = predict_catalog(model, catalog, work / "local-after", threads=args.threads, show_progress=False)
+                local_after = result.rows / (time.perf_counter() - t0)
+                local_mean = (local + local_after) / 2
                 print(f"catalogue, --dask local:2 (1 thread each, cluster start included): {dask:.1f} images/s = "
-                      f"{dask / local:.3f} x the one-machine run (goal >= 0.85) -> "
-                      f"{'PASS' if dask / local >= 0.85 else 'FAIL'}", flush=True)
+                      f"{dask / local_mean:.3f} x the one-machine run (before {local:.1f}, after {local_after:.1f}; "
+                      f"goal >= 0.85) -> {'PASS' if dask / local_mean >= 0.85 else 'FAIL'}", flush=True)
         small = ensure_small_artifact(args.small_size) if only & {"memory", "crash", "skip"} else None
         if "memory" in only:
             peaks, workers = [], []

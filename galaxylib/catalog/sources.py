@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from galaxylib.catalog.csv_blocks import iter_csv_batches
 from galaxylib.files import atomic_path, atomic_write_json, remember_sha256, sha256_file, trusted_sha256
 from galaxylib.inference.classify import ImageInput
 
@@ -35,7 +36,6 @@ CSV_SUFFIXES = {".csv"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 TAR_SUFFIXES = {".tar"}
 NORMALISED_FORMAT = 1  # bumped when the normalised table's layout changes
-CSV_BLOCK_BYTES = 1024 * 1024  # types are inferred from the first block (1 MB, ~10k rows); memory stays flat
 BATCH_ROWS = 8192  # rows normalised at a time: memory stays flat whatever the catalogue's size
 
 
@@ -201,13 +201,8 @@ class TableSource(Source):
         base = self.path.resolve().parent
         try:
             if self.kind == "csv":
-                import pyarrow.csv as pcsv
-
-                reader = pcsv.open_csv(self.path, read_options=pcsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
-                                       convert_options=pcsv.ConvertOptions(
-                                           column_types={ID_COLUMN: pa.string(), PATH_COLUMN: pa.string()}))
-                batches: Iterator[Any] = iter(reader)
-                names = reader.schema.names
+                batches: Iterator[Any] = iter_csv_batches(self.path, {ID_COLUMN: pa.string(), PATH_COLUMN: pa.string()})
+                names = next(batches).names  # the schema comes first
             else:
                 pf = pq.ParquetFile(self.path)
                 names = pf.schema_arrow.names
