@@ -73,7 +73,7 @@ def test_auroc_is_the_probability_that_an_ood_input_scores_higher():
     assert auroc(a, a + 100) == 1.0 and auroc(a + 100, a) == 0.0
 
 
-def test_the_threshold_keeps_at_least_95_percent_of_new_cutouts_in_nine_times_out_of_ten():
+def test_the_threshold_keeps_at_least_95_percent_of_new_cutouts_in_99_times_out_of_100():
     """Thresholds set on 375 validation scores, judged on fresh draws from the same distribution."""
     rng = np.random.default_rng(2)
     flagged = []
@@ -81,8 +81,8 @@ def test_the_threshold_keeps_at_least_95_percent_of_new_cutouts_in_nine_times_ou
         threshold = threshold_for(rng.normal(size=375))
         flagged.append((rng.normal(size=20000) > threshold).mean())
     flagged = np.array(flagged)
-    assert (flagged <= 0.05).mean() >= 0.88  # 90 % by construction, less the simulation's noise
-    assert flagged.mean() > 0.025  # and not much stricter than it needs to be
+    assert (flagged <= 0.05).mean() >= 0.98  # 99 % by construction, less the simulation's noise
+    assert flagged.mean() > 0.015  # and not much stricter than it needs to be
     assert threshold_for(np.arange(10.0)) == 9.0  # too few to allow any: the largest score
 
 

@@ -128,7 +128,7 @@ def ood_scores(scores: dict[str, np.ndarray], threshold: float, path=None):
         values = np.asarray(scores[name], dtype=float)
         colour = "#4c72b0" if name == "test" else "#c44e52"
         ax.scatter(values, i + rng.uniform(-0.25, 0.25, len(values)), s=6, alpha=0.5, color=colour)
-    ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold (>= 95 % of cutouts inside, 90 % confidence)")
+    ax.axvline(threshold, color="k", ls="--", lw=1, label="threshold (>= 95 % of cutouts inside, 99 % confidence)")
     positive = np.concatenate([np.asarray(v, float) for v in scores.values()])
     if positive.min() > 0 and positive.max() / positive.min() > 100:
         ax.set_xscale("log")

@@ -3,7 +3,7 @@
 ``fit_trust`` runs after training, on the served model itself (its TFLite export through the
 Predictor): the temperature on the validation split, each OOD scorer on train features, the
 choice between scorers on validation cutouts against the ``selection`` half of the far-OOD
-cases, and the threshold that keeps at least 95 % of in-distribution cutouts in, with 90 %
+cases, and the threshold that keeps at least 95 % of in-distribution cutouts in, with 99 %
 confidence (``threshold_for``). The result
 joins the artifact (``model.json`` and ``ood.npz``). ``judge_trust`` scores the test split and
 the ``evaluation`` cases for the report. Nothing here reads the test split while fitting.
