@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.build_artifact import BENCH_DIR, ensure_bench_artifact  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
+from galaxylib.inference.trust import pixel_statistics  # noqa: E402
 
 GOAL_LATENCY = 1.5
 GOAL_THROUGHPUT = 0.8
@@ -242,7 +243,8 @@ def main() -> int:
     raw_1, features_1 = predictor.forward(x1)
     started = time.perf_counter()
     for _ in range(500):
-        predictor.trust.ood_scores(features_1, predictor.trust.calibrate(raw_1))
+        pixels_1 = pixel_statistics(x1) if predictor.trust.needs_pixels else None
+        predictor.trust.ood_scores(features_1, predictor.trust.calibrate(raw_1), pixels_1)
     ood_ms = (time.perf_counter() - started) * 1e3 / 500
     ood_method = predictor.trust.scorer.method if predictor.has_ood else "none (no OOD check in this artifact)"
 

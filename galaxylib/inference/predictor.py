@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from galaxylib.artifact import Artifact, ArtifactError, read_artifact
-from galaxylib.inference.trust import TrustCheck, trust_from_sidecar
+from galaxylib.inference.trust import TrustCheck, pixel_statistics, trust_from_sidecar
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
 
 TOP_K = 3
@@ -61,7 +61,7 @@ class Predictor:
                                       else TrustCheck())
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{self.artifact.path}: its calibration or OOD check cannot be read ({exc})") from exc
-        if self.trust.has_ood and self.trust.scorer.method != "max_softmax" and self._features is None:
+        if self.trust.needs_features and self._features is None:
             raise ArtifactError(f"{self.artifact.path}: its OOD check needs the features output, which "
                                 f"{self.artifact.tflite_path.name} lacks")
         self._batch = 0
@@ -119,7 +119,10 @@ class Predictor:
         """Calibrated probabilities and OOD scores (None without an OOD check) for model inputs."""
         raw, features = self.forward(batch)
         calibrated = self.trust.calibrate(raw) if len(raw) else raw.astype(np.float64)
-        return calibrated, (self.trust.ood_scores(features, calibrated) if len(raw) else None)
+        if not len(raw):
+            return calibrated, None
+        pixels = pixel_statistics(batch) if self.trust.needs_pixels else None
+        return calibrated, self.trust.ood_scores(features, calibrated, pixels)
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, 3) model inputs -> (N, n_classes) calibrated probabilities."""

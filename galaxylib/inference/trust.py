@@ -13,7 +13,10 @@ path needs no TensorFlow:
   the pipeline keeps the one that separates validation cutouts from non-galaxy images best:
   ``mahalanobis`` (class-conditional Gaussians with a shared, shrunk covariance, fitted on the
   train split: Lee et al. 2018), ``knn`` (cosine distance to the k-th nearest train feature:
-  Sun et al. 2022) and ``max_softmax`` (1 - the calibrated confidence: Hendrycks & Gimpel 2017).
+  Sun et al. 2022), ``max_softmax`` (1 - the calibrated confidence: Hendrycks & Gimpel 2017) and
+  ``pixels`` (a Gaussian on summary statistics of the model input itself: its sky border, centre,
+  colours and texture; it does not depend on what the network learned, so it holds for a model
+  whose features separate little, as a short run from scratch can be).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ OOD_FILE = "ood.npz"
 KEEP_FRACTION = 0.95  # at least this share of in-distribution cutouts is kept in by the threshold
 CONFIDENCE = 0.99  # ... with this confidence, judged from the validation split (threshold_for; docs/trust.md: 0.9 flagged
 # over 5 % of test cutouts in 2 of 4 quick runs)
-METHODS = ("mahalanobis", "knn", "max_softmax")
+METHODS = ("mahalanobis", "knn", "max_softmax", "pixels")
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -72,7 +75,7 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 class OODScorer(Protocol):
     method: str
 
-    def score(self, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray: ...
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray: ...
 
     def arrays(self) -> dict[str, np.ndarray]: ...
 
@@ -128,7 +131,7 @@ class Mahalanobis:
         object.__setattr__(self, "_fast", (np.asarray(self.mean, dtype=np.float32), basis, means, means @ basis,
                                            (means**2).sum(1), np.asarray(self.variances, dtype=np.float32)))
 
-    def score(self, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         mean, basis, means, means_z, means_sq, variances = self._fast
         f = _as_matrix(features).astype(np.float32) - mean
         diff = (f @ basis)[:, None, :] - means_z[None, :, :]  # (N, C, k)
@@ -169,7 +172,7 @@ class KNearest:
         object.__setattr__(self, "_fast", (np.asarray(self.basis, dtype=np.float32),
                                            np.ascontiguousarray(np.asarray(self.bank, dtype=np.float32).T)))
 
-    def score(self, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         basis, bank_t = self._fast
         similarity = (_unit(_as_matrix(features)).astype(np.float32) @ basis) @ bank_t
         kth = np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
@@ -185,18 +188,74 @@ class MaxSoftmax:
 
     method: str = "max_softmax"
 
-    def score(self, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         return 1.0 - np.asarray(probs, dtype=np.float64).max(axis=1)
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {}
 
 
+def pixel_statistics(batch: np.ndarray) -> np.ndarray:
+    """(N, S, S, 3) model inputs in 0..255 -> (N, 17) statistics of the pixels: per colour the mean
+    and log spread of the border ring (a cutout's sky) and of the centre (its galaxy), and the whole
+    frame's mean less the border's; the log texture (mean absolute neighbour difference) and the
+    saturated share. Read on every ``S // 64``-th pixel, so it costs little at any size."""
+    x = np.asarray(batch, dtype=np.float32)
+    step = max(1, x.shape[1] // 64)
+    x = x[:, ::step, ::step, :] / 255.0
+    n, h = x.shape[0], x.shape[1]
+    edge, half = max(1, h // 8), max(1, h // 8)
+    ring = np.ones((h, h), bool)
+    ring[edge:h - edge, edge:h - edge] = False
+    border = x[:, ring, :]
+    centre = x[:, h // 2 - half:h // 2 + half, h // 2 - half:h // 2 + half, :].reshape(n, -1, 3)
+    lum = x.mean(axis=-1)
+    texture = np.abs(np.diff(lum, axis=1)).mean((1, 2)) + np.abs(np.diff(lum, axis=2)).mean((1, 2))
+    floor = np.float32(1.0 / 255)
+    columns = [border.mean(1), np.log(border.std(1) + floor), centre.mean(1), np.log(centre.std(1) + floor),
+               x.reshape(n, -1, 3).mean(1) - border.mean(1), np.log(texture + floor)[:, None],
+               (lum > 0.98).mean((1, 2))[:, None]]
+    return np.concatenate(columns, axis=1).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class PixelGaussian:
+    """Squared Mahalanobis distance (per dimension) of an input's ``pixel_statistics`` from the
+    train cutouts' (their mean and shrunk covariance)."""
+
+    mean: np.ndarray  # (17,)
+    precision: np.ndarray  # (17, 17)
+    method: str = "pixels"
+
+    @classmethod
+    def fit(cls, pixels: np.ndarray, shrinkage: float = 0.1) -> "PixelGaussian":
+        x = np.asarray(pixels, dtype=np.float64)
+        if len(x) < 2:
+            raise ValueError("the pixels OOD check needs the statistics of at least 2 train cutouts")
+        cov = np.cov(x, rowvar=False)
+        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+        return cls(mean=x.mean(axis=0), precision=np.linalg.inv(cov))
+
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        if pixels is None:
+            raise ValueError("the pixels OOD check needs the inputs' pixel_statistics")
+        d = np.asarray(pixels, dtype=np.float64) - self.mean
+        return np.einsum("ij,jk,ik->i", d, self.precision, d) / len(self.mean)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"pixel_mean": self.mean, "pixel_precision": self.precision}
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_scorer(method: str, features: np.ndarray, labels: np.ndarray, seed: int = 0) -> OODScorer:
+def fit_scorer(method: str, features: np.ndarray | None, labels: np.ndarray, seed: int = 0,
+               pixels: np.ndarray | None = None) -> OODScorer:
+    if method == "pixels":
+        if pixels is None:
+            raise ValueError("the pixels OOD check is fitted on the train cutouts' pixel_statistics")
+        return PixelGaussian.fit(pixels)
     if method == "mahalanobis":
         return Mahalanobis.fit(features, labels)
     if method == "knn":
@@ -218,6 +277,8 @@ def load_scorer(method: str, path: Path | None) -> OODScorer:
                                rest_variance=float(data["rest_variance"]), class_means=data["class_means"])
         if method == "knn":
             return KNearest(basis=data["basis"], bank=data["bank"], k=int(data["k"]))
+        if method == "pixels":
+            return PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"])
     raise ValueError(f"unknown OOD method {method!r} in the artifact")
 
 
@@ -266,13 +327,23 @@ class TrustCheck:
     def has_ood(self) -> bool:
         return self.scorer is not None and self.threshold is not None
 
+    @property
+    def needs_pixels(self) -> bool:
+        """Whether scoring needs ``pixel_statistics`` of the model inputs (computed only then)."""
+        return self.has_ood and self.scorer.method == "pixels"
+
+    @property
+    def needs_features(self) -> bool:
+        return self.has_ood and self.scorer.method in ("mahalanobis", "knn")
+
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_temperature(probs, self.temperature)
 
-    def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray) -> np.ndarray | None:
+    def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray,
+                   pixels: np.ndarray | None = None) -> np.ndarray | None:
         if not self.has_ood:
             return None
-        return self.scorer.score(features, calibrated)
+        return self.scorer.score(features, calibrated, pixels)
 
 
 def trust_from_sidecar(sidecar: dict, folder: Path) -> TrustCheck:

@@ -23,7 +23,7 @@ from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
 from galaxylib.inference.predictor import Predictor
 from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, apply_temperature, auroc, fit_scorer,
-                                       fit_temperature, negative_log_likelihood, threshold_for)
+                                       fit_temperature, negative_log_likelihood, pixel_statistics, threshold_for)
 from galaxylib.preprocessing import preprocess_image
 
 
@@ -40,6 +40,14 @@ def served_outputs(predictor: Predictor, inputs: np.ndarray, batch_size: int = 6
     if not probs:
         return np.zeros((0, len(predictor.class_names))), None
     return np.concatenate(probs), (None if features[0] is None else np.concatenate(features))
+
+
+def pixels_of(images: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
+    """``pixel_statistics`` of cached model-size cutouts (or of model inputs), a batch at a time."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    parts = [pixel_statistics(np.asarray(images[rows[i:i + batch_size]], dtype=np.float32))
+             for i in range(0, len(rows), batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, 17))
 
 
 def model_inputs(predictor: Predictor, images: np.ndarray) -> np.ndarray:
@@ -77,20 +85,23 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
         "val_ece_before": expected_calibration_error(y_val, val_raw)[0],
         "val_ece_after": expected_calibration_error(y_val, val_probs)[0],
     }
-    methods = methods if val_features is not None else ("max_softmax",)
+    methods = methods if val_features is not None else tuple(m for m in methods if m in ("max_softmax", "pixels"))
+    methods = methods or ("max_softmax",)
     if val_features is None:
         train_features = None
     elif train_features is None:
         _, train_features = served_outputs(predictor, images[train_rows], progress=bar and bar.format("train"))
     cases = far_ood_cases(n_cases, seed, "selection")
-    case_raw, case_features = served_outputs(predictor, model_inputs(predictor, np.concatenate(list(cases.values()))),
-                                             progress=bar and bar.format("non-galaxy images"))
+    case_inputs = model_inputs(predictor, np.concatenate(list(cases.values())))
+    case_raw, case_features = served_outputs(predictor, case_inputs, progress=bar and bar.format("non-galaxy images"))
+    train_pixels, val_pixels, case_pixels = pixels_of(images, train_rows), pixels_of(images, split.val), pixels_of(case_inputs)
     case_probs = apply_temperature(case_raw, temperature)
     selection: dict[str, dict[str, float]] = {}
     scorers = {}
     for method in methods:
-        scorer = fit_scorer(method, train_features, labels[train_rows], seed=seed)
-        s_in, s_out = scorer.score(val_features, val_probs), scorer.score(case_features, case_probs)
+        scorer = fit_scorer(method, train_features, labels[train_rows], seed=seed, pixels=train_pixels)
+        s_in = scorer.score(val_features, val_probs, val_pixels)
+        s_out = scorer.score(case_features, case_probs, case_pixels)
         threshold = threshold_for(s_in)
         selection[method] = {"auroc": auroc(s_in, s_out), "flagged_fraction": float((s_out > threshold).mean())}
         scorers[method] = (scorer, threshold, float((s_in <= threshold).mean()))
@@ -104,7 +115,8 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     ood = {"method": method, "threshold": threshold, "keep_fraction": KEEP_FRACTION, "confidence": CONFIDENCE,
            "val_kept_fraction": val_kept,
            "file": OOD_FILE if arrays else None,
-           "features": "pooled backbone features, orientation-averaged (model.tflite's second output)",
+           "features": ("pixel_statistics of the model input" if method == "pixels" else
+                        "pooled backbone features, orientation-averaged (model.tflite's second output)"),
            "feature_dim": None if train_features is None else int(train_features.shape[1]),
            "fitted_on": {"scorer": f"{len(train_rows)} train cutouts", "threshold": "validation",
                          "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)"},
@@ -136,7 +148,7 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     if not predictor.has_ood:
         report["ood"] = None
         return report
-    scores_in = predictor.trust.ood_scores(features, probs)
+    scores_in = predictor.trust.ood_scores(features, probs, pixels_of(images, split.test))
     threshold = predictor.trust.threshold
     rng_rows = _sample(split.test, n_cases, seed)
     cases = {**far_ood_cases(n_cases, seed, "evaluation"), **shifted_cases(data.read_images(rng_rows), seed)}
@@ -145,9 +157,9 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     per_case: dict[str, dict[str, Any]] = {"test": {"n": int(len(scores_in)), "auroc": None,
                                                     "flagged_fraction": float((scores_in > threshold).mean())}}
     for name, case in cases.items():
-        case_raw, case_features = served_outputs(predictor, model_inputs(predictor, case),
-                                                 progress=bar and bar.format(name.replace("_", " ")))
-        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw))
+        inputs = model_inputs(predictor, case)
+        case_raw, case_features = served_outputs(predictor, inputs, progress=bar and bar.format(name.replace("_", " ")))
+        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw), pixels_of(inputs))
         scores[name] = s
         per_case[name] = {"n": int(len(s)), "auroc": auroc(scores_in, s), "flagged_fraction": float((s > threshold).mean()),
                           "kind": "far" if name in FAR_OOD else ("near" if name in (near_ood or {}) else "shifted")}
