@@ -9,7 +9,7 @@ path needs no TensorFlow:
 - **An OOD score** on the model's pooled backbone features (its TFLite export's second
   output), larger for inputs less like the training cutouts. ``in_distribution`` is
   ``score <= threshold``, the threshold set on validation so that, with 99 % confidence, at
-  least 95 % of in-distribution cutouts are kept in. Three scorers;
+  least 95 % of in-distribution cutouts are kept in. Four scorers;
   the pipeline keeps the one that separates validation cutouts from non-galaxy images best:
   ``mahalanobis`` (class-conditional Gaussians with a shared, shrunk covariance, fitted on the
   train split: Lee et al. 2018), ``knn`` (cosine distance to the k-th nearest train feature:
@@ -204,11 +204,11 @@ def pixel_statistics(batch: np.ndarray) -> np.ndarray:
     step = max(1, x.shape[1] // 64)
     x = x[:, ::step, ::step, :] / 255.0
     n, h = x.shape[0], x.shape[1]
-    edge, half = max(1, h // 8), max(1, h // 8)
+    edge = max(1, h // 8)  # the border ring's width, and half the central square's
     ring = np.ones((h, h), bool)
     ring[edge:h - edge, edge:h - edge] = False
     border = x[:, ring, :]
-    centre = x[:, h // 2 - half:h // 2 + half, h // 2 - half:h // 2 + half, :].reshape(n, -1, 3)
+    centre = x[:, h // 2 - edge:h // 2 + edge, h // 2 - edge:h // 2 + edge, :].reshape(n, -1, 3)
     lum = x.mean(axis=-1)
     texture = np.abs(np.diff(lum, axis=1)).mean((1, 2)) + np.abs(np.diff(lum, axis=2)).mean((1, 2))
     floor = np.float32(1.0 / 255)

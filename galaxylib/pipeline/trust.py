@@ -47,7 +47,7 @@ def pixels_of(images: np.ndarray, rows: np.ndarray | None = None, batch_size: in
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     parts = [pixel_statistics(np.asarray(images[rows[i:i + batch_size]], dtype=np.float32))
              for i in range(0, len(rows), batch_size)]
-    return np.concatenate(parts) if parts else np.zeros((0, 17))
+    return np.concatenate(parts) if parts else pixel_statistics(np.zeros((0, *images.shape[1:]), np.float32))
 
 
 def model_inputs(predictor: Predictor, images: np.ndarray) -> np.ndarray:
@@ -94,7 +94,9 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     cases = far_ood_cases(n_cases, seed, "selection")
     case_inputs = model_inputs(predictor, np.concatenate(list(cases.values())))
     case_raw, case_features = served_outputs(predictor, case_inputs, progress=bar and bar.format("non-galaxy images"))
-    train_pixels, val_pixels, case_pixels = pixels_of(images, train_rows), pixels_of(images, split.val), pixels_of(case_inputs)
+    train_pixels = val_pixels = case_pixels = None
+    if "pixels" in methods:
+        train_pixels, val_pixels, case_pixels = pixels_of(images, train_rows), pixels_of(images, split.val), pixels_of(case_inputs)
     case_probs = apply_temperature(case_raw, temperature)
     selection: dict[str, dict[str, float]] = {}
     scorers = {}
@@ -148,7 +150,8 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     if not predictor.has_ood:
         report["ood"] = None
         return report
-    scores_in = predictor.trust.ood_scores(features, probs, pixels_of(images, split.test))
+    needs_pixels = predictor.trust.needs_pixels
+    scores_in = predictor.trust.ood_scores(features, probs, pixels_of(images, split.test) if needs_pixels else None)
     threshold = predictor.trust.threshold
     rng_rows = _sample(split.test, n_cases, seed)
     cases = {**far_ood_cases(n_cases, seed, "evaluation"), **shifted_cases(data.read_images(rng_rows), seed)}
@@ -159,7 +162,8 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     for name, case in cases.items():
         inputs = model_inputs(predictor, case)
         case_raw, case_features = served_outputs(predictor, inputs, progress=bar and bar.format(name.replace("_", " ")))
-        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw), pixels_of(inputs))
+        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw),
+                                       pixels_of(inputs) if needs_pixels else None)
         scores[name] = s
         per_case[name] = {"n": int(len(s)), "auroc": auroc(scores_in, s), "flagged_fraction": float((s > threshold).mean()),
                           "kind": "far" if name in FAR_OOD else ("near" if name in (near_ood or {}) else "shifted")}
