@@ -193,6 +193,40 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
 
 
 @pytest.mark.slow
+def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_litert(tiny_data):
+    from galaxylib.inference.predictor import Predictor
+    from galaxylib.modeling import export
+    from galaxylib.modeling.morphology import MEASUREMENTS
+    from galaxylib.modeling.saliency import GradCam
+    from galaxylib.pipeline import steps
+    from galaxylib.pipeline.run_config import load_config
+
+    root, _, data, split = tiny_data
+    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {
+        "model.weights": "morphology", "train.mode": "head", "train.head_epochs": 5, "model.feature_norm": True,
+        "model.dense_units": [16], "model.average_orientations": False})
+    result = steps.train(config, data, split, run_name="morph", model_dir=root / "models" / "morph",
+                         cache_dir=root / "data" / "cache", show_progress=False)
+
+    artifact = result["artifact"]
+    assert artifact.sidecar["params"]["start"] == "morphology" and "morphology" in artifact.sidecar["architecture"]
+    cached = list((root / "data" / "cache" / "features").glob("*morphology-v*_32px*.npy"))
+    assert len(cached) == 1 and np.load(cached[0]).shape == (1, data.n_images, len(MEASUREMENTS))  # one view
+    predictor = Predictor(artifact.path)
+    batch = np.stack([predictor.preprocess(img) for img in data.read_images(split.test[:3])])
+    raw, features = predictor.forward(batch)
+    np.testing.assert_allclose(raw, np.asarray(result["model"].predict(batch, verbose=0)), atol=1e-4)
+    assert predictor.has_ood and features.shape == (3, len(MEASUREMENTS))  # the OOD check scores the measurements
+    cam = GradCam(export.load_keras_model(artifact))
+    assert cam.layer_name == "sky_subtracted" and cam.heatmaps(batch, [0, 1, 2]).shape == (3, 32, 32)
+
+    config["train"]["mode"] = "finetune"
+    with pytest.raises(ValueError, match="morphology start has no weights to train: use train.mode head"):
+        steps.train(config, data, split, run_name="x", model_dir=root / "models" / "x",
+                    cache_dir=root / "data" / "cache", show_progress=False)
+
+
+@pytest.mark.slow
 def test_finetune_starts_from_a_previous_run_with_a_new_head(tiny_data):
     import keras
 

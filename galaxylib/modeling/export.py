@@ -22,20 +22,22 @@ def with_features_output(model):
     like the answer), which the out-of-distribution check scores. Same layers, same weights;
     the features are computed anyway, so the second output costs nothing at inference.
 
-    None for a model with no ``avg_pool`` layer, or a bare backbone that ends there.
+    None for a model with no features layer (``avg_pool`` or ``morphology``), or a bare
+    backbone that ends there.
     """
     import keras
 
-    from galaxylib.modeling.model import FEATURES_LAYER
+    from galaxylib.modeling.model import features_layer
     from galaxylib.modeling.orientation import inner_network, _layers
 
     network = inner_network(model) or model
-    if network.layers[-1].name == FEATURES_LAYER:
-        return None  # a bare backbone: its one output is the features
     try:
-        pooled = network.get_layer(FEATURES_LAYER).output
+        name = features_layer(network)
     except ValueError:
         return None
+    if network.layers[-1].name == name:
+        return None  # a bare backbone: its one output is the features
+    pooled = network.get_layer(name).output
     both = keras.Model(network.input, [network.output, pooled], name="classifier_with_features")
     if network is model:
         return both
@@ -110,6 +112,7 @@ def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str,
 def load_keras_model(artifact: Artifact):
     import keras
 
+    from galaxylib.modeling import morphology  # noqa: F401  (registers its layers for loading)
     from galaxylib.modeling.orientation import register
 
     register()  # an orientation-averaged model holds galaxylib's own layers

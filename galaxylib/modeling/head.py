@@ -15,17 +15,20 @@ from typing import Callable
 import numpy as np
 
 from galaxylib.files import atomic_path
-from galaxylib.modeling.model import backbone_of, head_on_features
+from galaxylib.modeling.model import backbone_of, features_layer, head_on_features
 from galaxylib.modeling.orientation import VIEWS, orient
 from galaxylib.modeling.training import TrainParams, class_weights, training_loss
 
 
 def view_features(model, images: np.ndarray, cache_file: Path | None = None, batch_size: int = 32,
-                  show_progress: bool = True, num_threads: int | None = None) -> np.ndarray:
-    """Pooled backbone features (8, N, F) of every image in each of the 8 views, cached in ``cache_file``."""
+                  show_progress: bool = True, num_threads: int | None = None,
+                  views: tuple = VIEWS) -> np.ndarray:
+    """Backbone features (V, N, F) of every image in each of ``views`` (all 8 by default),
+    cached in ``cache_file``. A backbone that ignores orientation needs only the first."""
     if cache_file is not None and cache_file.is_file():
         cached = np.load(cache_file, mmap_mode="r")
-        if cached.shape[:2] == (len(VIEWS), len(images)):
+        width = int(model.get_layer(features_layer(model)).output.shape[-1])
+        if cached.shape == (len(views), len(images), width):
             return np.asarray(cached)
     from ai_edge_litert.interpreter import Interpreter
     from tqdm import tqdm
@@ -39,9 +42,10 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
         interpreter = Interpreter(model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite", features=False)),
                                   num_threads=num_threads or default_threads())
     first, last = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-    out = np.zeros((len(VIEWS), len(images), int(backbone.output_shape[-1])), np.float32)
+    out = np.zeros((len(views), len(images), int(backbone.output_shape[-1])), np.float32)
     shape = None
-    with tqdm(total=len(VIEWS) * len(images), desc="Backbone features (8 views)", unit="img",
+    with tqdm(total=len(views) * len(images), desc=f"Backbone features ({len(views)} view{'s' * (len(views) > 1)})",
+              unit="img",
               disable=not show_progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
@@ -49,7 +53,7 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
                 interpreter.resize_tensor_input(first, [len(batch), size, size, 3])
                 interpreter.allocate_tensors()
                 shape = batch.shape
-            for v, view in enumerate(VIEWS):
+            for v, view in enumerate(views):
                 interpreter.set_tensor(first, np.ascontiguousarray(orient(batch, view)))
                 interpreter.invoke()
                 out[v, start:start + len(batch)] = interpreter.get_tensor(last)
@@ -62,45 +66,58 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
 
 def train_head(model, features: np.ndarray, labels: np.ndarray, split, params: TrainParams, n_classes: int,
                on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
-    """Fit the model's head on cached (8, N, F) features of the train rows; select on the val rows.
+    """Fit the model's head on cached (V, N, F) features of the train rows; select on the val rows.
 
     Every view of a training image is an example (the 8 orientations are the augmentation);
     ``balance`` weights or oversamples the rare classes as in full training.
     """
+    result = fit_head(head_on_features(model), features, labels, split.train, split.val, params, n_classes,
+                      on_epoch=on_epoch)
+    print(f"Head: {len(result.get('loss', []))} epochs on {len(split.train) * features.shape[0]:,} feature vectors "
+          f"(best val loss {min(result.get('val_loss', [float('nan')])):.4f}).")
+    return result
+
+
+def fit_head(head, features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray | None,
+             params: TrainParams, n_classes: int,
+             on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+    """Fit a head (a Keras model on the features) on ``train_rows``; the weights of the epoch with
+    the lowest loss on ``val_rows`` are kept (early stopping), or the last ones without ``val_rows``.
+
+    Shared by ``train_head`` and the cross-validation in bench/cv_real_heads.py (which passes no
+    ``val_rows``, so its held-out fold never picks an epoch): both fit heads the same way."""
     import keras
 
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
     views = features.shape[0]
-    train_x = features[:, split.train].reshape(-1, features.shape[-1])
-    train_y = np.tile(labels[split.train], views)
-    val_x = features[:, split.val].reshape(-1, features.shape[-1])
-    val_y = np.tile(labels[split.val], views)
-    loss = training_loss(params, labels[split.train], n_classes)
+    train_x = features[:, train_rows].reshape(-1, features.shape[-1])
+    train_y = np.tile(labels[train_rows], views)
+    loss = training_loss(params, labels[train_rows], n_classes)
     weights = None
     if params.balance == "class_weight":
-        weights = class_weights(labels[split.train], n_classes)
+        weights = class_weights(labels[train_rows], n_classes)
     elif params.balance == "oversample":
         counts = np.bincount(train_y, minlength=n_classes).astype(float)
         rng = np.random.default_rng(params.seed)
         p = 1.0 / counts[train_y]
         pick = rng.choice(len(train_y), size=len(train_y), p=p / p.sum())
         train_x, train_y = train_x[pick], train_y[pick]
-    head = head_on_features(model)
     norm = [layer for layer in head.layers if isinstance(layer, keras.layers.Normalization)]
     if norm:  # standardise the features with the train rows' statistics (part of the saved model)
-        norm[0].adapt(features[:, split.train].reshape(-1, features.shape[-1]))
+        norm[0].adapt(features[:, train_rows].reshape(-1, features.shape[-1]))
     steps = int(np.ceil(len(train_y) / int(params.head_batch_size))) * int(params.head_epochs)
     schedule = keras.optimizers.schedules.CosineDecay(float(params.head_learning_rate), decay_steps=max(1, steps))
     head.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
-    callbacks: list = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.head_patience),
-                                                     restore_best_weights=True)]
+    callbacks: list = []
+    validation = None
+    if val_rows is not None:
+        validation = (features[:, val_rows].reshape(-1, features.shape[-1]), np.tile(labels[val_rows], views))
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.head_patience),
+                                                       restore_best_weights=True))
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
-    history = head.fit(train_x, train_y, validation_data=(val_x, val_y), epochs=int(params.head_epochs),
+    history = head.fit(train_x, train_y, validation_data=validation, epochs=int(params.head_epochs),
                        batch_size=int(params.head_batch_size), class_weight=weights, shuffle=True,
                        callbacks=callbacks, verbose=0)
-    result = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    print(f"Head: {len(result.get('loss', []))} epochs on {len(train_y):,} feature vectors "
-          f"(best val loss {min(result.get('val_loss', [float('nan')])):.4f}).")
-    return result
+    return {k: [float(v) for v in vals] for k, vals in history.history.items()}

