@@ -4,7 +4,8 @@ train + validation rows of ../shared/gz1_coarse (the test rows are never touched
 Usage: .venv/bin/python bench/cv_real_heads.py [--repeats 3] [--sets morphology lite0 lite0+morphology]
 
 Feature sets: ``morphology`` (the 94 measurements of galaxylib/modeling/morphology.py, one
-view), ``lite0`` (ImageNet EfficientNet-Lite0's pooled features of the 8 views, as head mode
+view, at configs/finetune-cpu.yaml's size), ``lite0`` (ImageNet EfficientNet-Lite0's pooled
+features of the 8 views at 224 px, as head mode
 caches them; the first run computes them, ~5 minutes on 2 cores) and ``lite0+morphology`` (both,
 side by side). Each set is fitted with its own head recipe, ``galaxylib.modeling.head.fit_head``,
 as ``./train.sh`` fits it: the morphology recipe is configs/finetune-cpu.yaml's, the Lite0 one
@@ -35,6 +36,8 @@ def main() -> int:
     parser.add_argument("--label-column", default="coarse")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sets", nargs="*", default=["morphology", "lite0", "lite0+morphology"])
+    parser.add_argument("--cnn-size", type=int, default=224, help="image size for the Lite starts (the morphology "
+                                                                      "start uses configs/finetune-cpu.yaml's)")
     args = parser.parse_args()
 
     import keras
@@ -55,11 +58,12 @@ def main() -> int:
                          {"dataset": args.dataset, "data.label_column": args.label_column})
     data, split = steps.prepare_data(recipe, DATA_DIR, show_progress=False)
     labels = data.labels()
-    images = resized_cache(data, int(recipe["image_size"]), DATA_DIR / "cache", crop=float(recipe["crop"]))
 
     def features(start: str) -> np.ndarray:
-        params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": recipe["image_size"]})
-        cache = steps.features_cache_file(DATA_DIR / "cache", data, start, params.image_size, float(recipe["crop"]))
+        size = int(recipe["image_size"]) if start == "morphology" else args.cnn_size
+        images = resized_cache(data, size, DATA_DIR / "cache", crop=float(recipe["crop"]))
+        params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": size})
+        cache = steps.features_cache_file(DATA_DIR / "cache", data, start, size, float(recipe["crop"]))
         views = VIEWS[:1] if start == "morphology" else VIEWS
         return view_features(build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"), images,
                              cache_file=cache, views=views)

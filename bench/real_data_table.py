@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The CNN starts keep the head recipe chosen for them (Dense 256, Dropout 0.5, 8 passes over the
+# The CNN starts keep the size and head recipe chosen for them (224 px, Dense 256, Dropout 0.5, 8 passes over the
 # 8 views, tau 1.5, the answer averaged over the views); configs/finetune-cpu.yaml's own head
 # (Dense 64, 110 epochs, tau 1.25) is the morphology start's.
-CNN_HEAD = {"model.dense_units": [256], "model.dropout": 0.5, "train.head_epochs": 8, "train.head_patience": 25,
+CNN_HEAD = {"image_size": 224, "model.dense_units": [256], "model.dropout": 0.5, "train.head_epochs": 8, "train.head_patience": 25,
             "train.logit_adjust_tau": 1.5, "model.average_orientations": True}
 ROWS = {
     "morphology-head": {"model.weights": "morphology", "train.mode": "head"},

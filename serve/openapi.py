@@ -47,8 +47,8 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
             "title": "Galaxy10 DECaLS morphology classifier",
             "version": "1.0.0",
             "description": (
-                "Classify galaxy cutouts (JPEG/PNG) into the ten Galaxy10 DECaLS classes with an "
-                "EfficientNetB0 model; every prediction is stored and can be audited. Errors are "
+                "Classify galaxy cutouts (JPEG/PNG) into the served model's classes (Galaxy10 DECaLS' "
+                "ten by default); every prediction is stored and can be audited. Errors are "
                 "always `{\"error\": {\"code\", \"message\"}}`."),
         },
         "paths": {

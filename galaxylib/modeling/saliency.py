@@ -9,8 +9,8 @@ Grad-CAM (Selvaraju et al. 2017): weight each channel of the last convolutional
 feature map by the mean gradient of the class score, sum, keep the positive part.
 In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``), in
 EfficientNet-Lite ``head_activation``: ``image_size / 32`` pixels on a side, 7x7 at 224 px. The
-morphology backbone (galaxylib/modeling/morphology.py) has no convolutions: its map is its
-``sky_subtracted`` input, weighted per colour by the gradient, at full resolution. For an
+morphology backbone (galaxylib/modeling/morphology.py) has no convolutions: its map is gradient
+x input on its ``sky_subtracted`` image, at full resolution. For an
 orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
 network's maps for the 8 views, each turned back to the input's orientation.
 """
@@ -51,6 +51,9 @@ class GradCam:
         if len(layer.output.shape) != 4:
             raise SaliencyError(f"layer {layer_name!r} is not a convolutional feature map")
         self.image_size = int(model.input_shape[1])
+        # An image-like map (the morphology backbone's 3 colours) gets gradient x input per pixel:
+        # Grad-CAM's one weight per channel would only re-colour the galaxy's own light.
+        self.per_pixel = int(layer.output.shape[-1]) <= 3
         # One forward pass gives both the feature map and the class probabilities.
         self._grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
 
@@ -99,6 +102,8 @@ class GradCam:
             # image's own gradient in a single backward pass.
             score = tf.reduce_sum(tf.gather(probs, classes, axis=1, batch_dims=1))
         grads = tape.gradient(score, features)
+        if self.per_pixel:
+            return tf.nn.relu(tf.reduce_sum(grads * features, axis=-1)).numpy().astype(np.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
         return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy().astype(np.float32)
 
