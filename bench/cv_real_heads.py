@@ -40,15 +40,13 @@ def main() -> int:
                                                                       "start uses configs/finetune-cpu.yaml's)")
     args = parser.parse_args()
 
-    import keras
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
     from sklearn.model_selection import StratifiedKFold
 
     from galaxylib.config import DATA_DIR
     from galaxylib.data.galaxy10 import resized_cache
-    from galaxylib.modeling.head import fit_head, view_features
-    from galaxylib.modeling.model import ModelParams, _head_layers, build_model
-    from galaxylib.modeling.orientation import VIEWS
+    from galaxylib.modeling.head import feature_views, fit_head, view_features
+    from galaxylib.modeling.model import ModelParams, build_head, build_model
     from galaxylib.modeling.training import TrainParams
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
@@ -64,9 +62,8 @@ def main() -> int:
         images = resized_cache(data, size, DATA_DIR / "cache", crop=float(recipe["crop"]))
         params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": size})
         cache = steps.features_cache_file(DATA_DIR / "cache", data, start, size, float(recipe["crop"]))
-        views = VIEWS[:1] if start == "morphology" else VIEWS
         return view_features(build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"), images,
-                             cache_file=cache, views=views)
+                             cache_file=cache, views=feature_views(start))
 
     def head_config(cnn: bool) -> dict:
         overrides = {k: v for k, v in CNN_HEAD.items() if cnn}
@@ -95,11 +92,7 @@ def main() -> int:
                 probs = np.zeros((len(labels), n_classes))
                 folds = StratifiedKFold(5, shuffle=True, random_state=repeat).split(pool, labels[pool])
                 for fold_train, fold_test in folds:
-                    inputs = keras.Input((x.shape[-1],))
-                    out = inputs
-                    for layer in _head_layers(model_params, n_classes):
-                        out = layer(out)
-                    head = keras.Model(inputs, out)
+                    head = build_head(model_params, x.shape[-1], n_classes)
                     fit_head(head, x, labels, pool[fold_train], None, train_params, n_classes)
                     rows = pool[fold_test]
                     probs[rows] = np.mean([head.predict(x[v, rows], verbose=0, batch_size=1024)

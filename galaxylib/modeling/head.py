@@ -15,9 +15,15 @@ from typing import Callable
 import numpy as np
 
 from galaxylib.files import atomic_path
-from galaxylib.modeling.model import backbone_of, features_layer, head_on_features
+from galaxylib.modeling.model import MORPHOLOGY, backbone_of, features_layer, head_on_features
 from galaxylib.modeling.orientation import VIEWS, orient
 from galaxylib.modeling.training import TrainParams, class_weights, training_loss
+
+
+def feature_views(start: str) -> tuple:
+    """The views head mode computes for a start: all 8, or one for the morphology
+    measurements, which are the same in every orientation."""
+    return VIEWS[:1] if start == MORPHOLOGY else VIEWS
 
 
 def view_features(model, images: np.ndarray, cache_file: Path | None = None, batch_size: int = 32,

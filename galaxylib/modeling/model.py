@@ -166,6 +166,18 @@ def _head_layers(params: ModelParams, n_classes: int) -> list:
     return layers
 
 
+def build_head(params: ModelParams, n_features: int, n_classes: int):
+    """The head alone, on a feature vector of ``n_features``: for fitting heads on any features
+    (bench/cv_real_heads.py); ``build_model`` puts the same layers on a backbone."""
+    import keras
+
+    inputs = keras.Input((int(n_features),), name="features")
+    x = inputs
+    for layer in _head_layers(params, n_classes):
+        x = layer(x)
+    return keras.Model(inputs, x, name="head")
+
+
 def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_cache: Path | None = None):
     """Backbone + head as one flat Keras model (its layers are the backbone's, then the head's)."""
     import keras

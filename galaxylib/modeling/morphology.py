@@ -23,6 +23,8 @@ its own rotation), so orientation averaging changes nothing and can stay off.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 import keras
@@ -76,6 +78,33 @@ def _radius(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xx, yy, np.hypot(xx, yy) / (size / 2)
 
 
+@functools.lru_cache(maxsize=8)
+def _constants(size: int) -> dict[str, np.ndarray]:
+    """The masks, grids and Fourier bases for one image size, built once (not per call: Grad-CAM
+    and other eager calls run the layers again for every request)."""
+    xx, yy, r = _radius(size)
+    column = lambda m: m.reshape(-1, 1).astype(np.float32)  # noqa: E731
+    theta = np.arctan2(yy, xx)
+    fourier = []
+    for a, b in FOURIER_RINGS:
+        ring = ((r >= a) & (r < b)).astype(np.float32)
+        basis = np.stack([ring] + [ring * f(m * theta) for m in FOURIER_MODES for f in (np.cos, np.sin)])
+        fourier.append(basis.reshape(len(basis), -1).T.astype(np.float32))
+    rings = np.stack([(r >= a) & (r < b) for a, b in zip(ANNULI[:-1], ANNULI[1:])]).astype(np.float32)
+    return {
+        "border": (r > SKY_RADIUS).astype(np.float32).reshape(1, size, size, 1),
+        "rings": rings.reshape(len(rings), -1).T.copy(),                      # (s*s, rings)
+        "asymmetry": [column(r < radius) for radius in ASYMMETRY_RADII],
+        "clumpy": [column(r < radius) for radius in CLUMPY_RADII],
+        "moment": (r < MOMENT_RADIUS).astype(np.float32),
+        "centre": (r < CENTRE_RADIUS).astype(np.float32),
+        "peak_rings": [((r > a) & (r < b)).astype(np.float32) for a, b in PEAK_RANGES],
+        "coords": np.stack([xx.ravel(), yy.ravel(), xx.ravel() ** 2, yy.ravel() ** 2,
+                            (xx * yy).ravel()], axis=1).astype(np.float32),
+        "fourier": fourier,
+    }
+
+
 def _box(size: int, box: int) -> int:
     """A box size in pixels at 224 px, scaled to this size and kept odd (a centred box)."""
     k = max(1, int(round(box * size / 224)))
@@ -87,8 +116,7 @@ class SkySubtracted(keras.layers.Layer):
     """(N, s, s, 3) -> the same, minus each channel's mean over the border, clipped at 0."""
 
     def call(self, images):
-        size = int(images.shape[1])
-        border = (_radius(size)[2] > SKY_RADIUS).astype(np.float32).reshape(1, size, size, 1)
+        border = _constants(int(images.shape[1]))["border"]
         sky = ops.sum(images * border, axis=(1, 2), keepdims=True) / float(border.sum())
         return ops.relu(images - sky)
 
@@ -102,16 +130,15 @@ class MorphologyMeasurements(keras.layers.Layer):
 
     def call(self, x):
         size = int(x.shape[1])
-        xx, yy, r = _radius(size)
+        const = _constants(size)
         flat = lambda a: ops.reshape(a, (-1, size * size))  # noqa: E731
         lum = ops.sum(x, axis=-1)                       # (N, s, s)
         lum_flat = flat(lum)
         total = ops.sum(lum_flat, axis=1) + 1e-3
-        masked_sum = lambda a, m: ops.matmul(flat(a), m.reshape(-1, 1).astype(np.float32))[:, 0]  # noqa: E731
+        masked_sum = lambda a, m: ops.matmul(flat(a), m)[:, 0]  # noqa: E731  (m: a (s*s, 1) mask)
         out = []
 
-        rings = np.stack([(r >= a) & (r < b) for a, b in zip(ANNULI[:-1], ANNULI[1:])]).astype(np.float32)
-        rings = rings.reshape(len(rings), -1).T          # (s*s, rings)
+        rings = const["rings"]
         ring_lum = ops.matmul(lum_flat, rings)
         ring_red = ops.matmul(flat(x[..., 0]), rings)
         ring_blue = ops.matmul(flat(x[..., 2]), rings)
@@ -125,41 +152,34 @@ class MorphologyMeasurements(keras.layers.Layer):
         rot180 = ops.flip(lum, axis=(1, 2))
         rot90 = ops.flip(ops.transpose(lum, (0, 2, 1)), axis=1)
         smooth180 = ops.flip(smooth, axis=(1, 2))
-        for radius in ASYMMETRY_RADII:
-            m = r < radius
+        for m in const["asymmetry"]:
             den = masked_sum(lum, m) + 1
             out += [masked_sum(ops.abs(lum - rot180), m) / den, masked_sum(ops.abs(lum - rot90), m) / den,
                     masked_sum(ops.abs(smooth - smooth180), m) / den]
         for box in CLUMPY_SCALES:
             residual = ops.relu(lum - self._box_mean(lum, _box(size, box)))
-            for radius in CLUMPY_RADII:
-                m = r < radius
+            for m in const["clumpy"]:
                 out.append(masked_sum(residual, m) / (masked_sum(lum, m) + 1))
 
-        w = lum * (r < MOMENT_RADIUS).astype(np.float32)
+        w = lum * const["moment"]
         w_max = ops.max(flat(w), axis=1)[:, None, None]
         for t in MOMENT_THRESHOLDS:
             above = ops.cast(w > t * w_max, "float32")
-            out += self._moments(w * above, xx, yy, size)
+            out += self._moments(w * above, const["coords"], size)
             out.append(ops.mean(flat(above), axis=1))
 
-        centre = (r < CENTRE_RADIUS).astype(np.float32)
-        centre_max = ops.max(flat(smooth * centre), axis=1) + 1
-        for a, b in PEAK_RANGES:
-            ring = ((r > a) & (r < b)).astype(np.float32)
+        centre_max = ops.max(flat(smooth * const["centre"]), axis=1) + 1
+        for ring in const["peak_rings"]:
             out.append(ops.max(flat(smooth * ring), axis=1) / centre_max)
         out.append(ops.log(centre_max))
         out.append(ops.log(total))
-        border = (r > SKY_RADIUS).astype(np.float32).reshape(1, size, size, 1)
+        border = const["border"]
         n_border = float(border.sum())
         mean = ops.sum(x * border, axis=(1, 2)) / n_border
         var = ops.relu(ops.sum(ops.square(x) * border, axis=(1, 2)) / n_border - ops.square(mean))
         out.append(ops.log(ops.mean(ops.sqrt(var + 1e-6), axis=1) + 1))
-        theta = np.arctan2(yy, xx)
-        for a, b in FOURIER_RINGS:
-            ring = ((r >= a) & (r < b)).astype(np.float32)
-            basis = np.stack([ring] + [ring * f(m * theta) for m in FOURIER_MODES for f in (np.cos, np.sin)])
-            proj = ops.matmul(lum_flat, basis.reshape(len(basis), -1).T.astype(np.float32))
+        for basis in const["fourier"]:
+            proj = ops.matmul(lum_flat, basis)
             for i in range(len(FOURIER_MODES)):
                 out.append(ops.sqrt(ops.square(proj[:, 1 + 2 * i]) + ops.square(proj[:, 2 + 2 * i]) + 1e-6)
                            / (proj[:, 0] + 1))
@@ -170,11 +190,9 @@ class MorphologyMeasurements(keras.layers.Layer):
         return ops.average_pool(lum[..., None], box, strides=1, padding="same")[..., 0]
 
     @staticmethod
-    def _moments(w, xx, yy, size: int) -> list:
+    def _moments(w, coords: np.ndarray, size: int) -> list:
         """Axis ratio, log size and centroid offset of the light ``w`` (second moments)."""
         flat = ops.reshape(w, (-1, size * size))
-        coords = np.stack([xx.ravel(), yy.ravel(), xx.ravel() ** 2, yy.ravel() ** 2,
-                           (xx * yy).ravel()], axis=1).astype(np.float32)
         weight = ops.sum(flat, axis=1) + 1e-3
         m = ops.matmul(flat, coords) / weight[:, None]
         mx, my = m[:, 0], m[:, 1]

@@ -33,9 +33,9 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
 
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.export import save_artifact
-    from galaxylib.modeling.head import train_head, view_features
+    from galaxylib.modeling.head import feature_views, train_head, view_features
     from galaxylib.modeling.model import MORPHOLOGY, ModelParams, build_model, compile_model, describe_weights
-    from galaxylib.modeling.orientation import VIEWS, with_orientation_average
+    from galaxylib.modeling.orientation import with_orientation_average
     from galaxylib.artifact import read_artifact, update_metrics
     from galaxylib.modeling.training import MODES, TrainParams, train_model
     from galaxylib.pipeline.trust import fit_trust
@@ -58,7 +58,7 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     else:
         features = view_features(model, images, show_progress=show_progress,
                                  cache_file=features_cache_file(cache_dir, data, start, model_params.image_size, crop),
-                                 views=VIEWS[:1] if start == MORPHOLOGY else VIEWS)  # its measurements ignore orientation
+                                 views=feature_views(start))
         history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
         if train_params.mode == "finetune":
             compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
@@ -76,7 +76,7 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
         metrics={"epochs_run": len(history.get("loss", []))},
         synthetic=data.synthetic, crop=crop,
         architecture=_architecture(start, train_params.mode))
-    # A frozen backbone's features are the cached ones (mean over the 8 views, like the export's
+    # A frozen backbone's features are the cached ones (mean over the views, like the export's
     # second output), so head mode fits the OOD statistics without another pass over train.
     train_features = features.mean(axis=0)[split.train] if train_params.mode == "head" else None
     trust = fit_trust(data, split, model_dir, cache_dir, seed=int(config["seed"]), train_features=train_features,
@@ -92,7 +92,9 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
 
 def features_cache_file(cache_dir: Path, data: Galaxy10File, start: str, image_size: int, crop: float) -> Path:
     """Where head mode caches a start's backbone features of a dataset at a size and crop."""
-    if start == "morphology":
+    from galaxylib.modeling.model import MORPHOLOGY
+
+    if start == MORPHOLOGY:
         from galaxylib.modeling.morphology import VERSION
 
         start = f"morphology-v{VERSION}"  # the measurements are code, not weights
@@ -101,7 +103,9 @@ def features_cache_file(cache_dir: Path, data: Galaxy10File, start: str, image_s
 
 
 def _architecture(start: str, mode: str) -> str:
-    if start == "morphology":
+    from galaxylib.modeling.model import MORPHOLOGY
+
+    if start == MORPHOLOGY:
         return f"morphology measurements + MLP head ({mode} training)"
     network = "EfficientNet-" + start.title() if start.startswith("lite") else "EfficientNetB0"
     return f"{network} ({start} start, {mode} training)"
