@@ -64,8 +64,8 @@ class Metrics:
             predictions=Counter("galaxy_predictions", "Stored predictions, by predicted class and the "
                                 "out-of-distribution verdict (unknown: the model has no check)",
                                 ["predicted_class", "in_distribution"], registry=registry),
-            confidence=Histogram("galaxy_prediction_confidence", "Confidence (top probability) of stored predictions",
-                                 buckets=CONFIDENCE_BUCKETS, registry=registry),
+            confidence=Histogram("galaxy_prediction_confidence", "Confidence of stored predictions (the "
+                                 "calibrated probability of the reported class)", buckets=CONFIDENCE_BUCKETS, registry=registry),
             # An info-style gauge: prometheus_client's Info does not work across processes. "livemax" merges
             # the workers into one series and drops a dead worker's file (gunicorn.conf.py's child_exit).
             model_info=Gauge("galaxy_model_info", "The served model version (always 1)", ["model_version"],

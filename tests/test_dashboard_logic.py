@@ -342,3 +342,19 @@ def test_a_flagged_image_gets_a_warning_on_its_card_and_keeps_its_class():
     rows = [{"filename": "cat.jpg", "predicted_class": "smooth", "confidence": 0.8, "created_at": None,
              "metadata": {"source": "api"}, "in_distribution": False}]
     assert "not like the training cutouts" in history_html(rows, 1, {"smooth": 1}, "sqlite", ["smooth", "merger"])
+
+
+def test_a_balanced_call_that_is_not_the_most_probable_class_says_so_on_its_card():
+    from galaxylib.apps.dashboard.render import prediction_html
+    from galaxylib.apps.dashboard.uploads import Outcome, Upload
+    from galaxylib.inference.classify import Classified
+    from galaxylib.inference.predictor import Prediction
+
+    def card(probabilities, predicted):
+        p = Prediction(class_index=0, predicted_class=predicted, confidence=probabilities[predicted],
+                       probabilities=probabilities, model_version="m", top_classes=[])
+        return prediction_html(Outcome(upload=Upload("g.jpg", b"", 0), result=Classified(name="g.jpg", prediction=p)))
+
+    page = card({"smooth": 0.7, "merger": 0.17, "spiral": 0.13}, "merger")
+    assert "Most probable: <b>smooth</b> (70.00%)" in page and ">merger<" in page
+    assert "Most probable" not in card({"smooth": 0.7, "merger": 0.3}, "smooth")

@@ -6,9 +6,9 @@ import pytest
 
 from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
 from galaxylib.evaluation.ood_cases import FAR_OOD, PHOTOS, far_ood_cases, shifted_cases
-from galaxylib.inference.trust import (KNearest, Mahalanobis, MaxSoftmax, PixelGaussian, TrustCheck, apply_temperature,
-                                       auroc, fit_temperature, load_scorer, negative_log_likelihood, pixel_statistics,
-                                       threshold_for)
+from galaxylib.inference.calibration import apply_temperature, fit_temperature, negative_log_likelihood
+from galaxylib.inference.trust import (KNearest, Mahalanobis, MaxSoftmax, PixelGaussian, TrustCheck, auroc, load_scorer,
+                                       pixel_statistics, threshold_for)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

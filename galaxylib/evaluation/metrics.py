@@ -10,10 +10,20 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 from galaxylib.classes import CLASS_NAMES, COARSE_NAMES, COARSE_OF_CLASS
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list[dict]]:
-    """ECE over equal-width confidence bins, plus the bins for a reliability plot."""
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == y_true
+def _decided(probs: np.ndarray, decisions: np.ndarray | None) -> np.ndarray:
+    return probs.argmax(axis=1) if decisions is None else np.asarray(decisions, dtype=np.int64)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15,
+                               decisions: np.ndarray | None = None) -> tuple[float, list[dict]]:
+    """ECE over equal-width confidence bins, plus the bins for a reliability plot.
+
+    The confidence of a row is the probability of its reported class, ``decisions`` (the argmax
+    when None): a calibration with a class bias may report a class that is not the most probable."""
+    probs = np.asarray(probs, dtype=np.float64)
+    decided = _decided(probs, decisions)
+    conf = probs[np.arange(len(probs)), decided]
+    correct = decided == np.asarray(y_true)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece, bins = 0.0, []
     for lo, hi in zip(edges[:-1], edges[1:]):
@@ -27,7 +37,8 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def ece_noise_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed: int = 0) -> dict[str, float]:
+def ece_noise_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed: int = 0,
+                    decisions: np.ndarray | None = None) -> dict[str, float]:
     """The ECE a *perfectly* calibrated model with these probabilities would show on this many cutouts.
 
     Each draw takes labels at random from ``probs`` themselves (so the model is calibrated by
@@ -43,19 +54,23 @@ def ece_noise_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed:
     for _ in range(draws):
         u = rng.random((len(probs), 1))
         labels = np.minimum((u > cumulative).sum(axis=1), probs.shape[1] - 1)
-        values.append(expected_calibration_error(labels, probs, n_bins)[0])
+        values.append(expected_calibration_error(labels, probs, n_bins, decisions)[0])
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "draws": int(draws)}
 
 
-def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
-    """Everything the evaluation report shows, as plain JSON-able values, for the model's classes."""
+def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
+             decisions: np.ndarray | None = None) -> dict[str, Any]:
+    """Everything the evaluation report shows, as plain JSON-able values, for the model's classes.
+
+    ``decisions``: the reported classes (``TrustCheck.decide``); the argmax of ``probs`` when None."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(axis=1)
+    y_pred = _decided(probs, decisions)
     labels = list(range(len(class_names)))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
-    ece, bins = expected_calibration_error(y_true, probs)
+    confidence = probs[np.arange(len(probs)), y_pred]
+    ece, bins = expected_calibration_error(y_true, probs, decisions=y_pred)
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -65,10 +80,13 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] =
         "reliability": bins,
         "per_class": [
             {"class_index": i, "class_name": class_names[i], "precision": float(precision[i]),
-             "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+             "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]),
+             # calibrated: close to the precision (how often the class is right when reported)
+             "mean_confidence": float(confidence[y_pred == i].mean()) if (y_pred == i).any() else None}
             for i in labels
         ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "predicted": [int(c) for c in y_pred],
         "misclassified": [int(i) for i in np.flatnonzero(y_pred != y_true)],
     }
 

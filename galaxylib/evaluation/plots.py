@@ -110,11 +110,11 @@ def reliability(bins: list[dict], ece: float, path=None):
 
 
 def reliability_before_after(before: list[dict], ece_before: float, after: list[dict], ece_after: float,
-                             temperature: float, path=None):
-    """The reliability diagram of the raw answer beside the temperature-scaled one."""
+                             temperature: float, path=None, with_bias: bool = False):
+    """The reliability diagram of the raw answer beside the calibrated one."""
     fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.2), sharey=True)
     _reliability_axes(axes[0], before, f"Before scaling (ECE = {ece_before:.3f})")
-    _reliability_axes(axes[1], after, f"After, T = {temperature:.2f} (ECE = {ece_after:.3f})")
+    _reliability_axes(axes[1], after, f"After, T = {temperature:.2f}{' + class bias' if with_bias else ''} (ECE = {ece_after:.3f})")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -130,7 +130,7 @@ class Predictor:
 
     def to_prediction(self, probs: np.ndarray, ood_score: float | None = None) -> Prediction:
         probs = np.asarray(probs, dtype=np.float64)
-        idx = int(np.argmax(probs))
+        idx = int(self.trust.decide(probs[None])[0])  # the model's own class; calibration never changes it
         order = np.argsort(-probs)[:TOP_K]
         names = self.class_names
         known = ood_score is not None and self.trust.threshold is not None

@@ -3,9 +3,10 @@
 Both are fitted once after training (``galaxylib.pipeline.trust``) on the served model's own
 outputs and travel in the artifact; the Predictor applies them here, in NumPy, so the LiteRT
 path needs no TensorFlow:
-- **Temperature scaling** (Guo et al. 2017): ``softmax(log p / T)``, with one T fitted on the
-  validation split. It rescales confidence without changing any predicted class. With
-  orientation averaging it calibrates the averaged answer, the one every entry point reports.
+- **Calibration** (``galaxylib.inference.calibration``): ``softmax(log p / T + b)``, T and, for a
+  model trained to balance its classes, a class bias, fitted on the validation split. It never
+  changes the reported class. With orientation averaging it calibrates the averaged answer, the
+  one every entry point reports.
 - **An OOD score** on the model's pooled backbone features (its TFLite export's second
   output), larger for inputs less like the training cutouts. ``in_distribution`` is
   ``score <= threshold``, the threshold set on validation so that, with 99 % confidence, at
@@ -27,49 +28,13 @@ from typing import Protocol
 
 import numpy as np
 
+from galaxylib.inference.calibration import apply_calibration, decide
+
 OOD_FILE = "ood.npz"
 KEEP_FRACTION = 0.95  # at least this share of in-distribution cutouts is kept in by the threshold
 CONFIDENCE = 0.99  # ... with this confidence, judged from the validation split (threshold_for; docs/trust.md: 0.9 flagged
 # over 5 % of test cutouts in 2 of 4 quick runs)
 METHODS = ("mahalanobis", "knn", "max_softmax", "pixels")
-
-
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """``softmax(log p / T)`` row by row, computed as ``p ** (1/T)`` normalised (the same thing
-    in four NumPy calls: a served image pays for each one). T = 1 returns them as they are."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if temperature == 1.0:
-        return probs
-    out = np.power(np.maximum(probs, 1e-12), 1.0 / float(temperature))  # max p >= 1/C: the sum never underflows
-    return out / out.sum(axis=-1, keepdims=True)
-
-
-def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
-    probs = np.asarray(probs, dtype=np.float64)
-    picked = probs[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
-
-
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] that minimises the NLL of ``labels``: a log grid, then golden section."""
-    if len(labels) == 0:
-        raise ValueError("no examples to fit a temperature on")
-
-    def loss(log_t: float) -> float:
-        return negative_log_likelihood(apply_temperature(probs, math.exp(log_t)), labels)
-
-    grid = np.linspace(math.log(0.05), math.log(20.0), 61)
-    best = int(np.argmin([loss(g) for g in grid]))
-    lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    for _ in range(40):
-        if loss(a) < loss(b):
-            hi = b
-        else:
-            lo = a
-        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    return float(math.exp((lo + hi) / 2))
 
 
 class OODScorer(Protocol):
@@ -317,11 +282,13 @@ def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class TrustCheck:
-    """What an artifact carries: its temperature, and its OOD scorer with the threshold."""
+    """What an artifact carries: its calibration (T, and a class bias or None), and its OOD scorer
+    with the threshold."""
 
     temperature: float = 1.0
     scorer: OODScorer | None = None
     threshold: float | None = None
+    bias: tuple[float, ...] | None = None
 
     @property
     def has_ood(self) -> bool:
@@ -337,7 +304,11 @@ class TrustCheck:
         return self.has_ood and self.scorer.method in ("mahalanobis", "knn")
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
-        return apply_temperature(probs, self.temperature)
+        return apply_calibration(probs, self.temperature, self.bias)
+
+    def decide(self, calibrated: np.ndarray) -> np.ndarray:
+        """The reported class of each row of calibrated probabilities (the model's own argmax)."""
+        return decide(calibrated, self.bias)
 
     def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray,
                    pixels: np.ndarray | None = None) -> np.ndarray | None:
@@ -348,9 +319,11 @@ class TrustCheck:
 
 def trust_from_sidecar(sidecar: dict, folder: Path) -> TrustCheck:
     """The TrustCheck an artifact's sidecar describes; an artifact from before it has T = 1 and no OOD."""
-    temperature = float(sidecar.get("calibration", {}).get("temperature", 1.0))
+    calibration = sidecar.get("calibration", {})
+    temperature = float(calibration.get("temperature", 1.0))
+    bias = tuple(float(b) for b in calibration["bias"]) if calibration.get("bias") is not None else None
     ood = sidecar.get("ood")
     if not ood:
-        return TrustCheck(temperature)
+        return TrustCheck(temperature, bias=bias)
     scorer = load_scorer(str(ood["method"]), folder / OOD_FILE if ood.get("file") else None)
-    return TrustCheck(temperature, scorer, float(ood["threshold"]))
+    return TrustCheck(temperature, scorer, float(ood["threshold"]), bias)

@@ -81,7 +81,8 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
     train_features = features.mean(axis=0)[split.train] if train_params.mode == "head" else None
     trust = fit_trust(data, split, model_dir, cache_dir, seed=int(config["seed"]), train_features=train_features,
                       n_cases=int(config["evaluate"].get("ood_cases", 40)), show_progress=show_progress)
-    val = evaluate(labels[split.val], trust.pop("val_probs"), data.class_names)  # the served model, calibrated
+    val = evaluate(labels[split.val], trust.pop("val_probs"), data.class_names,  # the served model, calibrated
+                   decisions=trust.pop("val_decisions"))
     update_metrics(model_dir, {"val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"],
                                "val_balanced_accuracy": val["balanced_accuracy"], "val_ece": val["ece"]})
     artifact = read_artifact(model_dir)
@@ -185,7 +186,7 @@ def orientation_agreement(predictor, images: np.ndarray) -> dict[str, Any]:
     from galaxylib.modeling.orientation import VIEWS, orient
 
     probs = np.stack([predictor.predict_arrays(orient(images, view)) for view in VIEWS])
-    classes = probs.argmax(axis=2)
+    classes = np.stack([predictor.trust.decide(p) for p in probs])
     return {"n": int(len(images)), "views": len(VIEWS),
             "max_abs_diff": float(np.abs(probs - probs[0]).max()),
             "same_class_in_every_view": float((classes == classes[0]).all(axis=0).mean())}

@@ -1,7 +1,8 @@
 """Fit and judge the artifact's calibration and out-of-distribution check (issue 13).
 
 ``fit_trust`` runs after training, on the served model itself (its TFLite export through the
-Predictor): the temperature on the validation split, each OOD scorer on train features, the
+Predictor): the calibration on the validation split (a temperature, and a class bias where
+cross-validation there says it helps), each OOD scorer on train features, the
 choice between scorers on validation cutouts against the ``selection`` half of the far-OOD
 cases, and the threshold that keeps at least 95 % of in-distribution cutouts in, with 99 %
 confidence (``threshold_for``). The result
@@ -22,8 +23,9 @@ from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_e
 from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
 from galaxylib.inference.predictor import Predictor
-from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, apply_temperature, auroc, fit_scorer,
-                                       fit_temperature, negative_log_likelihood, pixel_statistics, threshold_for)
+from galaxylib.inference.calibration import apply_calibration, fit_calibration, negative_log_likelihood
+from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, auroc, fit_scorer, pixel_statistics,
+                                       threshold_for)
 from galaxylib.preprocessing import preprocess_image
 
 
@@ -69,7 +71,8 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     ``train_features``: the served model's features of every train row, when the caller has them
     (head mode's cache); otherwise up to ``max_train`` train rows go through the model. ``methods``:
     the scorers to choose between (a bench pins one). Returns the
-    report, with the calibrated validation probabilities under ``val_probs``."""
+    report, with the calibrated validation probabilities under ``val_probs`` and the reported
+    classes under ``val_decisions``."""
     predictor = Predictor(model_dir, trust=False)  # a refit starts from the model's own answers
     images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     labels = data.labels()
@@ -77,13 +80,15 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     train_rows = split.train if train_features is not None else _sample(split.train, max_train, seed)
     val_raw, val_features = served_outputs(predictor, images[split.val], progress=bar and bar.format("validation"))
     y_val = labels[split.val]
-    temperature = fit_temperature(val_raw, y_val)
-    val_probs = apply_temperature(val_raw, temperature)
+    fitted = fit_calibration(val_raw, y_val, seed=seed)
+    temperature, bias = fitted["temperature"], fitted["bias"]
+    val_probs = apply_calibration(val_raw, temperature, bias)
+    val_decisions = val_raw.argmax(axis=1)  # calibration never changes the reported class
     calibration = {
-        "temperature": temperature, "fitted_on": "validation", "n": int(len(y_val)),
+        **fitted, "fitted_on": "validation", "n": int(len(y_val)),
         "val_nll_before": negative_log_likelihood(val_raw, y_val), "val_nll_after": negative_log_likelihood(val_probs, y_val),
         "val_ece_before": expected_calibration_error(y_val, val_raw)[0],
-        "val_ece_after": expected_calibration_error(y_val, val_probs)[0],
+        "val_ece_after": expected_calibration_error(y_val, val_probs, decisions=val_decisions)[0],
     }
     methods = methods if val_features is not None else tuple(m for m in methods if m in ("max_softmax", "pixels"))
     methods = methods or ("max_softmax",)
@@ -97,7 +102,7 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     train_pixels = val_pixels = case_pixels = None
     if "pixels" in methods:
         train_pixels, val_pixels, case_pixels = pixels_of(images, train_rows), pixels_of(images, split.val), pixels_of(case_inputs)
-    case_probs = apply_temperature(case_raw, temperature)
+    case_probs = apply_calibration(case_raw, temperature, bias)
     selection: dict[str, dict[str, float]] = {}
     scorers = {}
     for method in methods:
@@ -125,27 +130,33 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
            "selection": selection}
     add_to_artifact(model_dir, {"calibration": calibration, "ood": ood}, new_files=(OOD_FILE,) if arrays else (),
                     removed_files=() if arrays else (OOD_FILE,))  # a refit may drop an older scorer's file
-    return {"calibration": calibration, "ood": ood, "val_probs": val_probs}
+    return {"calibration": calibration, "ood": ood, "val_probs": val_probs, "val_decisions": val_decisions}
 
 
 def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_dir: Path, *, seed: int = 0,
                 n_cases: int = 40, near_ood: dict[str, np.ndarray] | None = None,
                 show_progress: bool = True) -> dict[str, Any]:
-    """Calibration before and after on test, and the OOD check on test against every case."""
+    """Calibration before and after on test, and the OOD check on test against every case.
+
+    ``probs`` are the calibrated test probabilities and ``decisions`` the reported classes."""
     images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     y_test = data.labels()[split.test]
     bar = "Served model on {}" if show_progress else None
     raw, features = served_outputs(predictor, images[split.test], progress=bar and bar.format("test"))
     probs = predictor.trust.calibrate(raw)
+    decisions = predictor.trust.decide(probs)
     ece_before, bins_before = expected_calibration_error(y_test, raw)
-    ece_after, bins_after = expected_calibration_error(y_test, probs)
+    ece_after, bins_after = expected_calibration_error(y_test, probs, decisions=decisions)
+    bias = predictor.trust.bias
     report: dict[str, Any] = {
         "temperature": predictor.trust.temperature,
+        "bias": None if bias is None else list(bias),
         "calibration": {"ece_before": ece_before, "ece_after": ece_after,
                         "nll_before": negative_log_likelihood(raw, y_test), "nll_after": negative_log_likelihood(probs, y_test),
-                        "ece_noise_floor": ece_noise_floor(probs, seed=seed),
+                        "ece_noise_floor": ece_noise_floor(probs, seed=seed, decisions=decisions),
                         "reliability_before": bins_before, "reliability_after": bins_after},
         "probs": probs,
+        "decisions": decisions,
     }
     if not predictor.has_ood:
         report["ood"] = None

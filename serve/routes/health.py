@@ -26,8 +26,11 @@ def health():
         "ready": ready,
         "model": {"loaded": model_ok, "model_version": rt.model.model_version,
                   "image_size": rt.model.predictor.image_size if model_ok else None,
-                  # how far to trust the answers: the calibration temperature and the OOD method (or null)
+                  # how far to trust the answers: the calibration (a temperature, with a class bias or
+                  # without) and the OOD method (or null)
                   "temperature": rt.model.predictor.trust.temperature if model_ok else None,
+                  "calibration": (None if not model_ok else
+                                  "temperature" if rt.model.predictor.trust.bias is None else "temperature_and_bias"),
                   "ood_check": (rt.model.predictor.trust.scorer.method
                                 if model_ok and rt.model.predictor.has_ood else None)},
         "database": {"reachable": database_ok, "dialect": rt.db.dialect},

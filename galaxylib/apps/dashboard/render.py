@@ -56,6 +56,11 @@ def prediction_html(out: Outcome) -> str:
     ood = "" if p.in_distribution is not False else (
         '<div class="gc-ood-warn" role="alert"><b>This does not look like the galaxy cutouts the model was '
         'trained on.</b> The class below is the model\'s best guess; treat it with care.</div>')
+    likeliest = max(p.probabilities, key=p.probabilities.get) if p.probabilities else p.predicted_class
+    balanced = "" if likeliest == p.predicted_class else (  # a calibration with a class bias (docs/trust.md)
+        f'<div class="gc-balanced-note">Most probable: <b>{esc(likeliest)}</b> '
+        f'({format_probability(p.probabilities[likeliest])}). The model names {esc(p.predicted_class)} because it was '
+        f'trained to find every class as often as the others; the confidence says how often such a call is right.</div>')
     return (
         f'<div class="gc-prediction" data-filename="{esc(out.upload.name)}" '
         f'data-class="{esc(p.predicted_class)}" data-confidence="{p.confidence!r}" '
@@ -64,7 +69,7 @@ def prediction_html(out: Outcome) -> str:
         f'<div class="gc-kicker">Predicted class</div>'
         f'<div class="gc-class">{esc(p.predicted_class)}</div>'
         f'<div class="gc-confidence">confidence <b>{format_probability(p.confidence)}</b></div>'
-        f'{truth}'
+        f'{balanced}{truth}'
         f'<div class="gc-probs" role="table" aria-label="class probabilities">{"".join(rows)}</div>'
         f'<div class="gc-version">model <code>{esc(p.model_version)}</code></div></div>')
 
