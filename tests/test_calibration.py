@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from galaxylib.evaluation.metrics import expected_calibration_error
+from galaxylib.evaluation.metrics import ece_noise_floor, evaluate, expected_calibration_error
 from galaxylib.inference.calibration import (apply_calibration, apply_temperature, decide, fit_calibration,
                                              fit_temperature, fit_temperature_and_bias, negative_log_likelihood)
 
@@ -79,13 +79,35 @@ def test_the_bias_is_kept_only_where_cross_validation_says_it_helps():
         assert chosen["temperature"] == pytest.approx(1.5, rel=0.15)
 
 
-def test_the_ece_reads_the_confidence_of_the_reported_class():
-    probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.6, 0.4]])
-    labels = np.array([1, 1, 1, 0])
-    assert expected_calibration_error(labels, probs)[0] == pytest.approx(0.35)  # argmax 0 at 0.6, right 1 in 4
-    reported = np.array([1, 1, 1, 1])  # a balanced decision: class 1 at 0.4, right 3 in 4
-    assert expected_calibration_error(labels, probs, decisions=reported)[0] == pytest.approx(0.35)
-    assert expected_calibration_error(np.array([1, 1, 0, 0]), probs, decisions=reported)[0] == pytest.approx(0.1)
+def test_the_evaluation_reads_the_reported_class_and_its_confidence():
+    probs = np.tile([0.5, 0.3, 0.2], (10, 1))
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    assert expected_calibration_error(labels, probs)[0] == pytest.approx(0.2)  # class 0 at 0.5, right 7 in 10
+    reported = np.ones(10, dtype=int)  # a balanced decision: class 1 at 0.3, right 3 in 10
+    assert expected_calibration_error(labels, probs, decisions=reported)[0] == pytest.approx(0.0)
+    labels[:3] = 0  # class 1 now never right while reported at 0.3
+    assert expected_calibration_error(labels, probs, decisions=reported)[0] == pytest.approx(0.3)
+    assert expected_calibration_error(labels, probs)[0] == pytest.approx(0.5)
+    results = evaluate(labels, probs, ("a", "b", "c"), decisions=reported)
+    assert results["accuracy"] == 0.0 and results["predicted"] == [1] * 10
+    assert results["per_class"][1]["mean_confidence"] == pytest.approx(0.3)
+    assert results["per_class"][0]["mean_confidence"] is None  # never reported
+    floor = ece_noise_floor(probs, decisions=reported, seed=0)
+    assert floor["median"] > 0 and floor != ece_noise_floor(probs, seed=0)
+
+
+def test_a_tie_in_the_models_answer_is_reported_as_argmax_reports_it():
+    raw = np.array([[0.5, 0.5, 0.0, 0.0], [0.25, 0.25, 0.25, 0.25]])
+    bias = [-0.06, -1.85, 1.86, 0.05]
+    assert decide(apply_calibration(raw, 1.16, bias), bias).tolist() == raw.argmax(axis=1).tolist() == [0, 0]
+
+
+def test_a_class_too_rare_in_validation_to_judge_gets_no_bias():
+    raw, labels = balanced_model(2000, seed=3)
+    labels = np.where(labels == 3, 2, labels)  # the rare class absent from validation
+    assert fit_calibration(raw, labels)["method"] == "temperature"
+    labels[:4] = 3  # four of it: fewer than the folds
+    assert fit_calibration(raw, labels)["bias"] is None
 
 
 def test_the_predictor_reports_the_models_class_at_its_calibrated_probability(tiny_artifact, tmp_path, sample_files):

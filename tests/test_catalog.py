@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from galaxylib.artifact import add_to_artifact
 from galaxylib.catalog.run import predict_catalog
 from galaxylib.catalog.shards import read_provenance
 from galaxylib.catalog.sources import CatalogError
@@ -246,6 +248,13 @@ def test_bad_input_is_a_clear_error(tiny_artifact, cutouts, csv_catalog, tmp_pat
         run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=4)
     assert run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=4, overwrite=True).processed == 4
     assert sorted(p.name for p in (tmp_path / "o6").glob("part-*")) == [f"part-0000{i}.parquet" for i in range(4)]
+    # the same model file with its calibration refitted is another run too: no mixing of two calibrations
+    refit = tmp_path / "refit"
+    shutil.copytree(tiny_artifact, refit)
+    run(refit, csv_catalog, tmp_path / "o9", shard_rows=4)
+    add_to_artifact(refit, {"calibration": {"method": "temperature", "temperature": 0.7, "bias": None}})
+    with pytest.raises(CatalogError, match="another run"):
+        run(refit, csv_catalog, tmp_path / "o9", shard_rows=4)
 
     env = {**os.environ, "PYTHON": sys.executable}
     cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(csv_catalog),
@@ -318,6 +327,7 @@ def test_to_database_loads_each_shard_once_even_when_resumed(tiny_artifact, csv_
 
 CRASH_SCRIPT = """
 import sys
+from galaxylib.artifact import add_to_artifact
 from galaxylib.catalog.run import predict_catalog
 predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=3, batch_size=2, show_progress=False,
                 to_database=True, database_url=sys.argv[4], threads=2, processes=2)
@@ -413,6 +423,7 @@ def test_worker_processes_write_exactly_what_one_process_writes(tiny_artifact, c
 
 UNGUARDED_SCRIPT = """
 import sys
+from galaxylib.artifact import add_to_artifact
 from galaxylib.catalog.run import predict_catalog
 result = predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=4, threads=2, processes=2,
                          show_progress=False)

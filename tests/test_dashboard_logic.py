@@ -358,3 +358,4 @@ def test_a_balanced_call_that_is_not_the_most_probable_class_says_so_on_its_card
     page = card({"smooth": 0.7, "merger": 0.17, "spiral": 0.13}, "merger")
     assert "Most probable: <b>smooth</b> (70.00%)" in page and ">merger<" in page
     assert "Most probable" not in card({"smooth": 0.7, "merger": 0.3}, "smooth")
+    assert "Most probable" not in card({"smooth": 0.4, "merger": 0.4, "spiral": 0.2}, "merger")  # a tie

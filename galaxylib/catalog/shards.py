@@ -51,6 +51,17 @@ def model_sha256(artifact: Artifact) -> str:
     return str(artifact.sidecar["files"].get(TFLITE_FILE) or sha256_file(artifact.tflite_path))
 
 
+def trust_sha256(artifact: Artifact) -> str:
+    """What else shapes a row besides the TFLite file: the calibration (T, class bias) and the
+    OOD check (method, threshold, statistics). A refit of either is another run's results."""
+    calibration = artifact.sidecar.get("calibration") or {}
+    ood = artifact.sidecar.get("ood") or {}
+    fields = {"temperature": calibration.get("temperature"), "bias": calibration.get("bias"),
+              "ood_method": ood.get("method"), "ood_threshold": ood.get("threshold"),
+              "ood_file": artifact.sidecar["files"].get(ood["file"]) if ood.get("file") else None}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def output_columns(class_names: Sequence[str], has_ood: bool) -> list[str]:
     """The columns a catalogue run adds after id_str and the pass-through columns."""
     return [*RESULT_COLUMNS, *class_names, *(TAIL_COLUMNS if has_ood else TAIL_COLUMNS[2:])]
@@ -154,7 +165,8 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
     names = list(artifact.class_names)
     has_ood = bool(artifact.sidecar.get("ood"))
     key_fields = {"format": PLAN_FORMAT, "source": source.kind, "fingerprint": source.fingerprint(),
-                  "shard_rows": int(shard_rows), "model_sha256": model_sha256(artifact), "classes": names}
+                  "shard_rows": int(shard_rows), "model_sha256": model_sha256(artifact), "classes": names,
+                  "trust_sha256": trust_sha256(artifact)}
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     plan_file = out_dir / PLAN_DIR / "plan.json"
     reuse = False
@@ -166,8 +178,8 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
         reuse = old.get("key") == key
         if not reuse:
             if not overwrite:
-                raise CatalogError(f"{out_dir} holds the results of another run (a different catalogue, model or "
-                                   "shard size): pass another --out, or --overwrite to replace them")
+                raise CatalogError(f"{out_dir} holds the results of another run (a different catalogue, model, "
+                                   "calibration or shard size): pass another --out, or --overwrite to replace them")
             clear_results(out_dir)
     elif any(PART_RE.match(p.name) for p in out_dir.glob("part-*.parquet")):
         if not overwrite:

@@ -57,7 +57,19 @@ def decide(calibrated: np.ndarray, bias: Sequence[float] | None = None) -> np.nd
     calibrated = np.asarray(calibrated, dtype=np.float64)
     if bias is None:
         return calibrated.argmax(axis=-1)
-    return (np.log(np.maximum(calibrated, 1e-300)) - np.asarray(bias, dtype=np.float64)).argmax(axis=-1)
+    scores = np.log(np.maximum(calibrated, 1e-300)) - np.asarray(bias, dtype=np.float64)
+    # classes tied in the model's answer come back equal only to rounding: take the first, as argmax does
+    return (scores >= scores.max(axis=-1, keepdims=True) - 1e-9).argmax(axis=-1)
+
+
+def remove_bias(calibrated: np.ndarray, bias: Sequence[float] | None) -> np.ndarray:
+    """``softmax(log q - b)``: the temperature-scaled answer, before the class bias (the
+    balanced probabilities a balanced decision reads, such as folding classes together)."""
+    if bias is None:
+        return np.asarray(calibrated, dtype=np.float64)
+    logits = np.log(np.maximum(np.asarray(calibrated, dtype=np.float64), 1e-300)) - np.asarray(bias, dtype=np.float64)
+    out = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return out / out.sum(axis=-1, keepdims=True)
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -120,7 +132,6 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels, dtype=np.int64)
-    folds = max(2, min(folds, int(np.bincount(labels).max())))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     losses = []
     with warnings.catch_warnings():  # a class with fewer members than folds is fine here
@@ -137,11 +148,13 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
     """Temperature alone, or temperature and a class bias where cross-validation on these
-    (validation) cutouts says the bias helps. Returns what the artifact stores."""
+    (validation) cutouts says the bias helps; the bias is only tried when every class has at
+    least ``FOLDS`` of them. Returns what the artifact stores."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     temperature = fit_temperature(probs, labels)
-    if len(labels) == 0 or np.bincount(labels).max() < 2:  # too few to cross-validate anything
+    if np.bincount(labels, minlength=probs.shape[1]).min() < FOLDS:
+        # a class absent from (or nearly absent in) validation would get a bias no fold can judge
         return {"method": "temperature", "temperature": temperature, "bias": None, "cv_nll": None}
     cv = {"temperature": cross_validated_nll(probs, labels, False, seed=seed),
           "temperature_and_bias": cross_validated_nll(probs, labels, True, seed=seed)}

@@ -3,7 +3,7 @@
 predict.sh, the API and the dashboard all reach it through ``galaxylib.inference.classify``.
 It runs on LiteRT (``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and ~100 MB to
 get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact, and
-so do the temperature and the out-of-distribution check it applies (``trust.py``).
+so do the calibration and the out-of-distribution check it applies (``calibration.py``, ``trust.py``).
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ path needs no TensorFlow:
   the pipeline keeps the one that separates validation cutouts from non-galaxy images best:
   ``mahalanobis`` (class-conditional Gaussians with a shared, shrunk covariance, fitted on the
   train split: Lee et al. 2018), ``knn`` (cosine distance to the k-th nearest train feature:
-  Sun et al. 2022), ``max_softmax`` (1 - the calibrated confidence: Hendrycks & Gimpel 2017) and
+  Sun et al. 2022), ``max_softmax`` (1 - the largest calibrated probability: Hendrycks & Gimpel 2017) and
   ``pixels`` (a Gaussian on summary statistics of the model input itself: its sky border, centre,
   colours and texture; it does not depend on what the network learned, so it holds for a model
   whose features separate little, as a short run from scratch can be).
@@ -28,7 +28,7 @@ from typing import Protocol
 
 import numpy as np
 
-from galaxylib.inference.calibration import apply_calibration, decide
+from galaxylib.inference.calibration import apply_calibration, decide, remove_bias
 
 OOD_FILE = "ood.npz"
 KEEP_FRACTION = 0.95  # at least this share of in-distribution cutouts is kept in by the threshold
@@ -149,7 +149,7 @@ class KNearest:
 
 @dataclass(frozen=True)
 class MaxSoftmax:
-    """1 - the calibrated confidence: needs no features, so it works for any artifact."""
+    """1 - the largest calibrated probability: needs no features, so it works for any artifact."""
 
     method: str = "max_softmax"
 
@@ -310,6 +310,11 @@ class TrustCheck:
         """The reported class of each row of calibrated probabilities (the model's own argmax)."""
         return decide(calibrated, self.bias)
 
+    def without_bias(self, calibrated: np.ndarray) -> np.ndarray:
+        """The temperature-scaled probabilities before the class bias (they are the calibrated
+        ones when there is no bias)."""
+        return remove_bias(calibrated, self.bias)
+
     def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray,
                    pixels: np.ndarray | None = None) -> np.ndarray | None:
         if not self.has_ood:
@@ -322,6 +327,9 @@ def trust_from_sidecar(sidecar: dict, folder: Path) -> TrustCheck:
     calibration = sidecar.get("calibration", {})
     temperature = float(calibration.get("temperature", 1.0))
     bias = tuple(float(b) for b in calibration["bias"]) if calibration.get("bias") is not None else None
+    n_classes = len(sidecar.get("class_names") or ())
+    if bias is not None and n_classes and len(bias) != n_classes:
+        raise ValueError(f"model.json's calibration has {len(bias)} class biases for {n_classes} classes")
     ood = sidecar.get("ood")
     if not ood:
         return TrustCheck(temperature, bias=bias)

@@ -156,7 +156,8 @@ def gz1_transfer(predictor, gz1_dir: Path, max_images: int = 0, seed: int = 0,
     if not (gz1_dir / "labels.csv").is_file() or tuple(predictor.class_names) != CLASS_NAMES:
         return None
     listing, chosen, probs = classify_folder(predictor, gz1_dir, "coarse", max_images, seed, show_progress)
-    result = coarse_transfer([listing.class_names[listing.labels[i]] for i in chosen], probs)
+    # folded before any class bias: the bias carries Galaxy10's class frequencies, not the decision's
+    result = coarse_transfer([listing.class_names[listing.labels[i]] for i in chosen], predictor.trust.without_bias(probs))
     result["source"] = str(gz1_dir)
     return result
 
@@ -201,7 +202,7 @@ def keras_tflite_agreement(model_dir: Path, images: np.ndarray) -> dict[str, Any
     artifact = read_artifact(model_dir, need_keras=True)
     model = load_keras_model(artifact)
     keras_probs = np.asarray(model.predict(images, verbose=0, batch_size=32))
-    tflite_probs = Predictor(model_dir).forward(images)[0]  # before calibration, as Keras has no temperature
+    tflite_probs = Predictor(model_dir).forward(images)[0]  # before calibration: the Keras model carries none
     return {"n": int(len(images)),
             "max_abs_diff": float(np.abs(keras_probs - tflite_probs).max()),
             "argmax_agreement": float((keras_probs.argmax(1) == tflite_probs.argmax(1)).mean()),

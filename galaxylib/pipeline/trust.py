@@ -23,7 +23,7 @@ from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_e
 from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
 from galaxylib.inference.predictor import Predictor
-from galaxylib.inference.calibration import apply_calibration, fit_calibration, negative_log_likelihood
+from galaxylib.inference.calibration import apply_calibration, decide, fit_calibration, negative_log_likelihood
 from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, auroc, fit_scorer, pixel_statistics,
                                        threshold_for)
 from galaxylib.preprocessing import preprocess_image
@@ -83,7 +83,7 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     fitted = fit_calibration(val_raw, y_val, seed=seed)
     temperature, bias = fitted["temperature"], fitted["bias"]
     val_probs = apply_calibration(val_raw, temperature, bias)
-    val_decisions = val_raw.argmax(axis=1)  # calibration never changes the reported class
+    val_decisions = decide(val_probs, bias)  # the model's own argmax, as the Predictor reports it
     calibration = {
         **fitted, "fitted_on": "validation", "n": int(len(y_val)),
         "val_nll_before": negative_log_likelihood(val_raw, y_val), "val_nll_after": negative_log_likelihood(val_probs, y_val),

@@ -57,7 +57,7 @@ def prediction_html(out: Outcome) -> str:
         '<div class="gc-ood-warn" role="alert"><b>This does not look like the galaxy cutouts the model was '
         'trained on.</b> The class below is the model\'s best guess; treat it with care.</div>')
     likeliest = max(p.probabilities, key=p.probabilities.get) if p.probabilities else p.predicted_class
-    balanced = "" if likeliest == p.predicted_class else (  # a calibration with a class bias (docs/trust.md)
+    balanced = "" if p.probabilities.get(likeliest, 0.0) <= p.confidence else (  # a calibration with a class bias (docs/trust.md)
         f'<div class="gc-balanced-note">Most probable: <b>{esc(likeliest)}</b> '
         f'({format_probability(p.probabilities[likeliest])}). The model names {esc(p.predicted_class)} because it was '
         f'trained to find every class as often as the others; the confidence says how often such a call is right.</div>')
