@@ -119,6 +119,26 @@ def reliability_before_after(before: list[dict], ece_before: float, after: list[
     return _save(fig, path)
 
 
+def confidence_by_class(before: Sequence[dict], after: Sequence[dict], path=None):
+    """Per reported class: how often it is right (precision) beside its mean confidence before and
+    after calibration (``evaluate()``'s ``per_class`` rows). Calibrated, the last two bars agree."""
+    names = short_names([r["class_name"] for r in after])
+    x = np.arange(len(names))
+    value = lambda rows, key: [np.nan if r.get(key) is None else r[key] for r in rows]  # noqa: E731
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.0) + 2.6, 3.8))
+    width = 0.27
+    ax.bar(x - width, value(after, "precision"), width, color="#55a868", label="precision (how often right)")
+    ax.bar(x, value(before, "mean_confidence"), width, color="#c44e52", alpha=0.8, label="mean confidence, model's answer")
+    ax.bar(x + width, value(after, "mean_confidence"), width, color="#4c72b0", label="mean confidence, calibrated")
+    ax.set_xticks(x, names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
+    ax.set_ylim(0, 1.0)
+    ax.set_ylabel("when the class is reported")
+    ax.set_title("Confidence against precision, per reported class")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def ood_scores(scores: dict[str, np.ndarray], threshold: float, path=None):
     """Each case's OOD scores as a strip of points against the threshold (log scale when it helps)."""
     names = list(scores)

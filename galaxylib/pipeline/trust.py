@@ -138,7 +138,8 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
                 show_progress: bool = True) -> dict[str, Any]:
     """Calibration before and after on test, and the OOD check on test against every case.
 
-    ``probs`` are the calibrated test probabilities and ``decisions`` the reported classes."""
+    ``probs`` are the calibrated test probabilities, ``raw_probs`` the model's own, and
+    ``decisions`` the reported classes."""
     images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     y_test = data.labels()[split.test]
     bar = "Served model on {}" if show_progress else None
@@ -156,6 +157,7 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
                         "ece_noise_floor": ece_noise_floor(probs, seed=seed, decisions=decisions),
                         "reliability_before": bins_before, "reliability_after": bins_after},
         "probs": probs,
+        "raw_probs": raw,
         "decisions": decisions,
     }
     if not predictor.has_ood:
