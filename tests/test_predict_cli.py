@@ -57,6 +57,26 @@ def test_every_real_image_gets_one_line_and_one_row_and_broken_files_none(tiny_a
     assert {Path(r.filename).name for r in store.list(limit=50)[0]} == {Path(l["filename"]).name for l in good}
 
 
+def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error_line(tiny_artifact, sample_files,
+                                                                                      tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    out = tmp_path / "out.csv"
+    result = run_predict("--model", tiny_artifact, empty, "--out", out, "--no-db")
+    assert result.returncode == 2 and "nothing to classify" in result.stderr and str(empty) in result.stderr
+    assert not out.exists()
+    folder = tmp_path / "linked"
+    folder.mkdir()
+    (folder / "real.jpg").symlink_to(sample_files[0])
+    (folder / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
+    result = run_predict("--model", tiny_artifact, folder, empty, "--out", out, "--no-db")
+    assert result.returncode == 0, result.stderr
+    lines = {Path(l["filename"]).name: l for l in read_csv(out)}
+    assert set(lines) == {"real.jpg", "gone.jpg"} and lines["real.jpg"]["predicted_class"]
+    assert lines["gone.jpg"]["error"] and "gone.jpg" in result.stderr and "holds no images" in result.stderr
+
+
 def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, sample_files, tmp_path, sqlite_url):
     out = tmp_path / "one.csv"
     assert run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url).returncode == 0

@@ -43,13 +43,19 @@ def _is_h5(path: Path) -> bool:
     return path.suffix.lower() in H5_SUFFIXES and path.is_file()
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images under a folder, by suffix; a link whose target is gone is kept, so that it gets
+    its error line rather than vanishing from the output."""
+    return [p for p in sorted(folder.rglob("*"))
+            if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))]
+
+
 def iter_inputs(inputs: list[Path]) -> Iterator[ImageInput]:
     """Every image named by the command line: files, the images in folders, the rows of h5 files."""
     for src in inputs:
         if src.is_dir():
-            for p in sorted(src.rglob("*")):
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                    yield ImageInput.from_path(p)
+            for p in folder_images(src):
+                yield ImageInput.from_path(p)
         elif _is_h5(src):
             from galaxylib.data.galaxy10 import open_galaxy10
 
@@ -64,7 +70,7 @@ def count_inputs(inputs: list[Path]) -> int:
     total = 0
     for src in inputs:
         if src.is_dir():
-            total += sum(1 for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            total += len(folder_images(src))
         elif _is_h5(src):
             import h5py
 
@@ -198,6 +204,14 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--catalog" or a.startswith("--catalog=") for a in argv):
         return catalog_main(argv)
     args = parse_args(argv)
+    empty = [src for src in args.inputs if src.is_dir() and not folder_images(src)]
+    if empty and len(empty) == len(args.inputs):
+        print(f"predict.sh: nothing to classify: {', '.join(map(str, empty))} holds no "
+              f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} images (searched with subfolders)",
+              file=sys.stderr)
+        return 2
+    for src in empty:
+        print(f"predict.sh: {src} holds no images; going on with the other inputs", file=sys.stderr)
     from galaxylib.inference.predictor import Predictor
 
     try:
