@@ -9,7 +9,8 @@ import pytest
 
 from galaxylib.evaluation.metrics import ece_noise_floor, evaluate, expected_calibration_error
 from galaxylib.inference.calibration import (apply_calibration, apply_temperature, decide, fit_calibration,
-                                             fit_temperature, fit_temperature_and_bias, negative_log_likelihood)
+                                             fit_temperature, fit_temperature_and_bias, negative_log_likelihood,
+                                             remove_bias)
 
 PRIOR = np.array([0.70, 0.16, 0.12, 0.02])  # GZ1's coarse classes are about this lopsided
 
@@ -46,6 +47,7 @@ def test_the_bias_puts_the_catalogues_class_frequencies_back_and_keeps_every_rep
     np.testing.assert_allclose(calibrated.sum(axis=1), 1.0)
     assert np.array_equal(decide(calibrated, bias), raw.argmax(axis=1))  # no class changes
     assert not np.array_equal(calibrated.argmax(axis=1), raw.argmax(axis=1))  # though the most probable may
+    np.testing.assert_allclose(remove_bias(calibrated, bias), apply_temperature(raw, temperature), atol=1e-9)
     t_only = apply_temperature(raw, fit_temperature(raw, labels))
     assert negative_log_likelihood(calibrated, labels) < negative_log_likelihood(t_only, labels) - 0.1
 
@@ -89,7 +91,7 @@ def test_the_evaluation_reads_the_reported_class_and_its_confidence():
     assert expected_calibration_error(labels, probs, decisions=reported)[0] == pytest.approx(0.3)
     assert expected_calibration_error(labels, probs)[0] == pytest.approx(0.5)
     results = evaluate(labels, probs, ("a", "b", "c"), decisions=reported)
-    assert results["accuracy"] == 0.0 and results["predicted"] == [1] * 10
+    assert results["accuracy"] == 0.0 and np.asarray(results["confusion_matrix"])[:, 1].sum() == 10
     assert results["per_class"][1]["mean_confidence"] == pytest.approx(0.3)
     assert results["per_class"][0]["mean_confidence"] is None  # never reported
     floor = ece_noise_floor(probs, decisions=reported, seed=0)

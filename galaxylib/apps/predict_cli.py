@@ -43,11 +43,15 @@ def _is_h5(path: Path) -> bool:
     return path.suffix.lower() in H5_SUFFIXES and path.is_file()
 
 
+def _walk_images(folder: Path) -> Iterator[Path]:
+    """The images under a folder, by suffix, in walk order; a link whose target is gone is kept,
+    so that it gets its error line rather than vanishing from the output."""
+    return (p for p in folder.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists())))
+
+
 def folder_images(folder: Path) -> list[Path]:
-    """The images under a folder, by suffix; a link whose target is gone is kept, so that it gets
-    its error line rather than vanishing from the output."""
-    return [p for p in sorted(folder.rglob("*"))
-            if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))]
+    return sorted(_walk_images(folder))
 
 
 def iter_inputs(inputs: list[Path]) -> Iterator[ImageInput]:
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--catalog" or a.startswith("--catalog=") for a in argv):
         return catalog_main(argv)
     args = parse_args(argv)
-    empty = [src for src in args.inputs if src.is_dir() and not folder_images(src)]
+    empty = [src for src in args.inputs if src.is_dir() and next(_walk_images(src), None) is None]  # stops at one
     if empty and len(empty) == len(args.inputs):
         print(f"predict.sh: nothing to classify: {', '.join(map(str, empty))} holds no "
               f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} images (searched with subfolders)",

@@ -86,7 +86,6 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] =
             for i in labels
         ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        "predicted": [int(c) for c in y_pred],
         "misclassified": [int(i) for i in np.flatnonzero(y_pred != y_true)],
     }
 

@@ -21,7 +21,6 @@ NumPy only: the Predictor applies it on the LiteRT path.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -41,9 +40,17 @@ def apply_calibration(probs: np.ndarray, temperature: float, bias: Sequence[floa
         # max p >= 1/C, so the sum never underflows
         out = np.power(np.maximum(probs, 1e-12), 1.0 / float(temperature))
         return out / out.sum(axis=-1, keepdims=True)
-    logits = np.log(np.maximum(probs, 1e-12)) / float(temperature) + np.asarray(bias, dtype=np.float64)
+    return _softmax(np.log(np.maximum(probs, 1e-12)) / float(temperature) + np.asarray(bias, dtype=np.float64))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
     out = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return out / out.sum(axis=-1, keepdims=True)
+
+
+def _unbiased_logits(calibrated: np.ndarray, bias: Sequence[float]) -> np.ndarray:
+    """``log q - b``: ``log p / T`` plus a constant per row."""
+    return np.log(np.maximum(np.asarray(calibrated, dtype=np.float64), 1e-300)) - np.asarray(bias, dtype=np.float64)
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -53,11 +60,10 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
 
 def decide(calibrated: np.ndarray, bias: Sequence[float] | None = None) -> np.ndarray:
     """The reported class of each row: the argmax of the model's own answer, read back from the
-    calibrated probabilities (``log q - b`` is ``log p / T`` plus a constant per row)."""
-    calibrated = np.asarray(calibrated, dtype=np.float64)
+    calibrated probabilities."""
     if bias is None:
-        return calibrated.argmax(axis=-1)
-    scores = np.log(np.maximum(calibrated, 1e-300)) - np.asarray(bias, dtype=np.float64)
+        return np.asarray(calibrated).argmax(axis=-1)
+    scores = _unbiased_logits(calibrated, bias)
     # classes tied in the model's answer come back equal only to rounding: take the first, as argmax does
     return (scores >= scores.max(axis=-1, keepdims=True) - 1e-9).argmax(axis=-1)
 
@@ -67,9 +73,7 @@ def remove_bias(calibrated: np.ndarray, bias: Sequence[float] | None) -> np.ndar
     balanced probabilities a balanced decision reads, such as folding classes together)."""
     if bias is None:
         return np.asarray(calibrated, dtype=np.float64)
-    logits = np.log(np.maximum(np.asarray(calibrated, dtype=np.float64), 1e-300)) - np.asarray(bias, dtype=np.float64)
-    out = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return out / out.sum(axis=-1, keepdims=True)
+    return _softmax(_unbiased_logits(calibrated, bias))
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -134,10 +138,7 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
     labels = np.asarray(labels, dtype=np.int64)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     losses = []
-    with warnings.catch_warnings():  # a class with fewer members than folds is fine here
-        warnings.simplefilter("ignore", UserWarning)
-        parts = list(splitter.split(probs, labels))
-    for fit_rows, held_rows in parts:
+    for fit_rows, held_rows in splitter.split(probs, labels):  # every class has >= folds (fit_calibration)
         if with_bias:
             t, b = fit_temperature_and_bias(probs[fit_rows], labels[fit_rows])
         else:
