@@ -36,14 +36,17 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 
 def photos(half: str, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` random square crops (a third to all of the short side) of one half's photos, at 256 px."""
+    """``n`` random square crops of one half's photos (see ``random_crops``)."""
     import skimage.data
 
-    names = PHOTOS[half]
-    sources = [_rgb(getattr(skimage.data, name)()) for name in names]
+    return random_crops([_rgb(getattr(skimage.data, name)()) for name in PHOTOS[half]], n, rng)
+
+
+def random_crops(sources: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` random square crops (a third to all of the short side) of RGB images, in turn, at 256 px."""
     out = np.zeros((n, SIZE, SIZE, 3), np.uint8)
     for i in range(n):
-        image = sources[i % len(sources)]
+        image = _rgb(sources[i % len(sources)])
         h, w = image.shape[:2]
         side = int(rng.uniform(0.35, 1.0) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
