@@ -130,7 +130,7 @@ def parse_boolean(value: Any, name: str) -> bool:
         return True
     if text in ("false", "0", "no"):
         return False
-    raise bad("invalid_parameter", f"{name} must be true or false")
+    raise bad("invalid_parameter", f"{name} must be true or false (or 1/0, yes/no)")
 
 
 def parse_ids(value: Any) -> list[int]:

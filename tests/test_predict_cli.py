@@ -75,6 +75,9 @@ def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error
     lines = {Path(l["filename"]).name: l for l in read_csv(out)}
     assert set(lines) == {"real.jpg", "gone.jpg"} and lines["real.jpg"]["predicted_class"]
     assert lines["gone.jpg"]["error"] and "gone.jpg" in result.stderr and "holds no images" in result.stderr
+    result = run_predict("--model", tiny_artifact, folder / "gone.jpg", "--out", out, "--no-db")
+    assert result.returncode == 1  # every input failed: the CSV holds their error lines
+    assert [l["error"] != "" for l in read_csv(out)] == [True]
 
 
 def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, sample_files, tmp_path, sqlite_url):

@@ -238,6 +238,10 @@ def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, t
     add_trust_check(pixels, tmp_path / "work-pixels", methods=("pixels",))
     served = Predictor(pixels)
     assert served.trust.needs_pixels and read_sidecar(pixels)["ood"]["method"] == "pixels"
+    # model.json says what the chosen score reads: the backbone's features, or the pixel statistics
+    one = served.preprocess(sample_files[0])[None]
+    assert sidecar["ood"]["feature_dim"] == served.forward(one)[1].shape[1]
+    assert read_sidecar(pixels)["ood"]["feature_dim"] == pixel_statistics(one).shape[1]
     batch = np.stack([served.preprocess(f) for f in sample_files[:3]])
     expected = served.trust.scorer.score(None, None, pixel_statistics(batch))
     np.testing.assert_allclose([p.ood_score for p in served.predict_batch(sample_files[:3])], expected, rtol=1e-6)

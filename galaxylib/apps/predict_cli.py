@@ -21,6 +21,7 @@ if __name__ == "__main__":  # run as predict.sh; importing this module changes n
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import sys  # noqa: E402
+import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
 
@@ -89,10 +90,19 @@ def count_inputs(inputs: list[Path]) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="predict.sh", description="Classify galaxy cutouts with a trained model.",
-                                     epilog="For a whole survey catalogue (Parquet dataset out, sharded, resumable, "
-                                            "Slurm or Dask): predict.sh --model M --catalog CATALOG --out DIR "
-                                            "(see docs/catalog.md).")
+    parser = argparse.ArgumentParser(
+        prog="predict.sh", description="Classify galaxy cutouts with a trained model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill("The CSV, one line per input: " + ", ".join(CSV_FIELDS) + ".", 86,
+                             subsequent_indent="  ") + "\n"
+               "  confidence and topK_p are calibrated probabilities; in_distribution is false when\n"
+               "  ood_score is above the model's threshold (model.json: ood.threshold); both are empty\n"
+               "  for a model without the check; error is set, and the rest empty, for a file that\n"
+               "  could not be read.\n"
+               "Exit status: 0 when at least one image was classified, 1 when every input failed,\n"
+               "  2 for bad arguments, an unusable model or database, or nothing to classify.\n"
+               "For a whole survey catalogue (Parquet dataset out, sharded, resumable, Slurm or\n"
+               "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).")
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
     parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")

@@ -124,7 +124,8 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
            "file": OOD_FILE if arrays else None,
            "features": ("pixel_statistics of the model input" if method == "pixels" else
                         "pooled backbone features, orientation-averaged (model.tflite's second output)"),
-           "feature_dim": None if train_features is None else int(train_features.shape[1]),
+           "feature_dim": (int(train_pixels.shape[1]) if method == "pixels" else None if method == "max_softmax"
+                           or train_features is None else int(train_features.shape[1])),  # what the score reads
            "fitted_on": {"scorer": f"{len(train_rows)} train cutouts", "threshold": "validation",
                          "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)"},
            "selection": selection}
