@@ -36,10 +36,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def export_html(notebook: Path) -> Path:
+    """The executed notebook as HTML. A progress bar's updates are saved as separate stream outputs,
+    each redrawing the bar after a carriage return; JupyterLab merges them on display, the HTML
+    would show every one, so they are merged here to each bar's last state."""
     from nbconvert import HTMLExporter
+    from traitlets.config import Config
     import nbformat
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    exporter = HTMLExporter(config=Config({"CoalesceStreamsPreprocessor": {"enabled": True}}))
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     out = notebook.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
