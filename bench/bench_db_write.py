@@ -13,7 +13,6 @@ server: the database backend has gone idle and the caches are cold.
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -62,9 +61,7 @@ def main() -> int:
             writer = store._writer
             with writer._lock:
                 conn = writer._connection()
-                conn.execute(writer.MANY_SQL, ([record.filename], [record.predicted_class], [record.confidence],
-                                               [json.dumps(record.meta)], [record.created_at]),
-                             prepare=True).fetchall()
+                conn.execute(*writer.statement([record], batch_form=True), prepare=True).fetchall()
                 writer._last_used = time.monotonic()
 
         def orm_pooled() -> None:  # the previous path: pool checkout (pre-ping), ORM flush, COMMIT

@@ -12,7 +12,6 @@ Measured separately from bench/bench_serve.py, in alternating rounds:
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import select
 import signal
@@ -96,7 +95,7 @@ def http_floor(rounds: int) -> dict[str, float]:
 def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
     import psycopg
 
-    from galaxylib.store.database import PredictionStore, _PostgresWriter
+    from galaxylib.store.database import PredictionRecord, PredictionStore, _PostgresWriter
 
     url, drop = make_database(admin_url)
     try:
@@ -104,14 +103,17 @@ def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
         conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         unsafe = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         unsafe.execute("SET synchronous_commit = off")
-        meta = json.dumps({"model_version": "bench", "sha256": "0" * 64, "size_bytes": 12811,
-                           "probabilities": {f"class {i}": 0.1 for i in range(10)}})
-        params = ("g.jpg", "Round Smooth", 0.5, meta, dt.datetime.now(dt.timezone.utc))
+        record = PredictionRecord(
+            filename="g.jpg", predicted_class="Round Smooth", confidence=0.5, in_distribution=True,
+            meta={"model_version": "bench", "sha256": "0" * 64, "size_bytes": 12811,
+                  "probabilities": {f"class {i}": 0.1 for i in range(10)}},
+            created_at=dt.datetime.now(dt.timezone.utc))
+        sql, params = _PostgresWriter.statement([record])  # exactly what the server sends
         variants = {"SELECT 1": lambda: conn.execute("SELECT 1", prepare=True).fetchall(),
                     "one-row INSERT, synchronous_commit on (shipped)":
-                        lambda: conn.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall(),
+                        lambda: conn.execute(sql, params, prepare=True).fetchall(),
                     "one-row INSERT, synchronous_commit off":
-                        lambda: unsafe.execute(_PostgresWriter.ONE_SQL, params, prepare=True).fetchall()}
+                        lambda: unsafe.execute(sql, params, prepare=True).fetchall()}
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(rounds):
             for name, run in variants.items():

@@ -255,16 +255,20 @@ class _PostgresWriter:
         self._fairy = None  # the pool's wrapper; kept checked out
         self._last_used = 0.0
 
-    def insert(self, records: list[PredictionRecord]) -> list[int]:
-        if len(records) == 1:
+    @classmethod
+    def statement(cls, records: list[PredictionRecord], batch_form: bool = False) -> tuple[str, tuple]:
+        """The SQL and parameters that insert ``records``: VALUES for one row, unnest for more
+        (or always, with ``batch_form``; the write benches time both from here)."""
+        if len(records) == 1 and not batch_form:
             r = records[0]
-            sql, params = self.ONE_SQL, (r.filename, r.predicted_class, float(r.confidence),
-                                         json.dumps(r.meta), r.in_distribution, r.created_at)
-        else:
-            sql, params = self.MANY_SQL, ([r.filename for r in records], [r.predicted_class for r in records],
-                                          [float(r.confidence) for r in records],
-                                          [json.dumps(r.meta) for r in records], [r.in_distribution for r in records],
-                                          [r.created_at for r in records])
+            return cls.ONE_SQL, (r.filename, r.predicted_class, float(r.confidence),
+                                 json.dumps(r.meta), r.in_distribution, r.created_at)
+        return cls.MANY_SQL, ([r.filename for r in records], [r.predicted_class for r in records],
+                              [float(r.confidence) for r in records], [json.dumps(r.meta) for r in records],
+                              [r.in_distribution for r in records], [r.created_at for r in records])
+
+    def insert(self, records: list[PredictionRecord]) -> list[int]:
+        sql, params = self.statement(records)
         with self._lock:
             try:
                 conn = self._connection()
