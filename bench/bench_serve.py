@@ -9,6 +9,10 @@ Measures, in one run on one machine:
   (b) POST /predict through gunicorn (4 workers) with PostgreSQL: one image
       (p50/p99) and a batch of 32, stored rows checked afterwards;
   (c) for information, concurrent single-image clients (throughput under load);
+  (d) POST /predict, one image, on a second server holding a copy of the artifact without
+      calibration and the OOD check, in the same alternating rounds: what the check adds.
+      The two servers take turns answering first in a round: a server whose workers sat
+      idle while the other one worked is slower for its first few requests;
 and prints the ratios against the goals, the RSS of each worker and the time
 from start to a ready /health. Bare and served timings are taken in alternating
 rounds, so load from other processes on the machine hits both alike.
@@ -29,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -40,7 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.build_artifact import BENCH_DIR, ensure_bench_artifact  # noqa: E402
+from bench.build_artifact import BENCH_DIR, ensure_bench_artifact, without_trust_check  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 from galaxylib.inference.trust import pixel_statistics  # noqa: E402
 
@@ -207,6 +212,8 @@ def main() -> int:
                         help="GALAXY_FORWARD_BATCH of the workers (the server's default is 8)")
     parser.add_argument("--concurrent-clients", type=int, default=8)
     parser.add_argument("--concurrent-requests", type=int, default=160)
+    parser.add_argument("--no-check-baseline", action="store_true",
+                        help="skip (d), the second server without calibration and the OOD check")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -239,33 +246,49 @@ def main() -> int:
 
     for _ in range(2):
         bare(xb, args.forward_batch)
-    # What the server adds to one image's forward pass: calibration and the OOD score.
-    raw_1, features_1 = predictor.forward(x1)
-    started = time.perf_counter()
-    for _ in range(500):
+    # What the server adds to one image's forward pass: calibration and the OOD score, timed
+    # right after a forward pass, as a worker pays it (the pass has pushed the scorer's
+    # statistics out of the cache), and back to back, with them in the cache.
+    def check(raw: np.ndarray, features: np.ndarray | None) -> float:
+        started = time.perf_counter()
         pixels_1 = pixel_statistics(x1) if predictor.trust.needs_pixels else None
-        predictor.trust.ood_scores(features_1, predictor.trust.calibrate(raw_1), pixels_1)
-    ood_ms = (time.perf_counter() - started) * 1e3 / 500
+        predictor.trust.ood_scores(features, predictor.trust.calibrate(raw), pixels_1)
+        return time.perf_counter() - started
+
+    after_forward = [check(*predictor.forward(x1)) for _ in range(200)]
+    raw_1, features_1 = predictor.forward(x1)
+    back_to_back = [check(raw_1, features_1) for _ in range(200)]
+    ood_ms = statistics.median(after_forward) * 1e3
+    ood_hot_ms = statistics.median(back_to_back) * 1e3
     ood_method = predictor.trust.scorer.method if predictor.has_ood else "none (no OOD check in this artifact)"
 
     load_before = os.getloadavg()[0]
+    scratch = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    plain_model = None
+    if predictor.has_ood and not args.no_check_baseline:
+        plain_model = without_trust_check(Path(model), Path(scratch.name) / "without-check")
     database_url, drop_database = make_database(args.postgres)
     server = Server(model, database_url, args.workers, threads, args.forward_batch)
+    plain = Server(plain_model, database_url, args.workers, threads, args.forward_batch) if plain_model else None
     try:
         first_ready, all_ready = server.wait_ready(args.workers)
+        if plain is not None:
+            plain.wait_ready(args.workers)
         single_body = multipart([(single_file.name, single_file.read_bytes())])
         batch_body = multipart([(f.name, f.read_bytes()) for f in batch_files])
         stored = 0
         single_timings: list[dict[str, float]] = []
+        plain_timings: list[dict[str, float]] = []
 
-        def served(body: tuple[bytes, dict], expect: int) -> float:
+        def served(body: tuple[bytes, dict], expect: int, target: Server = server) -> float:
             nonlocal stored
-            status, payload, seconds, timing = post(server.port, *body)
+            status, payload, seconds, timing = post(target.port, *body)
             if status != 200 or len(json.loads(payload)["predictions"]) != expect:
                 raise RuntimeError(f"POST /predict answered {status}: {payload[:300]!r}")
             stored += expect
             if expect == 1:
-                single_timings.append({**parse_server_timing(timing), "client": seconds * 1e3})
+                (single_timings if target is server else plain_timings).append(
+                    {**parse_server_timing(timing), "client": seconds * 1e3})
             return seconds
 
         # Warm every worker at both batch sizes: concurrent requests spread over the workers.
@@ -273,17 +296,28 @@ def main() -> int:
             for _ in range(2):
                 list(pool.map(lambda _: served(batch_body, args.batch_size), range(args.workers)))
                 list(pool.map(lambda _: served(single_body, 1), range(args.workers * 3)))
+                if plain is not None:
+                    list(pool.map(lambda _: served(single_body, 1, plain), range(args.workers * 3)))
 
         bare_single, served_single, bare_batch, bare_chunked, served_batch = [], [], [], [], []
+        served_plain: list[float] = []
         single_timings.clear()  # keep the measured rounds only
-        for _ in range(args.rounds):
+        plain_timings.clear()
+        for round_number in range(args.rounds):
             bare_single += [bare(x1) for _ in range(args.singles_per_round)]
-            served_single += [served(single_body, 1) for _ in range(args.singles_per_round)]
+            # Whichever server answers first after the bare loop starts with cold workers and is
+            # slower for its first few requests, so the two servers take turns going first.
+            order = [server, plain] if round_number % 2 == 0 else [plain, server]
+            for target in order:
+                if target is server:
+                    served_single += [served(single_body, 1) for _ in range(args.singles_per_round)]
+                elif target is not None:
+                    served_plain += [served(single_body, 1, plain) for _ in range(args.singles_per_round)]
             bare_batch += [bare(xb) for _ in range(args.batches_per_round)]
             bare_chunked += [bare(xb, args.forward_batch) for _ in range(args.batches_per_round)]
             served_batch += [served(batch_body, args.batch_size) for _ in range(args.batches_per_round)]
 
-        measured_timings = list(single_timings)
+        measured_timings, measured_plain_timings = list(single_timings), list(plain_timings)
         # (c) informational: many clients at once, single images.
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrent_clients) as pool:
@@ -298,14 +332,18 @@ def main() -> int:
             raise RuntimeError(f"{stored} predictions answered 200 but {rows} rows are stored")
     finally:
         server.stop()
+        if plain is not None:
+            plain.stop()
         drop_database()
+        scratch.cleanup()
 
     b1, s1 = statistics.median(bare_single), statistics.median(served_single)
     bb, sb = statistics.median(bare_batch), statistics.median(served_batch)
     bc = statistics.median(bare_chunked)
     figures = {
         "single_breakdown_p50_ms": breakdown(measured_timings),
-        "ood_method": ood_method, "ood_ms_per_image": ood_ms,
+        "single_without_check_breakdown_p50_ms": breakdown(measured_plain_timings),
+        "ood_method": ood_method, "ood_ms_per_image": ood_ms, "ood_ms_per_image_cache_warm": ood_hot_ms,
         "model": str(model), "image_size": predictor.image_size, "threads": threads,
         "workers": args.workers, "cpu_cores": cpu_cores(), "batch_size": args.batch_size,
         "bare_single_p50_ms": b1 * 1e3, "bare_single_p99_ms": pct(bare_single, 99),
@@ -318,9 +356,12 @@ def main() -> int:
         "bare_single_stream_images_per_s": 1 / b1,
         "concurrent_clients": args.concurrent_clients, "concurrent_images_per_s": concurrent_ips,
         "worker_rss_mb": rss, "first_ready_s": first_ready, "all_workers_ready_s": all_ready,
-        "rows_stored": rows, "samples": {"single": len(served_single), "batch": len(served_batch)},
+        "rows_stored": rows, "samples": {"single": len(served_single), "batch": len(served_batch),
+                                         "single_without_check": len(served_plain)},
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "worker_class": server.worker_class,
+        "served_single_without_check_p50_ms": statistics.median(served_plain) * 1e3 if served_plain else None,
+        "latency_ratio_without_check": statistics.median(served_plain) / b1 if served_plain else None,
     }
     print(report(figures))
     if args.json:
@@ -348,7 +389,7 @@ def report(f: dict) -> str:
         f"load average {f['load_average_1min'][0]:.2f} before, {f['load_average_1min'][1]:.2f} after",
         "",
         f"calibration and OOD check served: {f['ood_method']}; they add {f['ood_ms_per_image']:.3f} ms "
-        "to a single image",
+        f"to a single image right after its forward pass ({f['ood_ms_per_image_cache_warm']:.3f} ms back to back)",
         f"(a) bare forward, 1 image      p50 {f['bare_single_p50_ms']:8.2f} ms   p99 {f['bare_single_p99_ms']:8.2f} ms",
         f"    bare forward, batch of {f['batch_size']}  p50 {f['bare_batch_p50_ms']:8.2f} ms   "
         f"= {f['bare_batch_images_per_s']:.1f} images/s (one pass)",
@@ -362,8 +403,14 @@ def report(f: dict) -> str:
         f"(c) {f['concurrent_clients']} concurrent clients, 1 image each: {f['concurrent_images_per_s']:.1f} images/s "
         f"(bare single-stream {f['bare_single_stream_images_per_s']:.1f}/s)",
         "",
-        f"latency ratio    served p50 / bare p50          = {f['latency_ratio']:.2f}  "
+        f"latency ratio    served p50 / bare p50          = {f['latency_ratio']:.3f}  "
         f"(goal <= {GOAL_LATENCY}: {ok(f['latency_ratio'] <= GOAL_LATENCY)})",
+        *([f"  (d) the same artifact without calibration and the OOD check, same rounds: served p50 "
+           f"{f['served_single_without_check_p50_ms']:.2f} ms, ratio {f['latency_ratio_without_check']:.3f}; "
+           f"calibration and the check add {f['latency_ratio'] - f['latency_ratio_without_check']:+.3f}",
+           "      where it goes (medians, ms): " + ", ".join(
+               f"{k} {v:.2f}" for k, v in f["single_without_check_breakdown_p50_ms"].items())]
+          if f.get("latency_ratio_without_check") else []),
         f"throughput ratio served batch / bare batch      = {f['throughput_ratio']:.2f}  "
         f"(goal >= {GOAL_THROUGHPUT}: {ok(f['throughput_ratio'] >= GOAL_THROUGHPUT)})",
         f"  (served batch vs bare in passes of {f['forward_batch']}: {f['throughput_ratio_vs_chunked']:.2f}, "
@@ -371,7 +418,9 @@ def report(f: dict) -> str:
         f"worker RSS (MB): {', '.join(f'{r:.0f}' for r in f['worker_rss_mb'])}",
         f"start to first ready /health: {f['first_ready_s']:.2f} s; all workers ready: {f['all_workers_ready_s']:.2f} s",
         f"rows stored: {f['rows_stored']} (equal to the predictions answered)",
-        f"samples: {f['samples']['single']} single, {f['samples']['batch']} batch requests (interleaved with bare)",
+        f"samples: {f['samples']['single']} single, {f['samples']['batch']} batch"
+        + (f", {f['samples']['single_without_check']} single without the check" if f['samples']['single_without_check'] else "")
+        + " requests (interleaved with bare)",
     ])
 
 

@@ -68,5 +68,34 @@ def add_ood_check(run_dir: Path) -> None:
         fit_trust(data, split, run_dir, Path(tmp) / "cache", n_cases=8, methods=("mahalanobis",), show_progress=False)
 
 
+def without_trust_check(run_dir: Path, out_dir: Path) -> Path:
+    """A copy of an artifact as served before calibration and the OOD check existed: the same
+    model.tflite (hard-linked where the filesystem allows), a sidecar without ``calibration`` and
+    ``ood``. The benches serve it beside the original to time what the check adds."""
+    import json
+    import shutil
+
+    from galaxylib.artifact import SIDECAR, read_artifact
+    from galaxylib.files import atomic_write_json
+    from galaxylib.inference.trust import OOD_FILE
+
+    read_artifact(run_dir)  # refuse a broken original before copying it
+    sidecar = json.loads((run_dir / SIDECAR).read_text())
+    sidecar.pop("calibration", None)
+    sidecar.pop("ood", None)
+    sidecar["files"].pop(OOD_FILE, None)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    for name in sidecar["files"]:
+        try:
+            os.link(run_dir / name, out_dir / name)
+        except OSError:
+            shutil.copy2(run_dir / name, out_dir / name)
+    atomic_write_json(out_dir / SIDECAR, sidecar)
+    read_artifact(out_dir)
+    return out_dir
+
+
 if __name__ == "__main__":
     print(ensure_bench_artifact(Path(sys.argv[1]) if len(sys.argv) > 1 else BENCH_DIR))
