@@ -2,10 +2,14 @@
 
 Measured separately from bench/bench_serve.py, in alternating rounds:
   - a round trip through ``gunicorn -w 4`` (the worker class gunicorn.conf.py picks, one upload
-    per new connection, 10 ms apart) to a bare WSGI function and to a one-line Flask view;
-  - on PostgreSQL, after an 8 ms idle gap: ``SELECT 1``, and the one-row prediction INSERT with
-    the default ``synchronous_commit`` and, on a second connection, with it off (the WAL flush
-    it saves is what makes a row durable before its answer, so the server keeps it on).
+    per new connection) to a bare WSGI function and to a one-line Flask view;
+  - on PostgreSQL: ``SELECT 1``, and the one-row prediction INSERT with the default
+    ``synchronous_commit`` and, on a second connection, with it off (the WAL flush it saves is
+    what makes a row durable before its answer, so the server keeps it on).
+Each is timed twice per round: after an idle gap (10 ms for HTTP, 8 ms for the database, about
+what a request's forward pass leaves the other processes idle) and straight after, back to back.
+The difference is the cost of waking processes that went idle, which on a virtual machine can
+be most of the round trip.
 
     python bench/bench_floor.py
 """
@@ -27,6 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from bench.bench_serve import database_arguments, free_port, make_database, multipart, post  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
+
+GAPS_HTTP = (0.010, 0.0)  # seconds of idle before each timed call; 0 = straight after the last one
+GAPS_DATABASE = (0.008, 0.0)
 
 APPS = '''
 from flask import Flask, jsonify, request
@@ -58,7 +65,7 @@ def wait_until_answering(port: int, body: tuple[bytes, dict], timeout: float = 6
     raise RuntimeError(f"gunicorn on port {port} did not answer within {timeout:.0f} s")
 
 
-def http_floor(rounds: int) -> dict[str, float]:
+def http_floor(rounds: int) -> dict[tuple[str, float], float]:
     sample = sorted(SAMPLES_DIR.glob("*.jpg"))[0]
     body = multipart([(sample.name, sample.read_bytes())])
     gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -76,14 +83,15 @@ def http_floor(rounds: int) -> dict[str, float]:
         try:
             for port, _ in servers.values():
                 wait_until_answering(port, body)
-            times: dict[str, list[float]] = {name: [] for name in servers}
+            times: dict[tuple[str, float], list[float]] = {(name, gap): [] for name in servers for gap in GAPS_HTTP}
             for _ in range(rounds):
                 for name, (port, _) in servers.items():
-                    time.sleep(0.01)
-                    status, _, seconds, _ = post(port, *body)
-                    if status != 200:
-                        raise RuntimeError(f"{name} answered {status}")
-                    times[name].append(seconds * 1e3)
+                    for gap in GAPS_HTTP:
+                        time.sleep(gap)
+                        status, _, seconds, _ = post(port, *body)
+                        if status != 200:
+                            raise RuntimeError(f"{name} answered {status}")
+                        times[name, gap].append(seconds * 1e3)
         finally:
             for _, proc in servers.values():
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -92,7 +100,7 @@ def http_floor(rounds: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in times.items()}
 
 
-def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
+def database_floor(admin_url: str, rounds: int) -> dict[tuple[str, float], float]:
     import psycopg
 
     from galaxylib.store.database import PredictionRecord, PredictionStore, _PostgresWriter
@@ -114,13 +122,14 @@ def database_floor(admin_url: str, rounds: int) -> dict[str, float]:
                         lambda: conn.execute(sql, params, prepare=True).fetchall(),
                     "one-row INSERT, synchronous_commit off":
                         lambda: unsafe.execute(sql, params, prepare=True).fetchall()}
-        times: dict[str, list[float]] = {name: [] for name in variants}
+        times: dict[tuple[str, float], list[float]] = {(name, gap): [] for name in variants for gap in GAPS_DATABASE}
         for _ in range(rounds):
             for name, run in variants.items():
-                time.sleep(0.008)
-                started = time.perf_counter()
-                run()
-                times[name].append((time.perf_counter() - started) * 1e3)
+                for gap in GAPS_DATABASE:
+                    time.sleep(gap)
+                    started = time.perf_counter()
+                    run()
+                    times[name, gap].append((time.perf_counter() - started) * 1e3)
         conn.close()
         unsafe.close()
     finally:
@@ -133,8 +142,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}; medians of {args.rounds} requests or writes, ms")
-    for name, ms in {**http_floor(args.rounds), **database_floor(args.postgres, args.rounds)}.items():
-        print(f"  {name:50s} {ms:7.3f}")
+    medians = {**http_floor(args.rounds), **database_floor(args.postgres, args.rounds)}
+    print(f"  {'':50s} {'after idle':>10s} {'back to back':>13s}")
+    for name in dict.fromkeys(name for name, _ in medians):
+        idle, busy = (ms for (n, _), ms in medians.items() if n == name)
+        print(f"  {name:50s} {idle:10.3f} {busy:13.3f}")
     return 0
 
 
