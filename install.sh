@@ -3,7 +3,7 @@
 # browser test.
 #   ./install.sh              install (re-running it is safe)
 #   ./install.sh --if-needed  only when .venv is missing or the pins (pyproject.toml) changed;
-#                             train.sh, test.sh and dashboard.sh call this on every start
+#                             train.sh, predict.sh, test.sh and dashboard.sh call this on every start
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON_BIN="${PYTHON_BIN:-python3.11}"
