@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -264,7 +265,72 @@ def test_bad_input_is_a_clear_error(tiny_artifact, cutouts, csv_catalog, tmp_pat
     cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(no_path),
                           "--out", str(tmp_path / "o8")], capture_output=True, text=True, env=env, timeout=120)
     assert cli.returncode == 2 and "no column 'file_loc'" in cli.stderr and "Traceback" not in cli.stderr
-    assert not (tmp_path / "o8").exists() or not list((tmp_path / "o8").glob("part-*"))
+    assert not (tmp_path / "o8").exists()  # a refused run leaves no folder behind, not even its _plan
+
+
+def test_a_row_without_an_id_stops_the_run_in_a_csv_as_in_parquet(tiny_artifact, sample_files, tmp_path):
+    rows = [{"id_str": i, "file_loc": str(sample_files[0])} for i in ("a", "", "c")]
+    blank = write_catalog_csv(tmp_path / "blank.csv", rows)  # a blank CSV cell reads as "", not null
+    with pytest.raises(CatalogError, match="data row 2 .* has no id_str"):
+        run(tiny_artifact, blank, tmp_path / "o1")
+    spaces = write_catalog_csv(tmp_path / "spaces.csv", [{"id_str": "  ", "file_loc": str(sample_files[0])}])
+    with pytest.raises(CatalogError, match="data row 1 .* has no id_str"):
+        run(tiny_artifact, spaces, tmp_path / "o2")
+    null = tmp_path / "null.parquet"
+    pq.write_table(pa.table({"id_str": ["a", None], "file_loc": [str(sample_files[0])] * 2}), null)
+    with pytest.raises(CatalogError, match="data row 2 .* has no id_str"):
+        run(tiny_artifact, null, tmp_path / "o3")
+    assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
+
+
+def test_an_unwritable_out_folder_is_a_message_not_a_traceback(tiny_artifact, csv_catalog, tmp_path):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    env = {**os.environ, "PYTHON": sys.executable}
+    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(csv_catalog),
+                          "--out", str(a_file / "results")], capture_output=True, text=True, env=env, timeout=120)
+    assert cli.returncode == 2, cli.stderr[-2000:]
+    assert f"cannot write to --out {a_file / 'results'}" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact, sample_files, tmp_path):
+    rows = [{"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)])} for i in range(600)]
+    catalog = write_catalog_csv(tmp_path / "catalog.csv", rows)
+    out = tmp_path / "out"
+    command = [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(catalog),
+               "--out", str(out), "--shard-rows", "3", "--batch-size", "2", "--processes", "2", "--no-progress"]
+    env = {**os.environ, "PYTHON": sys.executable}
+    # its own process group, as a terminal's foreground job: Ctrl-C signals the run and its workers
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("_manifest/*.json"))) < 5:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before Ctrl-C"
+    workers = worker_pids(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "run the same command again" in stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert not wait_gone(workers), "worker processes outlived the interrupted run"
+    done = len(list(out.glob("_manifest/*.json")))
+    assert 5 <= done < 200 and not list(out.glob(".part-*"))  # nothing half-written left behind
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"{done} already finished, {200 - done} done now" in again.stdout
+    ids = read_out(out).column("id_str").to_pylist()
+    assert sorted(ids) == sorted(r["id_str"] for r in rows)
+
+
+def test_a_dask_scheduler_that_does_not_answer_is_a_clear_error(tiny_artifact, csv_catalog, tmp_path):
+    import dask
+
+    with socket.socket() as s:  # a port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        with pytest.raises(CatalogError, match=f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}"):
+            run(tiny_artifact, csv_catalog, tmp_path / "o", dask=f"tcp://127.0.0.1:{port}")
 
 
 def test_an_artifact_with_an_ood_check_adds_in_distribution_and_ood_score(tiny_artifact, csv_catalog, tmp_path):

@@ -197,6 +197,14 @@ def catalog_main(argv: list[str]) -> int:
     except CatalogError as exc:
         print(f"predict.sh: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\npredict.sh: interrupted. The shards finished so far are kept in {args.out}; run the same "
+              "command again to do the rest.", file=sys.stderr)
+        return 130
+    except OSError as exc:  # e.g. the disk filled up or the folder became unwritable mid-run
+        print(f"predict.sh: cannot write the results: {exc}. The shards finished so far are kept in {args.out}; "
+              "fix the cause and run the same command again.", file=sys.stderr)
+        return 2
     for line in result.failed:
         print(f"  FAILED {line}", file=sys.stderr)
     workers = f" on {result.processes} worker processes" if result.processes > 1 else ""

@@ -207,6 +207,9 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_init(model_dir: str, threads: int, parent_pid: int) -> None:
     global _POOL_PREDICTOR
     _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool down,
+    # so a worker ignores it rather than dying mid-task with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_PREDICTOR = Predictor(model_dir, num_threads=threads)
 
 
@@ -365,7 +368,13 @@ def _run_dask(plan: Plan, todo: list[ShardSpec], spec_text: str, *, threads: int
         cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None,
                                silence_logs=logging.ERROR)
         threads = threads or 1
-    client = Client(cluster if cluster is not None else address)
+    try:
+        client = Client(cluster if cluster is not None else address)
+    except OSError as exc:  # distributed raises OSError (a TimeoutError) for a scheduler it cannot reach
+        if cluster is not None:
+            cluster.close()
+        raise CatalogError(f"cannot reach the Dask scheduler at {spec_text} ({exc}); start one there "
+                           "(`dask scheduler`), or run on this machine with --dask local:N") from exc
     entries, failed = [], []
     try:
         token = uuid.uuid4().hex[:8]  # a long-lived scheduler may still hold an earlier run's keys

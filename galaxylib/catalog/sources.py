@@ -219,9 +219,12 @@ class TableSource(Source):
             for batch in _slices(batches, BATCH_ROWS):
                 batch = batch.select([n for n in batch.schema.names if not n.startswith("__index_level_")])
                 ids = pc.cast(batch.column(ID_COLUMN), pa.string())
-                if ids.null_count:
-                    first = row + int(np.flatnonzero(np.asarray(ids.is_null()))[0])
-                    raise CatalogError(f"the catalogue {self.path}: row {first} has no {ID_COLUMN}")
+                # A CSV reads a blank cell as "", not null: both are a row without an id.
+                blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
+                if pc.any(blank).as_py():
+                    first = row + int(np.flatnonzero(np.asarray(blank))[0])
+                    raise CatalogError(f"the catalogue {self.path}: data row {first + 1} (the first is 1) has no "
+                                       f"{ID_COLUMN}; every row needs one")
                 locs = pc.cast(batch.column(PATH_COLUMN), pa.string()).to_pylist()
                 resolved = pa.array([None if not loc else (loc if os.path.isabs(loc) else str(base / loc))
                                      for loc in locs], pa.string())
