@@ -72,6 +72,23 @@ def test_a_folder_becomes_an_h5_that_carries_its_class_table(tmp_path, sample_fi
     assert [GZ1_NAMES[i] for i in data.labels()[:4]] == ["smooth", "spiral", "merger", "edge_on"]
 
 
+def test_a_folder_of_one_class_is_refused_before_training(tmp_path, sample_files):
+    from galaxylib.data.galaxy10 import DatasetError, resolve_dataset
+
+    folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth"] * 6,
+                             classes_txt=("smooth", "spiral"))  # two classes named, one used
+    with pytest.raises(DatasetError, match="every image is labelled 'smooth'.*at least two classes"):
+        resolve_dataset(str(folder), workdir=tmp_path / "data", label_column="coarse", show_progress=False)
+    assert not list((tmp_path / "data").rglob("*.h5"))
+
+
+def test_a_missing_image_names_both_places_it_was_looked_for(tmp_path, sample_files):
+    folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth", "spiral"])
+    (folder / "images" / "g1.jpg").unlink()
+    with pytest.raises(LabelsError, match=r"g1.jpg is not in .*gz \(nor in .*gz/images\)"):
+        read_labelled_folder(folder, "coarse")
+
+
 @pytest.fixture(scope="module")
 def four_class_artifact(tmp_path_factory):
     """An untrained 32 px model with GZ1's four classes; a large random last layer makes its

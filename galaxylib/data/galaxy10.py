@@ -105,6 +105,11 @@ def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_pr
         listing = read_labelled_folder(folder, label_column)
     except LabelsError as exc:
         raise DatasetError(str(exc)) from exc
+    used = sorted(set(listing.labels))
+    if len(used) < 2:  # refused here, before training, not when the artifact is written
+        raise DatasetError(f"{folder / 'labels.csv'}: every image is labelled "
+                           f"{listing.class_names[used[0]]!r} (column {label_column!r}); a classifier needs "
+                           "images of at least two classes")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     n = len(listing)

@@ -86,7 +86,8 @@ def read_labelled_folder(folder: str | os.PathLike, label_column: str = "label")
         if not path.is_file() and Path(name).name == name and (folder / "images" / name).is_file():
             path = folder / "images" / name
         if not path.is_file():
-            raise LabelsError(f"{csv_path}:{line}: {name} is not in {folder}")
+            raise LabelsError(f"{csv_path}:{line}: {name} is not in {folder}"
+                              + ("" if Path(name).name != name else f" (nor in {folder / 'images'})"))
         filenames.append(name)
         paths.append(path)
         labels.append(label)
