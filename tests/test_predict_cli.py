@@ -101,6 +101,44 @@ def test_a_galaxy10_h5_is_classified_row_by_row(tiny_artifact, tmp_path, sqlite_
     assert [l["filename"] for l in read_csv(out)] == [f"{h5}[{i}]" for i in range(5)]
 
 
+def test_ctrl_c_writes_no_csv_and_says_where_the_logged_predictions_are(tiny_artifact, sample_files, tmp_path):
+    import os
+    import signal
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(3000):  # links to the real cutouts: a run long enough to interrupt
+        (folder / f"g{i:04d}.jpg").symlink_to(sample_files[i % len(sample_files)])
+    db = tmp_path / "predictions.db"
+    out = tmp_path / "out.csv"
+    env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": f"sqlite:///{db}"}
+    proc = subprocess.Popen([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(folder),
+                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (db.exists() and _rows(db) >= 64):
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert f"interrupted; {out} was not written; the predictions made so far are in sqlite:///{db}" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob(".out.csv*"))  # no CSV, whole or partial
+    assert 64 <= _rows(db) < 3000
+
+
+def _rows(db: Path) -> int:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(db) as conn:
+            return conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
+    except sqlite3.OperationalError:  # the table is not there yet
+        return 0
+
+
 def test_a_missing_model_is_a_clear_error(tmp_path, sample_files):
     result = run_predict("--model", tmp_path / "nope", sample_files[0], "--out", tmp_path / "x.csv")
     assert result.returncode == 2 and "cannot load the model" in result.stderr

@@ -100,7 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  for a model without the check; error is set, and the rest empty, for a file that\n"
                "  could not be read.\n"
                "Exit status: 0 when at least one image was classified, 1 when every input failed,\n"
-               "  2 for bad arguments, an unusable model or database, or nothing to classify.\n"
+               "  2 for bad arguments, an unusable model or database, or nothing to classify,\n"
+               "  130 after Ctrl-C (the CSV is then not written).\n"
                "For a whole survey catalogue (Parquet dataset out, sharded, resumable, Slurm or\n"
                "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).")
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
@@ -251,10 +252,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict.sh: cannot open the predictions database: {exc}\n"
                   "  (set DATABASE_URL, pass --database-url, or use --no-db)", file=sys.stderr)
             return 2
+    errors: list[str] = []
+    try:
+        n_ok, n_err = _classify_into_csv(args, predictor, store, errors)
+    except KeyboardInterrupt:  # the CSV is written whole or not at all (atomic_path)
+        logged = f"; the predictions made so far are in {store.url}" if store is not None else ""
+        print(f"\npredict.sh: interrupted; {args.out} was not written{logged}.", file=sys.stderr)
+        return 130
+    for line in errors:
+        print(f"  skipped {line}", file=sys.stderr)
+    where = f"; {n_ok} rows logged to {store.url}" if store is not None else ""
+    print(f"Classified {n_ok} image(s), {n_err} could not be read{where}. CSV: {args.out}")
+    return 0 if n_ok or not n_err else 1
+
+
+def _classify_into_csv(args: argparse.Namespace, predictor, store, errors: list[str]) -> tuple[int, int]:
+    """Every input into ``args.out`` (atomically) and the database; (classified, unreadable)."""
     from galaxylib.store.records import prediction_row
 
     n_ok = n_err = 0
-    errors: list[str] = []
     with atomic_path(args.out) as tmp_out, open(tmp_out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -281,11 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush()
         if pending:
             flush()
-    for line in errors:
-        print(f"  skipped {line}", file=sys.stderr)
-    where = f"; {n_ok} rows logged to {store.url}" if store is not None else ""
-    print(f"Classified {n_ok} image(s), {n_err} could not be read{where}. CSV: {args.out}")
-    return 0 if n_ok or not n_err else 1
+    return n_ok, n_err
 
 
 if __name__ == "__main__":
