@@ -96,6 +96,23 @@ def test_the_artifact_round_trips_with_its_sidecar(tiny_artifact):
     assert load_keras_model(artifact).input_shape == (None, 32, 32, 3)
 
 
+def test_an_artifact_readers_would_refuse_is_never_moved_into_place(tmp_path):
+    import keras
+
+    from galaxylib.modeling.export import save_artifact
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    run_dir = tmp_path / "models" / "one-class"
+    run_dir.mkdir(parents=True)
+    (run_dir / "earlier.txt").write_text("what was here before")
+    with pytest.raises(ArtifactError, match="two or more distinct names"):
+        save_artifact(model, run_dir, run_name="one-class", class_names=("smooth",), dataset={"sha256": "0" * 64},
+                      split={}, params={}, synthetic=True)
+    assert [p.name for p in run_dir.iterdir()] == ["earlier.txt"]  # untouched
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["one-class"]  # no temporary folder left
+
+
 def test_tflite_agrees_with_keras_on_the_same_inputs(tiny_artifact, sample_files):
     predictor = Predictor(tiny_artifact)
     batch = np.stack([predictor.preprocess(p) for p in sample_files[:8]])

@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from galaxylib.artifact import FORMAT_VERSION, KERAS_FILE, SIDECAR, TFLITE_FILE, Artifact, ArtifactError
+from galaxylib.artifact import (FORMAT_VERSION, KERAS_FILE, SIDECAR, TFLITE_FILE, Artifact, ArtifactError,
+                               read_artifact)
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import git_commit
 from galaxylib.files import atomic_write_json, sha256_file
@@ -103,6 +104,11 @@ def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str,
         "files": files,
     }
     atomic_write_json(tmp / SIDECAR, sidecar)
+    try:  # what every reader will check, checked before it replaces anything in models/
+        read_artifact(tmp, verify_hashes=False)
+    except ArtifactError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if run_dir.exists():
         shutil.rmtree(run_dir)
     os.replace(tmp, run_dir)
