@@ -302,7 +302,8 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     env = {**os.environ, "PYTHON": sys.executable}
     # its own process group, as a terminal's foreground job: Ctrl-C signals the run and its workers
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=_default_ctrl_c)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("_manifest/*.json"))) < 5:
         time.sleep(0.005)
@@ -413,10 +414,16 @@ def wait_gone(pids: set[int], seconds: float = 10.0) -> set[int]:
     """The pids still alive after ``seconds`` (zombies count as gone)."""
     import psutil
 
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:  # gone between the listing and the look
+            return False
+
     deadline = time.monotonic() + seconds
     alive = set(pids)
     while alive and time.monotonic() < deadline:
-        alive = {p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE}
+        alive = {p for p in alive if running(p)}
         time.sleep(0.05)
     return alive
 
@@ -522,3 +529,12 @@ def test_a_real_local_cluster_of_two_worker_processes(tiny_artifact, csv_catalog
     hosts = {json.loads(p.read_text())["host"] for p in (out / "_manifest").glob("*.json")}
     assert hosts  # written by the workers
     assert read_out(out).equals(read_out(reference))
+
+
+def _default_ctrl_c() -> None:
+    """In the child, before it runs: SIGINT at its default, as a terminal's foreground job has it.
+    A job started in the background (CI, nohup, `&`) inherits it ignored, and Python then never
+    raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -202,8 +202,8 @@ def catalog_main(argv: list[str]) -> int:
         print(f"\npredict.sh: interrupted. The shards finished so far are kept in {args.out}; run the same "
               "command again to do the rest.", file=sys.stderr)
         return 130
-    except OSError as exc:  # e.g. the disk filled up or the folder became unwritable mid-run
-        print(f"predict.sh: cannot write the results: {exc}. The shards finished so far are kept in {args.out}; "
+    except OSError as exc:  # a full disk, a folder gone read-only, an input that vanished mid-run
+        print(f"predict.sh: stopped by an I/O error: {exc}. The shards finished so far are kept in {args.out}; "
               "fix the cause and run the same command again.", file=sys.stderr)
         return 2
     for line in result.failed:

@@ -208,7 +208,8 @@ def _worker_init(model_dir: str, threads: int, parent_pid: int) -> None:
     global _POOL_PREDICTOR
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool down,
-    # so a worker ignores it rather than dying mid-task with a traceback of its own.
+    # so a worker ignores it rather than dying mid-task with a traceback of its own (it was
+    # started ignoring it; this keeps it so if a library reinstalls Python's handler).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_PREDICTOR = Predictor(model_dir, num_threads=threads)
 
@@ -231,7 +232,7 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
                                initializer=_worker_init, initargs=(str(model_dir), threads, os.getpid()))
     try:
         # Each submit starts a process while none is idle yet, so all of them start inside the block.
-        with single_threaded_children(), _without_main_module():
+        with single_threaded_children(), _without_main_module(), _children_ignore_ctrl_c():
             ready = [pool.submit(_worker_ready) for _ in range(processes)]
         for future in ready:
             future.result()
@@ -242,6 +243,23 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
                                "processes=1 (--processes 1) runs in this process") from exc
         raise
     return pool
+
+
+@contextlib.contextmanager
+def _children_ignore_ctrl_c() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT from birth (Python keeps an inherited
+    SIG_IGN), so a Ctrl-C while they are still importing prints no traceback from each of them.
+    The block only starts processes (milliseconds); the caller's own handler is back after it."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be changed from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -186,8 +186,8 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
             raise CatalogError(f"{out_dir} holds Parquet parts without a plan: pass another --out, or --overwrite")
         clear_results(out_dir)
     made = [d for d in (out_dir, out_dir / PLAN_DIR) if not d.exists()]  # removed again if planning fails
-    _make_writable_folder(out_dir / PLAN_DIR)
     try:
+        _make_writable_folder(out_dir / PLAN_DIR)
         # Cheap when nothing changed: the normalised copy is found by its stamp, not rebuilt.
         specs = source.plan(int(shard_rows), out_dir / PLAN_DIR, show_progress=show_progress)
         clash = sorted(set(source.passthrough_columns()) & set(output_columns(names, has_ood) + [ID_COLUMN]))
@@ -195,10 +195,15 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
             raise CatalogError(f"the catalogue's column(s) {', '.join(map(repr, clash))} would clash with the "
                                "output's own columns (the prediction and one per class): rename them")
     except (CatalogError, OSError) as exc:
-        for folder in reversed(made):  # a refused run leaves no empty OUT_DIR or _plan behind
-            _remove_if_only_ours(folder)
+        # A refused run leaves no empty OUT_DIR or _plan behind. Only empty folders are removed:
+        # a concurrent task (a Slurm array) may be writing its plan in the same _plan.
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         if isinstance(exc, OSError):
-            raise CatalogError(f"cannot write the plan in {out_dir / PLAN_DIR}: {exc}") from exc
+            raise CatalogError(f"cannot plan the run in {out_dir / PLAN_DIR}: {exc}") from exc
         raise
     plan = Plan(out_dir=out_dir, key=key, source=source, shards=specs, model_dir=artifact.path,
                 model_version=artifact.model_version, model_sha256=model_sha256(artifact), class_names=names,
@@ -214,27 +219,16 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
 def _make_writable_folder(folder: Path) -> None:
     """Create ``folder`` and prove a file can be written in it, so an unwritable --out is a clear
     error before any work rather than a traceback from the first shard."""
+    import tempfile
+
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)  # unique across hosts too
+        os.close(handle)
+        os.unlink(probe)
     except OSError as exc:
         raise CatalogError(f"cannot write to --out {folder.parent}: {exc.strerror or exc}"
                            f"{f' ({exc.filename})' if exc.filename else ''}") from exc
-
-
-def _remove_if_only_ours(folder: Path) -> None:
-    """Remove a folder this run created, with what planning put in it (never anything else)."""
-    import shutil
-
-    if folder.name == PLAN_DIR:
-        shutil.rmtree(folder, ignore_errors=True)
-    else:
-        try:
-            folder.rmdir()  # only when empty
-        except OSError:
-            pass
 
 
 def clear_results(out_dir: Path) -> None:
