@@ -9,10 +9,16 @@ cd "$(dirname "$0")"
 PYTHON_BIN="${PYTHON_BIN:-python3.11}"
 STAMP=.venv/.galaxylib-installed
 wanted="$(cat pyproject.toml install.sh | sha256sum | cut -d' ' -f1)"
-if [ "${1:-}" = "--if-needed" ]; then
-  if [ -x .venv/bin/python ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$wanted" ]; then exit 0; fi
-  echo "Installing the kit into .venv (first use, or the pinned dependencies changed)..." >&2
+installed() { [ -x .venv/bin/python ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$wanted" ]; }
+if [ "${1:-}" = "--if-needed" ] && installed; then exit 0; fi
+# One install at a time: the tasks of a Slurm array may all arrive here together. The others wait,
+# then find it done.
+if command -v flock >/dev/null; then
+  exec 9>.install.lock
+  flock 9
+  if [ "${1:-}" = "--if-needed" ] && installed; then exit 0; fi
 fi
+[ "${1:-}" = "--if-needed" ] && echo "Installing the kit into .venv (first use, or the pinned dependencies changed)..." >&2
 command -v "$PYTHON_BIN" >/dev/null || { echo "install.sh: Python 3.11 is required ($PYTHON_BIN not found); set PYTHON_BIN" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

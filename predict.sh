@@ -8,7 +8,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
-  # the install's messages go to stderr: without --out the predictions are the CSV on stdout
+  # the install's messages go to stderr, like predict.sh's own; stdout keeps only the summary
   if [ -n "${VIRTUAL_ENV:-}" ]; then PY=python; else "$HERE/install.sh" --if-needed >&2; PY="$HERE/.venv/bin/python"; fi
 fi
 exec "$PY" -m galaxylib.apps.predict_cli "$@"
