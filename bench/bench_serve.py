@@ -268,11 +268,12 @@ def main() -> int:
     if predictor.has_ood and not args.no_check_baseline:
         plain_model = without_trust_check(Path(model), Path(scratch.name) / "without-check")
     database_url, drop_database = make_database(args.postgres)
-    server = Server(model, database_url, args.workers, threads, args.forward_batch)
-    plain = Server(plain_model, database_url, args.workers, threads, args.forward_batch) if plain_model else None
+    server = plain = None
     try:
-        first_ready, all_ready = server.wait_ready(args.workers)
-        if plain is not None:
+        server = Server(model, database_url, args.workers, threads, args.forward_batch)
+        first_ready, all_ready = server.wait_ready(args.workers)  # timed alone, before the second server
+        if plain_model is not None:
+            plain = Server(plain_model, database_url, args.workers, threads, args.forward_batch)
             plain.wait_ready(args.workers)
         single_body = multipart([(single_file.name, single_file.read_bytes())])
         batch_body = multipart([(f.name, f.read_bytes()) for f in batch_files])
@@ -315,7 +316,12 @@ def main() -> int:
                     served_plain += [served(single_body, 1, plain) for _ in range(args.singles_per_round)]
             bare_batch += [bare(xb) for _ in range(args.batches_per_round)]
             bare_chunked += [bare(xb, args.forward_batch) for _ in range(args.batches_per_round)]
-            served_batch += [served(batch_body, args.batch_size) for _ in range(args.batches_per_round)]
+            for target in order:  # both servers, in the round's order: each then sat idle alike
+                if target is server:
+                    served_batch += [served(batch_body, args.batch_size) for _ in range(args.batches_per_round)]
+                elif target is not None:
+                    for _ in range(args.batches_per_round):
+                        served(batch_body, args.batch_size, plain)
 
         measured_timings, measured_plain_timings = list(single_timings), list(plain_timings)
         # (c) informational: many clients at once, single images.
@@ -331,9 +337,9 @@ def main() -> int:
         if rows != stored:
             raise RuntimeError(f"{stored} predictions answered 200 but {rows} rows are stored")
     finally:
-        server.stop()
-        if plain is not None:
-            plain.stop()
+        for started_server in (server, plain):
+            if started_server is not None:
+                started_server.stop()
         drop_database()
         scratch.cleanup()
 
