@@ -187,7 +187,8 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
         clear_results(out_dir)
     made = [d for d in (out_dir, out_dir / PLAN_DIR) if not d.exists()]  # removed again if planning fails
     try:
-        _make_writable_folder(out_dir / PLAN_DIR)
+        if not reuse:  # a finished run's folder may be read-only now: a rerun that has nothing to do still says so
+            _make_writable_folder(out_dir / PLAN_DIR)
         # Cheap when nothing changed: the normalised copy is found by its stamp, not rebuilt.
         specs = source.plan(int(shard_rows), out_dir / PLAN_DIR, show_progress=show_progress)
         clash = sorted(set(source.passthrough_columns()) & set(output_columns(names, has_ood) + [ID_COLUMN]))
