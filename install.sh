@@ -18,7 +18,9 @@ if command -v flock >/dev/null; then
   flock 9
   if [ "${1:-}" = "--if-needed" ] && installed; then exit 0; fi
 fi
-[ "${1:-}" = "--if-needed" ] && echo "Installing the kit into .venv (first use, or the pinned dependencies changed)..." >&2
+if [ "${1:-}" = "--if-needed" ]; then
+  echo "Installing the kit into .venv (first use, or the pinned dependencies changed)..." >&2
+fi
 command -v "$PYTHON_BIN" >/dev/null || { echo "install.sh: Python 3.11 is required ($PYTHON_BIN not found); set PYTHON_BIN" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PYTHON_BIN" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip

@@ -79,3 +79,12 @@ def add_trust_check(run_dir, work_dir, n_per_class: int = 4, seed: int = 0,
     split = make_split(data.labels(), data.fingerprint(), seed, (0.5, 0.25, 0.25))
     return fit_trust(data, split, run_dir, work_dir / "cache", seed=seed, n_cases=6, methods=methods,
                      show_progress=False)
+
+
+def default_ctrl_c() -> None:
+    """A ``preexec_fn``: SIGINT at its default in the child, as a terminal's foreground job has it.
+    A job started in the background (CI, nohup, `&`) inherits it ignored, and Python then never
+    raises KeyboardInterrupt, so a test of Ctrl-C would see the run finish."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

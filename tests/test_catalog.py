@@ -31,7 +31,7 @@ from galaxylib.catalog.shards import read_provenance
 from galaxylib.catalog.sources import CatalogError
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.inference.predictor import Predictor
-from support import add_trust_check, row_count
+from support import add_trust_check, default_ctrl_c, row_count
 
 def write_catalog_csv(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as fh:
@@ -303,7 +303,7 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     # its own process group, as a terminal's foreground job: Ctrl-C signals the run and its workers
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
-                            preexec_fn=_default_ctrl_c)
+                            preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("_manifest/*.json"))) < 5:
         time.sleep(0.005)
@@ -529,12 +529,3 @@ def test_a_real_local_cluster_of_two_worker_processes(tiny_artifact, csv_catalog
     hosts = {json.loads(p.read_text())["host"] for p in (out / "_manifest").glob("*.json")}
     assert hosts  # written by the workers
     assert read_out(out).equals(read_out(reference))
-
-
-def _default_ctrl_c() -> None:
-    """In the child, before it runs: SIGINT at its default, as a terminal's foreground job has it.
-    A job started in the background (CI, nohup, `&`) inherits it ignored, and Python then never
-    raises KeyboardInterrupt."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,6 +11,7 @@ import pytest
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.store.database import PredictionStore
 from galaxylib.inference.predictor import Predictor
+from support import default_ctrl_c
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def test_ctrl_c_writes_no_csv_and_says_where_the_logged_predictions_are(tiny_art
     proc = subprocess.Popen([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(folder),
                              "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True,
-                            preexec_fn=_default_ctrl_c)
+                            preexec_fn=default_ctrl_c)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not (db.exists() and _rows(db) >= 64):
         time.sleep(0.01)
@@ -144,12 +145,3 @@ def test_a_missing_model_is_a_clear_error(tmp_path, sample_files):
     result = run_predict("--model", tmp_path / "nope", sample_files[0], "--out", tmp_path / "x.csv")
     assert result.returncode == 2 and "cannot load the model" in result.stderr
     assert not (tmp_path / "x.csv").exists()
-
-
-def _default_ctrl_c() -> None:
-    """In the child, before it runs: SIGINT at its default, as a terminal's foreground job has it.
-    A job started in the background (CI, nohup, `&`) inherits it ignored, and Python then never
-    raises KeyboardInterrupt."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -252,9 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"predict.sh: cannot open the predictions database: {exc}\n"
                   "  (set DATABASE_URL, pass --database-url, or use --no-db)", file=sys.stderr)
             return 2
-    errors: list[str] = []
     try:
-        n_ok, n_err = _classify_into_csv(args, predictor, store, errors)
+        n_ok, n_err, errors = _classify_into_csv(args, predictor, store)
     except KeyboardInterrupt:  # the CSV is written whole or not at all (atomic_path)
         logged = f"; the predictions made so far are in {store.url}" if store is not None else ""
         print(f"\npredict.sh: interrupted; {args.out} was not written{logged}.", file=sys.stderr)
@@ -266,11 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if n_ok or not n_err else 1
 
 
-def _classify_into_csv(args: argparse.Namespace, predictor, store, errors: list[str]) -> tuple[int, int]:
-    """Every input into ``args.out`` (atomically) and the database; (classified, unreadable)."""
+def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int, int, list[str]]:
+    """Every input into ``args.out`` (atomically) and the database: (classified, unreadable, why)."""
     from galaxylib.store.records import prediction_row
 
     n_ok = n_err = 0
+    errors: list[str] = []
     with atomic_path(args.out) as tmp_out, open(tmp_out, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -297,7 +297,7 @@ def _classify_into_csv(args: argparse.Namespace, predictor, store, errors: list[
                 flush()
         if pending:
             flush()
-    return n_ok, n_err
+    return n_ok, n_err, errors
 
 
 if __name__ == "__main__":

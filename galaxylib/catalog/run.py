@@ -208,8 +208,9 @@ def _worker_init(model_dir: str, threads: int, parent_pid: int) -> None:
     global _POOL_PREDICTOR
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool down,
-    # so a worker ignores it rather than dying mid-task with a traceback of its own (it was
-    # started ignoring it; this keeps it so if a library reinstalls Python's handler).
+    # so a worker ignores it rather than dying mid-task with a traceback of its own. Workers are
+    # started ignoring it (_children_ignore_ctrl_c), except when the pool is made off the main
+    # thread, where the parent cannot change its handler: this covers that case.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_PREDICTOR = Predictor(model_dir, num_threads=threads)
 
