@@ -283,6 +283,22 @@ def test_a_row_without_an_id_stops_the_run_in_a_csv_as_in_parquet(tiny_artifact,
     assert not any((tmp_path / f"o{i}").exists() for i in (1, 2, 3))
 
 
+def test_a_parquet_catalogue_with_floating_point_ids_is_refused(tiny_artifact, sample_files, tmp_path):
+    # Two SDSS objids one apart: as float64 both become '1.237648720693756e+18'.
+    ids = [1237648720693755918.0, 1237648720693755919.0]
+    floats = tmp_path / "float-ids.parquet"
+    pq.write_table(pa.table({"id_str": ids, "file_loc": [str(sample_files[0])] * 2}), floats)
+    with pytest.raises(CatalogError, match="stores id_str as double: floating-point ids lose digits"):
+        run(tiny_artifact, floats, tmp_path / "o1")
+    assert not (tmp_path / "o1").exists()
+    integers = tmp_path / "int-ids.parquet"  # the same ids as int64 pass, digit for digit
+    pq.write_table(pa.table({"id_str": [1237648720693755918, 1237648720693755919],
+                             "file_loc": [str(sample_files[0])] * 2}), integers)
+    run(tiny_artifact, integers, tmp_path / "o2")
+    out = read_out(tmp_path / "o2").column("id_str").to_pylist()
+    assert sorted(out) == ["1237648720693755918", "1237648720693755919"]
+
+
 def test_an_unwritable_out_folder_is_a_message_not_a_traceback(tiny_artifact, csv_catalog, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")

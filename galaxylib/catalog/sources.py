@@ -214,6 +214,14 @@ class TableSource(Source):
             raise CatalogError(f"the catalogue {self.path} has no column {', '.join(map(repr, missing))} "
                                f"(its columns: {', '.join(names) or 'none'}); it needs {ID_COLUMN!r} and "
                                f"{PATH_COLUMN!r} (the image, relative to the catalogue's folder or absolute)")
+        if self.kind == "parquet":
+            id_type = pf.schema_arrow.field(ID_COLUMN).type
+            if pa.types.is_floating(id_type):
+                # A float64 id keeps 15-16 digits: an SDSS objid such as 1237648720693755918 would
+                # come out as '1.237648720693756e+18', shared by neighbouring objects.
+                raise CatalogError(f"the catalogue {self.path} stores {ID_COLUMN} as {id_type}: floating-point "
+                                   "ids lose digits (1237648720693755918 becomes 1.237648720693756e+18) and "
+                                   "two galaxies can share one; store the ids as strings or integers")
         row = 0
         try:
             for batch in _slices(batches, BATCH_ROWS):
