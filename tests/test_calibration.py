@@ -10,7 +10,7 @@ import pytest
 from galaxylib.evaluation.metrics import ece_noise_floor, evaluate, expected_calibration_error
 from galaxylib.inference.calibration import (apply_calibration, apply_temperature, decide, fit_calibration,
                                              fit_temperature, fit_temperature_and_bias, negative_log_likelihood,
-                                             remove_bias)
+                                             one_standard_error_temperature, remove_bias)
 
 PRIOR = np.array([0.70, 0.16, 0.12, 0.02])  # GZ1's coarse classes are about this lopsided
 
@@ -79,6 +79,43 @@ def test_the_bias_is_kept_only_where_cross_validation_says_it_helps():
         chosen = fit_calibration(raw, labels, seed=seed)
         assert chosen["method"] == "temperature" and chosen["bias"] is None, chosen["cv_nll"]
         assert chosen["temperature"] == pytest.approx(1.5, rel=0.15)
+
+
+def sharp_model(n: int, true_t: float, seed: int):
+    """Ten classes at about 95 % accuracy: the model reports softmax(z), the truth is
+    softmax(z / true_t) (true_t = 1: calibrated already)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 2.2, size=(n, 10))
+    z[np.arange(n), rng.integers(0, 10, n)] += 9.0
+    truth = softmax(z / true_t)
+    return softmax(z), (rng.random((n, 1)) > np.cumsum(truth, axis=1)).sum(axis=1).clip(max=9)
+
+
+def within_one_standard_error(probs, labels, t: float, best: float) -> bool:
+    each = lambda temperature: -np.log(apply_temperature(probs, temperature)[np.arange(len(labels)), labels])  # noqa: E731
+    diff = each(t) - each(best)
+    return diff.mean() <= diff.std(ddof=1) / np.sqrt(len(diff))
+
+
+def test_a_temperature_moves_from_1_only_as_far_as_validation_clearly_supports():
+    # Calibrated already, 750 cutouts: the NLL optimum follows a few errors away from 1; the rule
+    # stays nearer 1, at the first temperature within one standard error of the optimum.
+    probs, labels = sharp_model(750, 1.0, seed=5)
+    best = fit_temperature(probs, labels)
+    chosen = one_standard_error_temperature(probs, labels, best)
+    assert abs(np.log(best)) > 0.1 and abs(np.log(chosen)) < 0.5 * abs(np.log(best)), (best, chosen)
+    assert within_one_standard_error(probs, labels, chosen, best)
+    a_step_nearer_1 = np.exp(np.log(chosen) - np.log(best) / 40)
+    assert chosen == 1.0 or not within_one_standard_error(probs, labels, a_step_nearer_1, best)
+    # Clearly underconfident, 3000 cutouts: most of the way to the optimum, far from 1.
+    probs, labels = sharp_model(3000, 0.6, seed=5)
+    best = fit_temperature(probs, labels)
+    chosen = one_standard_error_temperature(probs, labels, best)
+    assert best == pytest.approx(0.6, rel=0.1) and np.log(chosen) / np.log(best) > 0.7, (best, chosen)
+    # fit_calibration stores the rule's temperature, and the optimum beside it
+    stored = fit_calibration(probs, labels)
+    assert stored["method"] == "temperature" and stored["temperature"] == pytest.approx(chosen)
+    assert stored["temperature_nll_optimum"] == pytest.approx(best)
 
 
 def test_the_evaluation_reads_the_reported_class_and_its_confidence():

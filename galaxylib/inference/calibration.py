@@ -10,7 +10,8 @@ them were mergers. So the calibrated probabilities are
 
 with T (Guo et al. 2017) and, where it helps, one bias per class (bias-corrected temperature
 scaling, Alexandari et al. 2020), fitted on the validation split by negative log-likelihood. The
-bias puts the catalogue's own class frequencies back into the probabilities.
+bias puts the catalogue's own class frequencies back into the probabilities. Temperature alone
+is moved from 1 only as far as validation clearly supports (``one_standard_error_temperature``).
 
 **The reported class never changes**: it is the argmax of the model's own answer (``decide``),
 and the confidence is the calibrated probability of that class, so it says how often such a
@@ -77,9 +78,13 @@ def remove_bias(calibrated: np.ndarray, bias: Sequence[float] | None) -> np.ndar
 
 
 def negative_log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(_nll_each(probs, labels)))
+
+
+def _nll_each(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     picked = probs[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
-    return float(-np.mean(np.log(np.clip(picked, 1e-12, 1.0))))
+    return -np.log(np.clip(picked, 1e-12, 1.0))
 
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -102,6 +107,27 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
             lo = a
         a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     return float(math.exp((lo + hi) / 2))
+
+
+def one_standard_error_temperature(probs: np.ndarray, labels: np.ndarray, fitted: float, steps: int = 40) -> float:
+    """The temperature nearest 1, on the way from 1 to ``fitted``, whose NLL on these cutouts lies
+    within one standard error of ``fitted``'s (the per-cutout differences, paired): the
+    one-standard-error rule (Hastie, Tibshirani & Friedman, ESL 2nd ed., section 7.10).
+
+    A model that already answers nearly calibrated has a handful of validation errors, and the
+    NLL optimum follows them: a temperature fitted to 7 uncertain errors sharpened the quick
+    model (T 0.65) and made its test NLL worse, because 2 of test's 8 errors were confident. This
+    moves T only as far as the validation split clearly supports: on simulated models
+    (bench/temperature_rule.py, docs/trust.md) it rarely makes test NLL worse where the optimum
+    often does, and keeps most of the optimum's gain where the model is miscalibrated."""
+    fitted_losses = _nll_each(apply_temperature(probs, fitted), labels)
+    if len(fitted_losses) < 2:
+        return float(fitted)
+    for log_t in np.linspace(0.0, math.log(fitted), steps + 1):
+        diff = _nll_each(apply_temperature(probs, math.exp(log_t)), labels) - fitted_losses
+        if diff.mean() <= diff.std(ddof=1) / math.sqrt(len(diff)):
+            return float(math.exp(log_t))
+    return float(fitted)
 
 
 def fit_temperature_and_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[float, list[float]]:
@@ -148,18 +174,21 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
 
 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
-    """Temperature alone, or temperature and a class bias where cross-validation on these
-    (validation) cutouts says the bias helps; the bias is only tried when every class has at
-    least ``FOLDS`` of them. Returns what the artifact stores."""
+    """Temperature alone (by the one-standard-error rule), or temperature and a class bias where
+    cross-validation on these (validation) cutouts says the bias helps; the bias is only tried when
+    every class has at least ``FOLDS`` of them. Returns what the artifact stores."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    temperature = fit_temperature(probs, labels)
+    best = fit_temperature(probs, labels)
+    alone = {"method": "temperature", "temperature": one_standard_error_temperature(probs, labels, best),
+             "temperature_nll_optimum": best, "temperature_rule": "one standard error", "bias": None}
     if np.bincount(labels, minlength=probs.shape[1]).min() < FOLDS:
         # a class absent from (or nearly absent in) validation would get a bias no fold can judge
-        return {"method": "temperature", "temperature": temperature, "bias": None, "cv_nll": None}
+        return {**alone, "cv_nll": None}
     cv = {"temperature": cross_validated_nll(probs, labels, False, seed=seed),
           "temperature_and_bias": cross_validated_nll(probs, labels, True, seed=seed)}
     if cv["temperature_and_bias"] <= (1 - MIN_GAIN) * cv["temperature"]:
+        # kept only for a large, systematic miscalibration (the class frequencies), fitted at its optimum
         temperature, bias = fit_temperature_and_bias(probs, labels)
         return {"method": "temperature_and_bias", "temperature": temperature, "bias": bias, "cv_nll": cv}
-    return {"method": "temperature", "temperature": temperature, "bias": None, "cv_nll": cv}
+    return {**alone, "cv_nll": cv}
