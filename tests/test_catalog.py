@@ -299,6 +299,39 @@ def test_a_parquet_catalogue_with_floating_point_ids_is_refused(tiny_artifact, s
     assert sorted(out) == ["1237648720693755918", "1237648720693755919"]
 
 
+def test_ids_written_from_floating_point_are_refused_in_a_csv_and_as_parquet_strings(tiny_artifact, sample_files,
+                                                                                       tmp_path):
+    # What pandas writes for a float64 objid column: the digits past the 17th are gone.
+    rows = [{"id_str": i, "file_loc": str(sample_files[0])} for i in ("g1", "1.2376487206937559e+18")]
+    exported = write_catalog_csv(tmp_path / "exported.csv", rows)
+    with pytest.raises(CatalogError, match=r"data row 2 .* '1.2376487206937559e\+18', a number in exponent notation"):
+        run(tiny_artifact, exported, tmp_path / "o1")
+    strings = tmp_path / "strings.parquet"
+    pq.write_table(pa.table({"id_str": ["1E+18", "g2"], "file_loc": [str(sample_files[0])] * 2}), strings)
+    with pytest.raises(CatalogError, match="data row 1 .* a number in exponent notation"):
+        run(tiny_artifact, strings, tmp_path / "o2")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    names = write_catalog_csv(tmp_path / "names.csv", [{"id_str": i, "file_loc": str(sample_files[0])}
+                                                       for i in ("NGC 1300", "1237648720693755918", "e5", "J1234+5678")])
+    assert run(tiny_artifact, names, tmp_path / "o3").rows == 4  # names and integer ids pass
+
+
+def test_a_resumed_run_planned_by_older_code_is_checked_again(tiny_artifact, sample_files, tmp_path):
+    # A float-id catalogue planned before the id checks existed: its _plan/ copy, stamped by the
+    # older format, is not trusted, so the rerun reads the catalogue again and refuses it.
+    from galaxylib.catalog.sources import open_source
+
+    floats = tmp_path / "float-ids.parquet"
+    pq.write_table(pa.table({"id_str": [1237648720693755918.0, 2.0], "file_loc": [str(sample_files[0])] * 2}), floats)
+    out = tmp_path / "out"
+    copy = out / "_plan" / f"input-{open_source(floats).fingerprint()[:16]}-5.parquet"
+    copy.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id_str": ["1.237648720693756e+18", "2"], "file_loc": [str(sample_files[0])] * 2}), copy)
+    copy.with_name(copy.name + ".json").write_text(json.dumps({"format": 1, "shard_rows": 5, "rows": 2}))
+    with pytest.raises(CatalogError, match="stores id_str as double"):
+        run(tiny_artifact, floats, out, shard_rows=5)
+
+
 def test_an_unwritable_out_folder_is_a_message_not_a_traceback(tiny_artifact, csv_catalog, tmp_path):
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
