@@ -100,7 +100,7 @@ def main() -> int:
         print(json.dumps({
             "repeat": repeat, "galaxies": int(len(pool)), "methods": methods,
             "model_answer": summary(y, raw[pool], decisions),
-            "temperature": summary(y, alone[pool], decisions),
+            "temperature": summary(y, alone[pool], decisions),  # at the validation-NLL optimum
             "chosen": summary(y, chosen[pool], decisions),
             "per_reported_class": per_class, "minutes": round((time.monotonic() - started) / 60, 2)}), flush=True)
     return 0

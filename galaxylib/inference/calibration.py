@@ -29,6 +29,7 @@ import numpy as np
 FOLDS = 5  # the bias is judged by cross-validation on the validation split ...
 MIN_GAIN = 0.01  # ... and kept only when it lowers that NLL by at least this share: a model whose
 # classes were balanced all along keeps temperature alone, and its class stays its most probable one
+MIN_ERRORS = 5  # fewer misclassified validation cutouts than this leave temperature alone at 1
 
 
 def apply_calibration(probs: np.ndarray, temperature: float, bias: Sequence[float] | None = None) -> np.ndarray:
@@ -111,23 +112,31 @@ def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def one_standard_error_temperature(probs: np.ndarray, labels: np.ndarray, fitted: float, steps: int = 40) -> float:
     """The temperature nearest 1, on the way from 1 to ``fitted``, whose NLL on these cutouts lies
-    within one standard error of ``fitted``'s (the per-cutout differences, paired): the
-    one-standard-error rule (Hastie, Tibshirani & Friedman, ESL 2nd ed., section 7.10).
+    within one standard error of ``fitted``'s (the per-cutout differences, paired); 1 itself when
+    fewer than ``MIN_ERRORS`` cutouts are misclassified. Adapted from the one-standard-error rule
+    of Hastie, Tibshirani & Friedman (ESL 2nd ed., section 7.10), which applies it to a
+    cross-validated error.
 
     A model that already answers nearly calibrated has a handful of validation errors, and the
     NLL optimum follows them: a temperature fitted to 7 uncertain errors sharpened the quick
-    model (T 0.65) and made its test NLL worse, because 2 of test's 8 errors were confident. This
-    moves T only as far as the validation split clearly supports: on simulated models
-    (bench/temperature_rule.py, docs/trust.md) it rarely makes test NLL worse where the optimum
-    often does, and keeps most of the optimum's gain where the model is miscalibrated."""
+    model (T 0.65) and made its test NLL worse, because 2 of test's 8 errors were confident. With
+    no error at all the optimum is as sharp as the search allows (every right answer gains), and
+    the per-cutout differences all share a sign, so one standard error would not hold it back:
+    hence the minimum. On simulated models (bench/temperature_rule.py, docs/trust.md) this rarely
+    makes test NLL worse where the optimum often does, and keeps most of the optimum's gain where
+    the model is miscalibrated."""
+    if _errors(probs, labels) < MIN_ERRORS:
+        return 1.0
     fitted_losses = _nll_each(apply_temperature(probs, fitted), labels)
-    if len(fitted_losses) < 2:
-        return float(fitted)
     for log_t in np.linspace(0.0, math.log(fitted), steps + 1):
         diff = _nll_each(apply_temperature(probs, math.exp(log_t)), labels) - fitted_losses
         if diff.mean() <= diff.std(ddof=1) / math.sqrt(len(diff)):
             return float(math.exp(log_t))
     return float(fitted)
+
+
+def _errors(probs: np.ndarray, labels: np.ndarray) -> int:
+    return int((np.asarray(probs).argmax(axis=-1) != np.asarray(labels, dtype=np.int64)).sum())
 
 
 def fit_temperature_and_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[float, list[float]]:
@@ -176,15 +185,18 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
 def fit_calibration(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> dict:
     """Temperature alone (by the one-standard-error rule), or temperature and a class bias where
     cross-validation on these (validation) cutouts says the bias helps; the bias is only tried when
-    every class has at least ``FOLDS`` of them. Returns what the artifact stores."""
+    every class has at least ``FOLDS`` of them and at least ``MIN_ERRORS`` cutouts are misclassified.
+    Returns what the artifact stores."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     best = fit_temperature(probs, labels)
     alone = {"method": "temperature", "temperature": one_standard_error_temperature(probs, labels, best),
              "temperature_nll_optimum": best, "temperature_rule": "one standard error", "bias": None}
-    if np.bincount(labels, minlength=probs.shape[1]).min() < FOLDS:
-        # a class absent from (or nearly absent in) validation would get a bias no fold can judge
+    if np.bincount(labels, minlength=probs.shape[1]).min() < FOLDS or _errors(probs, labels) < MIN_ERRORS:
+        # a class absent from (or nearly absent in) validation would get a bias no fold can judge,
+        # and with almost no errors the bias's optimum runs to the edge as the temperature's does
         return {**alone, "cv_nll": None}
+    # each candidate at its NLL optimum: the question here is whether a bias helps at all
     cv = {"temperature": cross_validated_nll(probs, labels, False, seed=seed),
           "temperature_and_bias": cross_validated_nll(probs, labels, True, seed=seed)}
     if cv["temperature_and_bias"] <= (1 - MIN_GAIN) * cv["temperature"]:
