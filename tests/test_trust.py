@@ -249,3 +249,18 @@ def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, t
         fh.write(b"\0")
     with pytest.raises(ArtifactError, match="ood.npz does not match"):
         Predictor(run)
+
+
+def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_breaking_ties():
+    from galaxylib.pipeline.trust import choose_method
+
+    # The 3 December fresh clone's selection half: by AUROC alone mahalanobis would win by 0.0006
+    quick = {"mahalanobis": {"auroc": 0.99933, "flagged_fraction": 0.99375},
+             "knn": {"auroc": 0.98318, "flagged_fraction": 0.925},
+             "max_softmax": {"auroc": 0.93946, "flagged_fraction": 0.6375},
+             "pixels": {"auroc": 0.99869, "flagged_fraction": 1.0}}
+    assert choose_method(quick) == "pixels"
+    gz1 = {"mahalanobis": {"auroc": 0.99989, "flagged_fraction": 1.0},  # all flag every case: AUROC decides
+           "knn": {"auroc": 0.99981, "flagged_fraction": 1.0},
+           "pixels": {"auroc": 0.99963, "flagged_fraction": 1.0}}
+    assert choose_method(gz1) == "mahalanobis"

@@ -63,6 +63,14 @@ def _sample(indices: np.ndarray, most: int, seed: int) -> np.ndarray:
     return indices
 
 
+def choose_method(selection: dict[str, dict[str, float]]) -> str:
+    """The scorer that flags the most selection cases at its own threshold (the operating point,
+    where 95 % of validation stays in), AUROC breaking ties. By AUROC first, a 0.0006 lead chose
+    features that flagged 99.4 % of the cases over pixel statistics that flagged 100 %, and then
+    57.5 % of unseen face photos (docs/trust.md)."""
+    return max(selection, key=lambda m: (selection[m]["flagged_fraction"], selection[m]["auroc"]))
+
+
 def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path, *, seed: int = 0,
               max_train: int = 2000, n_cases: int = 40, train_features: np.ndarray | None = None,
               methods: tuple[str, ...] = METHODS, show_progress: bool = True) -> dict[str, Any]:
@@ -112,7 +120,7 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
         threshold = threshold_for(s_in)
         selection[method] = {"auroc": auroc(s_in, s_out), "flagged_fraction": float((s_out > threshold).mean())}
         scorers[method] = (scorer, threshold, float((s_in <= threshold).mean()))
-    method = max(methods, key=lambda m: (selection[m]["auroc"], selection[m]["flagged_fraction"]))
+    method = choose_method(selection)
     scorer, threshold, val_kept = scorers[method]
     arrays = scorer.arrays()
     model_dir = Path(model_dir)
