@@ -1,6 +1,8 @@
 """Calibration and the out-of-distribution scorers (galaxylib/inference/trust.py), in NumPy."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -217,8 +219,6 @@ def test_an_artifact_from_before_the_check_still_loads_and_serves_without_the_fl
 
 
 def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, tmp_path, sample_files):
-    import shutil
-
     from galaxylib.artifact import ArtifactError, read_sidecar
     from galaxylib.inference.predictor import Predictor
     from support import add_trust_check
@@ -264,3 +264,37 @@ def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_
            "knn": {"auroc": 0.99981, "flagged_fraction": 1.0},
            "pixels": {"auroc": 0.99963, "flagged_fraction": 1.0}}
     assert choose_method(gz1) == "mahalanobis"
+    # the union of the features' and the pixels' checks is kept when it flags as many as the best
+    assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.99990, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
+    assert choose_method({**quick, "mahalanobis+pixels": {"auroc": 0.9999, "flagged_fraction": 0.99}}) == "pixels"
+
+
+def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(tiny_artifact, tmp_path, sample_files):
+    from galaxylib.artifact import read_sidecar
+    from galaxylib.inference.predictor import Predictor
+    from galaxylib.inference.trust import Union
+    from support import add_trust_check
+
+    features, labels, _ = clusters(n=200)
+    part_f, part_p = Mahalanobis.fit(features, labels), PixelGaussian.fit(features[:, :17])
+    union = Union(part_f, part_p, scales=np.array([2.0, 4.0]))
+    queries = np.concatenate([features[:5], features[:5] + 3.0])
+    f_score, p_score = part_f.score(queries, None) / 2.0, part_p.score(None, None, queries[:, :17]) / 4.0
+    np.testing.assert_allclose(union.score(queries, None, queries[:, :17]), np.maximum(f_score, p_score), rtol=1e-6)
+    np.savez(tmp_path / "union.npz", **union.arrays())
+    loaded = load_scorer("mahalanobis+pixels", tmp_path / "union.npz")
+    np.testing.assert_allclose(loaded.score(queries, None, queries[:, :17]), union.score(queries, None, queries[:, :17]),
+                               rtol=1e-4)
+    # fitted by the real step beside its parts, and served: the Predictor computes both inputs
+    run = tmp_path / "run"
+    shutil.copytree(tiny_artifact, run)
+    add_trust_check(run, tmp_path / "work", methods=("mahalanobis", "pixels"))
+    ood = read_sidecar(run)["ood"]
+    assert set(ood["selection"]) == {"mahalanobis", "pixels", "mahalanobis+pixels"}
+    served = Predictor(run)
+    if ood["method"] == "mahalanobis+pixels":
+        assert served.trust.needs_pixels and served.trust.needs_features
+    batch = np.stack([served.preprocess(f) for f in sample_files[:3]])
+    raw, feats = served.forward(batch)
+    expected = served.trust.ood_scores(feats, served.trust.calibrate(raw), pixel_statistics(batch))
+    np.testing.assert_allclose([p.ood_score for p in served.predict_batch(sample_files[:3])], expected, rtol=1e-5)

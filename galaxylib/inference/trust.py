@@ -211,6 +211,29 @@ class PixelGaussian:
         return {"pixel_mean": self.mean, "pixel_precision": self.precision}
 
 
+UNION = "mahalanobis+pixels"
+
+
+@dataclass(frozen=True)
+class Union:
+    """Flags what either part flags: the larger of the two scores, each divided by its own
+    validation threshold (``scales``), so 1 is where either part alone would flag. The features
+    see what the network learnt, the pixel statistics what any cutout looks like; an input that
+    only one of them finds strange (LFW faces, to a quick model's features) is still caught."""
+
+    features: "Mahalanobis"
+    pixels: PixelGaussian
+    scales: np.ndarray  # (2,) the parts' thresholds on validation
+    method: str = UNION
+
+    def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+        return np.maximum(self.features.score(features, probs) / float(self.scales[0]),
+                          self.pixels.score(None, probs, pixels) / float(self.scales[1]))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {**self.features.arrays(), **self.pixels.arrays(), "union_scales": np.asarray(self.scales, np.float64)}
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -237,9 +260,13 @@ def load_scorer(method: str, path: Path | None) -> OODScorer:
     if path is None or not path.is_file():
         raise FileNotFoundError(f"the {method} OOD check needs {OOD_FILE}, which is missing")
     with np.load(path) as data:
-        if method == "mahalanobis":
-            return Mahalanobis(mean=data["mean"], basis=data["basis"], variances=data["variances"],
-                               rest_variance=float(data["rest_variance"]), class_means=data["class_means"])
+        if method in ("mahalanobis", UNION):
+            features = Mahalanobis(mean=data["mean"], basis=data["basis"], variances=data["variances"],
+                                   rest_variance=float(data["rest_variance"]), class_means=data["class_means"])
+            if method == "mahalanobis":
+                return features
+            return Union(features, PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"]),
+                         scales=np.asarray(data["union_scales"], dtype=np.float64))
         if method == "knn":
             return KNearest(basis=data["basis"], bank=data["bank"], k=int(data["k"]))
         if method == "pixels":
@@ -297,11 +324,11 @@ class TrustCheck:
     @property
     def needs_pixels(self) -> bool:
         """Whether scoring needs ``pixel_statistics`` of the model inputs (computed only then)."""
-        return self.has_ood and self.scorer.method == "pixels"
+        return self.has_ood and self.scorer.method in ("pixels", UNION)
 
     @property
     def needs_features(self) -> bool:
-        return self.has_ood and self.scorer.method in ("mahalanobis", "knn")
+        return self.has_ood and self.scorer.method in ("mahalanobis", "knn", UNION)
 
     def calibrate(self, probs: np.ndarray) -> np.ndarray:
         return apply_calibration(probs, self.temperature, self.bias)
