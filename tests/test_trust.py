@@ -267,6 +267,10 @@ def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_
     # the union of the features' and the pixels' checks is kept when it flags as many as the best
     assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.99990, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
     assert choose_method({**quick, "mahalanobis+pixels": {"auroc": 0.9999, "flagged_fraction": 0.99}}) == "pixels"
+    nan = {"auroc": float("nan"), "flagged_fraction": float("nan")}  # no cases to judge on never wins
+    assert choose_method({"knn": nan, **quick}) == "pixels" and choose_method({"mahalanobis+pixels": nan, **gz1}) == "mahalanobis"
+    with pytest.raises(ValueError, match="no OOD scorer"):
+        choose_method({})
 
 
 def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(tiny_artifact, tmp_path, sample_files):
@@ -285,15 +289,21 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     loaded = load_scorer("mahalanobis+pixels", tmp_path / "union.npz")
     np.testing.assert_allclose(loaded.score(queries, None, queries[:, :17]), union.score(queries, None, queries[:, :17]),
                                rtol=1e-4)
-    # fitted by the real step beside its parts, and served: the Predictor computes both inputs
-    run = tmp_path / "run"
-    shutil.copytree(tiny_artifact, run)
-    add_trust_check(run, tmp_path / "work", methods=("mahalanobis", "pixels"))
-    ood = read_sidecar(run)["ood"]
-    assert set(ood["selection"]) == {"mahalanobis", "pixels", "mahalanobis+pixels"}
-    served = Predictor(run)
-    if ood["method"] == "mahalanobis+pixels":
-        assert served.trust.needs_pixels and served.trust.needs_features
+    with pytest.raises(ValueError, match="two positive, finite scales"):
+        Union(part_f, part_p, scales=np.array([0.0, 4.0]))
+    # fitted by the real step (pinned here), beside its parts, and served: the Predictor computes both inputs
+    runs = {}
+    for methods in (("mahalanobis+pixels",), ("mahalanobis",), ("pixels",)):
+        runs[methods[0]] = tmp_path / methods[0]
+        shutil.copytree(tiny_artifact, runs[methods[0]])
+        add_trust_check(runs[methods[0]], tmp_path / f"work-{methods[0]}", methods=methods)
+    ood = read_sidecar(runs["mahalanobis+pixels"])["ood"]
+    assert ood["method"] == "mahalanobis+pixels" and set(ood["selection"]) == {"mahalanobis", "pixels", "mahalanobis+pixels"}
+    assert ood["pixel_statistics_dim"] == 17
+    served = Predictor(runs["mahalanobis+pixels"])
+    assert served.trust.needs_pixels and served.trust.needs_features
+    part_thresholds = [read_sidecar(runs[m])["ood"]["threshold"] for m in ("mahalanobis", "pixels")]
+    np.testing.assert_allclose(served.trust.scorer.scales, part_thresholds, rtol=1e-6)  # each part over its own
     batch = np.stack([served.preprocess(f) for f in sample_files[:3]])
     raw, feats = served.forward(batch)
     expected = served.trust.ood_scores(feats, served.trust.calibrate(raw), pixel_statistics(batch))

@@ -11,6 +11,7 @@ the ``evaluation`` cases for the report. Nothing here reads the test split while
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +67,21 @@ def _sample(indices: np.ndarray, most: int, seed: int) -> np.ndarray:
 def choose_method(selection: dict[str, dict[str, float]]) -> str:
     """The union of the features' and the pixels' checks when it flags at least as many selection
     cases as any single scorer at its own threshold (the operating point, where 95 % of validation
-    stays in); otherwise the scorer that flags the most, AUROC breaking ties.
+    stays in); otherwise the scorer that flags the most, AUROC breaking ties. A NaN never wins.
 
     The selection cases cannot tell apart scorers that all flag nearly every one of them, and a
     lead there said nothing about other inputs: a quick model's Mahalanobis check, kept for an AUROC
     lead of 0.0006, flagged 42.5-57.5 % of unseen LFW faces, which the pixel statistics flag at 97.5 %.
-    The union flags what either part flags (docs/trust.md)."""
-    best = max(v["flagged_fraction"] for m, v in selection.items() if m != UNION)
-    if UNION in selection and selection[UNION]["flagged_fraction"] >= best:
+    The union catches what either part finds strange enough (docs/trust.md)."""
+    def known(value: float) -> float:  # a NaN (no cases to judge on) never wins
+        return value if math.isfinite(value) else -math.inf
+
+    if not selection:
+        raise ValueError("no OOD scorer to choose from")
+    best = max((known(v["flagged_fraction"]) for m, v in selection.items() if m != UNION), default=-math.inf)
+    if UNION in selection and known(selection[UNION]["flagged_fraction"]) >= best:
         return UNION
-    return max(selection, key=lambda m: (selection[m]["flagged_fraction"], selection[m]["auroc"]))
+    return max(selection, key=lambda m: (known(selection[m]["flagged_fraction"]), known(selection[m]["auroc"])))
 
 
 def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path, *, seed: int = 0,
@@ -105,9 +111,11 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
         "val_ece_before": expected_calibration_error(y_val, val_raw)[0],
         "val_ece_after": expected_calibration_error(y_val, val_probs, decisions=val_decisions)[0],
     }
-    only_union = tuple(methods) == (UNION,)  # pinned (a bench times the most a served image pays)
-    if only_union:
-        methods = ("mahalanobis", "pixels")
+    only_union = tuple(methods) == (UNION,)  # pinned (a bench times what a served image pays for it)
+    if UNION in methods:  # the union is built from its parts
+        methods = tuple(dict.fromkeys([m for m in methods if m != UNION] + ["mahalanobis", "pixels"]))
+    if only_union and val_features is None:
+        raise ValueError("the union OOD check needs the model's features output, which this export lacks")
     methods = methods if val_features is not None else tuple(m for m in methods if m in ("max_softmax", "pixels"))
     methods = methods or ("max_softmax",)
     if val_features is None:
@@ -153,6 +161,7 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
                         + (", and pixel_statistics of the model input" if method == UNION else "")),
            "feature_dim": (int(train_pixels.shape[1]) if method == "pixels" else None if method == "max_softmax"
                            or train_features is None else int(train_features.shape[1])),  # what the score reads
+           **({"pixel_statistics_dim": int(train_pixels.shape[1])} if method == UNION else {}),
            "fitted_on": {"scorer": f"{len(train_rows)} train cutouts", "threshold": "validation",
                          "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)"},
            "selection": selection}
