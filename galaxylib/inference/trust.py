@@ -165,23 +165,35 @@ def pixel_statistics(batch: np.ndarray) -> np.ndarray:
     """(N, S, S, 3) model inputs in 0..255 -> (N, 17) statistics of the pixels: per colour the mean
     and log spread of the border ring (a cutout's sky) and of the centre (its galaxy), and the whole
     frame's mean less the border's; the log texture (mean absolute neighbour difference) and the
-    saturated share. Read on every ``S // 64``-th pixel, so it costs little at any size."""
+    saturated share. Read on every ``S // 64``-th pixel, so it costs little at any size.
+
+    A served image pays for this, so it works channel-first on a contiguous float64 copy, and takes
+    the border from the frame's sums less the inner square's: 0.09 ms for one 224 px image, against
+    0.41 ms for the same statistics by masked indexing and reductions over the channel-last axes
+    (up to 3 December; the two agree to 4e-6, and to 3e-4 on a constant frame, whose float32 spread
+    was not quite 0)."""
     x = np.asarray(batch, dtype=np.float32)
     step = max(1, x.shape[1] // 64)
-    x = x[:, ::step, ::step, :] / 255.0
-    n, h = x.shape[0], x.shape[1]
+    x = np.ascontiguousarray(x[:, ::step, ::step, :].transpose(0, 3, 1, 2), dtype=np.float64) / 255.0
+    n, h = x.shape[0], x.shape[2]
     edge = max(1, h // 8)  # the border ring's width, and half the central square's
-    ring = np.ones((h, h), bool)
-    ring[edge:h - edge, edge:h - edge] = False
-    border = x[:, ring, :]
-    centre = x[:, h // 2 - edge:h // 2 + edge, h // 2 - edge:h // 2 + edge, :].reshape(n, -1, 3)
-    lum = x.mean(axis=-1)
+    flat = x.reshape(n, 3, h * h)
+    inner = x[:, :, edge:h - edge, edge:h - edge]
+    total_sum, inner_sum = flat.sum(-1), inner.sum((2, 3))
+    total_sq, inner_sq = np.einsum("ncp,ncp->nc", flat, flat), np.einsum("ncij,ncij->nc", inner, inner)
+    count = h * h - inner.shape[2] * inner.shape[3]
+    border_mean = (total_sum - inner_sum) / count
+    border_std = np.sqrt(np.maximum((total_sq - inner_sq) / count - border_mean**2, 0.0))
+    centre = x[:, :, h // 2 - edge:h // 2 + edge, h // 2 - edge:h // 2 + edge].reshape(n, 3, -1)
+    centre_mean = centre.mean(-1)
+    centre_std = np.sqrt(np.maximum((centre**2).mean(-1) - centre_mean**2, 0.0))
+    lum = (x[:, 0] + x[:, 1] + x[:, 2]) / 3.0
     texture = np.abs(np.diff(lum, axis=1)).mean((1, 2)) + np.abs(np.diff(lum, axis=2)).mean((1, 2))
-    floor = np.float32(1.0 / 255)
-    columns = [border.mean(1), np.log(border.std(1) + floor), centre.mean(1), np.log(centre.std(1) + floor),
-               x.reshape(n, -1, 3).mean(1) - border.mean(1), np.log(texture + floor)[:, None],
-               (lum > 0.98).mean((1, 2))[:, None]]
-    return np.concatenate(columns, axis=1).astype(np.float64)
+    floor = 1.0 / 255
+    columns = [border_mean, np.log(border_std + floor), centre_mean, np.log(centre_std + floor),
+               total_sum / (h * h) - border_mean, np.log(texture + floor)[:, None],
+               (lum > 0.98).reshape(n, -1).mean(-1)[:, None]]
+    return np.concatenate(columns, axis=1)
 
 
 @dataclass(frozen=True)
