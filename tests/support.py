@@ -66,17 +66,25 @@ def temporary_postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-def add_trust_check(run_dir, work_dir, n_per_class: int = 4, seed: int = 0,
-                    methods: tuple[str, ...] = ("mahalanobis", "knn", "max_softmax")) -> dict:
-    """Fit calibration and the OOD check of an artifact on a small synthetic set (the real step)."""
+def trust_check_data(work_dir, n_per_class: int = 4, seed: int = 0):
+    """The small synthetic set and split that ``add_trust_check`` fits on (written once per folder)."""
     from galaxylib.data.galaxy10 import open_galaxy10
     from galaxylib.data.split import make_split
     from galaxylib.data.synthetic import write_synthetic_h5
+
+    path = work_dir / "synthetic.h5"
+    if not path.is_file():
+        write_synthetic_h5(path, n_per_class=n_per_class, seed=seed, show_progress=False, workers=1)
+    data = open_galaxy10(path)
+    return data, make_split(data.labels(), data.fingerprint(), seed, (0.5, 0.25, 0.25))
+
+
+def add_trust_check(run_dir, work_dir, n_per_class: int = 4, seed: int = 0,
+                    methods: tuple[str, ...] = ("mahalanobis", "knn", "max_softmax")) -> dict:
+    """Fit calibration and the OOD check of an artifact on a small synthetic set (the real step)."""
     from galaxylib.pipeline.trust import fit_trust
 
-    data = open_galaxy10(write_synthetic_h5(work_dir / "synthetic.h5", n_per_class=n_per_class, seed=seed,
-                                            show_progress=False, workers=1))
-    split = make_split(data.labels(), data.fingerprint(), seed, (0.5, 0.25, 0.25))
+    data, split = trust_check_data(work_dir, n_per_class, seed)
     return fit_trust(data, split, run_dir, work_dir / "cache", seed=seed, n_cases=6, methods=methods,
                      show_progress=False)
 

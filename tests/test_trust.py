@@ -277,7 +277,7 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     from galaxylib.artifact import read_sidecar
     from galaxylib.inference.predictor import Predictor
     from galaxylib.inference.trust import Union
-    from support import add_trust_check
+    from support import add_trust_check, trust_check_data
 
     features, labels, _ = clusters(n=200)
     part_f, part_p = Mahalanobis.fit(features, labels), PixelGaussian.fit(features[:, :17])
@@ -308,3 +308,8 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     raw, feats = served.forward(batch)
     expected = served.trust.ood_scores(feats, served.trust.calibrate(raw), pixel_statistics(batch))
     np.testing.assert_allclose([p.ood_score for p in served.predict_batch(sample_files[:3])], expected, rtol=1e-5)
+    # its threshold comes from the validation cutouts' own scores, as the Predictor serves them
+    data, split = trust_check_data(tmp_path / "work-mahalanobis+pixels")
+    val_scores = np.array([p.ood_score for p in served.predict_batch(list(data.read_images(split.val)))])
+    assert ood["threshold"] == pytest.approx(threshold_for(val_scores), rel=1e-5)
+    assert ood["val_kept_fraction"] == pytest.approx((val_scores <= ood["threshold"]).mean())

@@ -131,21 +131,21 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     case_probs = apply_calibration(case_raw, temperature, bias)
     selection: dict[str, dict[str, float]] = {}
     scorers = {}
-    for method in methods:
-        scorer = fit_scorer(method, train_features, labels[train_rows], seed=seed, pixels=train_pixels)
+
+    def judge(method: str, scorer) -> None:
+        """Threshold ``scorer`` on validation, then score the selection cases against it."""
         s_in = scorer.score(val_features, val_probs, val_pixels)
         s_out = scorer.score(case_features, case_probs, case_pixels)
         threshold = threshold_for(s_in)
         selection[method] = {"auroc": auroc(s_in, s_out), "flagged_fraction": float((s_out > threshold).mean())}
         scorers[method] = (scorer, threshold, float((s_in <= threshold).mean()))
+
+    for method in methods:
+        judge(method, fit_scorer(method, train_features, labels[train_rows], seed=seed, pixels=train_pixels))
     if "mahalanobis" in scorers and "pixels" in scorers:
-        union = Union(scorers["mahalanobis"][0], scorers["pixels"][0],
-                      scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]]))
-        s_in = union.score(val_features, val_probs, val_pixels)
-        s_out = union.score(case_features, case_probs, case_pixels)
-        threshold = threshold_for(s_in)  # the union's own: it keeps 95 % of validation, as each part does
-        selection[UNION] = {"auroc": auroc(s_in, s_out), "flagged_fraction": float((s_out > threshold).mean())}
-        scorers[UNION] = (union, threshold, float((s_in <= threshold).mean()))
+        # The union gets its own threshold: it keeps 95 % of validation, as each part does.
+        judge(UNION, Union(scorers["mahalanobis"][0], scorers["pixels"][0],
+                           scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]])))
     method = UNION if only_union and UNION in scorers else choose_method(selection)
     scorer, threshold, val_kept = scorers[method]
     arrays = scorer.arrays()
