@@ -134,6 +134,14 @@ def test_with_almost_no_validation_errors_the_temperature_stays_1():
         assert int((probs.argmax(axis=1) != labels).sum()) == errors and best < optimum_below, best
         assert one_standard_error_temperature(probs, labels, best) == 1.0
         assert fit_calibration(probs, labels)["temperature"] == 1.0
+    # MIN_ERRORS (5) is the edge: with 5 errors the rule may move T, with 4 it may not
+    probs, labels = sharp_model(750, 0.7, seed=0, margin=11.0)
+    wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
+    labels[wrong[:len(wrong) - 5]] = probs.argmax(axis=1)[wrong[:len(wrong) - 5]]
+    assert int((probs.argmax(axis=1) != labels).sum()) == 5
+    assert one_standard_error_temperature(probs, labels, fit_temperature(probs, labels)) < 0.95
+    labels[wrong[-1]] = probs[wrong[-1]].argmax()
+    assert one_standard_error_temperature(probs, labels, fit_temperature(probs, labels)) == 1.0
 
 
 def test_the_evaluation_reads_the_reported_class_and_its_confidence():
@@ -165,24 +173,33 @@ def test_a_class_too_rare_in_validation_to_judge_gets_no_bias():
     assert fit_calibration(raw, labels)["method"] == "temperature"
     labels[:4] = 3  # four of it: fewer than the folds
     assert fit_calibration(raw, labels)["bias"] is None
+    labels[:5] = 3  # five, one per fold: judged
+    assert fit_calibration(raw, labels)["method"] == "temperature_and_bias"
 
 
 def test_the_predictor_reports_the_models_class_at_its_calibrated_probability(tiny_artifact, tmp_path, sample_files):
     from galaxylib.artifact import add_to_artifact
     from galaxylib.inference.predictor import Predictor
+    from support import add_trust_check
 
     run = tmp_path / "biased"
     shutil.copytree(tiny_artifact, run)
-    plain = Predictor(run)
+    add_trust_check(run, tmp_path / "work", methods=("max_softmax",))  # an OOD check beside the bias
+    plain = Predictor(run, trust=False)
     inputs = np.stack([plain.preprocess(f) for f in sample_files[:6]])
     raw, _ = plain.forward(inputs)
     bias = np.zeros(raw.shape[1])
     bias[int(np.argmin(raw.mean(axis=0)))] = 6.0  # makes the least likely class the most probable
     add_to_artifact(run, {"calibration": {"method": "temperature_and_bias", "temperature": 0.8, "bias": bias.tolist()}})
     predictor = Predictor(run)
+    assert predictor.trust.bias == tuple(bias) and predictor.has_ood
     expected = apply_calibration(raw, 0.8, bias)
     for i, prediction in enumerate(predictor.predict_batch(sample_files[:6])):
         assert prediction.class_index == int(raw[i].argmax())
         assert prediction.confidence == pytest.approx(expected[i, prediction.class_index], rel=1e-4)
         assert list(prediction.probabilities.values()) == pytest.approx(list(expected[i]), rel=1e-4)
         assert max(prediction.probabilities, key=prediction.probabilities.get) != prediction.predicted_class
+        # the OOD score reads the calibrated probabilities: 1 - the largest, here not the reported class's
+        assert prediction.ood_score == pytest.approx(1 - expected[i].max(), rel=1e-4)
+        ranked = [predictor.class_names[j] for j in np.argsort(-expected[i])]
+        assert [name for name, _ in prediction.top_classes] == ranked[:len(prediction.top_classes)]

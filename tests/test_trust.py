@@ -233,6 +233,9 @@ def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, t
     prediction = predictor.predict(sample_files[0])
     assert isinstance(prediction.in_distribution, bool) and isinstance(prediction.ood_score, float)
     assert prediction.in_distribution == (prediction.ood_score <= sidecar["ood"]["threshold"])
+    threshold, probs = predictor.trust.threshold, predictor.predict_arrays(predictor.preprocess(sample_files[0])[None])[0]
+    assert predictor.to_prediction(probs, threshold).in_distribution is True  # a score at the threshold is kept
+    assert predictor.to_prediction(probs, np.nextafter(threshold, np.inf)).in_distribution is False
     pixels = tmp_path / "pixels"  # the pixel check: the Predictor computes the statistics itself
     shutil.copytree(tiny_artifact, pixels)
     add_trust_check(pixels, tmp_path / "work-pixels", methods=("pixels",))
@@ -267,6 +270,8 @@ def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_
     # the union of the features' and the pixels' checks is kept when it flags as many as the best
     assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.99990, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
     assert choose_method({**quick, "mahalanobis+pixels": {"auroc": 0.9999, "flagged_fraction": 0.99}}) == "pixels"
+    # ... even when a part has the higher AUROC: flagging as many is enough
+    assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.999, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
     nan = {"auroc": float("nan"), "flagged_fraction": float("nan")}  # no cases to judge on never wins
     assert choose_method({"knn": nan, **quick}) == "pixels" and choose_method({"mahalanobis+pixels": nan, **gz1}) == "mahalanobis"
     with pytest.raises(ValueError, match="no OOD scorer"):
