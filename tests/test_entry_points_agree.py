@@ -120,5 +120,10 @@ def test_the_three_entry_points_store_the_same_record(cropped_artifact, sample_f
         same = {k: v for k, v in row.meta.items() if k not in ("source", "latency_ms", "batch_size")}
         assert same == {k: v for k, v in reference.items() if k not in ("source", "latency_ms", "batch_size")}, source
         assert row.predicted_class == by_source["api"].predicted_class
+        assert row.in_distribution is row.meta["in_distribution"], source  # the column the filter reads
+    # ... and they are the Predictor's own answer, OOD check included
+    expected = Predictor(cropped_artifact).predict(cutout)
+    assert reference["ood_score"] == pytest.approx(expected.ood_score, rel=1e-5)
+    assert reference["in_distribution"] is expected.in_distribution
     assert by_source["predict.sh"].filename.endswith(cutout.name)
     assert (reference["width"], reference["height"]) == (256, 256)

@@ -106,15 +106,16 @@ def test_the_hook_labels_each_prediction_by_its_out_of_distribution_verdict(make
 
     app = make_app(sqlite_url)
 
-    def classified(name: str, cls: str, confidence: float, in_distribution: bool | None) -> Classified:
+    def classified(name: str, cls: str, confidence: float, in_distribution: bool | None,
+                   others: dict[str, float] | None = None) -> Classified:
         return Classified(name, Prediction(class_index=0, predicted_class=cls, confidence=confidence,
-                                           probabilities={cls: confidence}, model_version="v-test",
+                                           probabilities={cls: confidence, **(others or {})}, model_version="v-test",
                                            ood_score=None if in_distribution is None else 1.0,
                                            in_distribution=in_distribution))
 
     with app.app_context():
         observe_predictions([classified("a", "Merging", 0.95, True), classified("b", "Merging", 0.55, False),
-                             classified("c", "Disturbed", 0.15, False), classified("d", "Disturbed", 0.35, None),
+                             classified("c", "Disturbed", 0.15, False, {"Round Smooth": 0.85}), classified("d", "Disturbed", 0.35, None),
                              Classified("broken.jpg")])  # no prediction: not counted
     scraped = scrape(app.test_client())
 
@@ -126,7 +127,10 @@ def test_the_hook_labels_each_prediction_by_its_out_of_distribution_verdict(make
     assert value(scraped, total) == 4
     # The share flagged out of distribution, as docs/monitoring.md computes it.
     assert value(scraped, total, in_distribution="false") / value(scraped, total) == 0.5
+    # The confidence is the reported class's probability (a class bias can report a class that is not
+    # the most probable one: "c" is reported Disturbed at 0.15 beside Round Smooth at 0.85).
     buckets = {s.labels["le"]: s.value for s in scraped if s.name == "galaxy_prediction_confidence_bucket"}
+    assert value(scraped, "galaxy_prediction_confidence_sum") == pytest.approx(0.95 + 0.55 + 0.15 + 0.35)
     assert (buckets["0.1"], buckets["0.2"], buckets["0.4"], buckets["0.6"], buckets["0.9"], buckets["1.0"]) == (
         0, 1, 2, 3, 3, 4)
 
