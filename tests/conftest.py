@@ -57,6 +57,32 @@ def tiny_artifact(tmp_path_factory) -> Path:
     return run_dir
 
 
+@pytest.fixture(scope="session")
+def cropped_artifact(tmp_path_factory):
+    """A 32 px model whose output depends visibly on its input, saved with a 0.6 crop, with its
+    calibration and OOD check fitted by the real step.
+
+    An untrained EfficientNet's features are ~1e-5, so its softmax is flat; a large
+    random last layer makes the probabilities move with the pixels."""
+    import keras
+    import numpy as np
+
+    from galaxylib.modeling.export import save_artifact
+    from galaxylib.modeling.model import ModelParams, build_model
+    from support import add_trust_check
+
+    keras.utils.set_random_seed(1)
+    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False))
+    layer = model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.random.default_rng(0).normal(0, 3e5, kernel.shape).astype("float32"), bias])
+    path = tmp_path_factory.mktemp("cropped") / "run"
+    save_artifact(model, path, run_name="cropped", dataset={"sha256": "0" * 64}, split={}, params={},
+                  synthetic=True, crop=0.6)
+    add_trust_check(path, tmp_path_factory.mktemp("cropped-trust"))  # so every entry point reports the OOD check
+    return path
+
+
 @pytest.fixture
 def postgres_url() -> str:
     """A fresh database on the local PostgreSQL; fails (never skips) when it is unreachable."""

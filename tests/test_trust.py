@@ -318,3 +318,47 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     val_scores = np.array([p.ood_score for p in served.predict_batch(list(data.read_images(split.val)))])
     assert ood["threshold"] == pytest.approx(threshold_for(val_scores), rel=1e-5)
     assert ood["val_kept_fraction"] == pytest.approx((val_scores <= ood["threshold"]).mean())
+
+
+def test_the_check_is_fitted_and_judged_on_the_calibrated_probabilities(cropped_artifact, tmp_path, monkeypatch):
+    """A temperature far from 1 reaches everything the check reads: the validation scores its
+    threshold is set on, the selection cases, and the test evaluation. (The small set's own fit keeps
+    T at 1, where raw and calibrated agree, so the fit is made to return 0.5 here.)"""
+    import galaxylib.pipeline.trust as pipeline
+    from galaxylib.inference.calibration import apply_calibration
+    from galaxylib.inference.predictor import Predictor
+    from support import add_trust_check, trust_check_data
+
+    real_fit = pipeline.fit_calibration
+    monkeypatch.setattr(pipeline, "fit_calibration", lambda probs, labels, seed=0: {
+        **real_fit(probs, labels, seed=seed), "method": "temperature", "temperature": 0.5, "bias": None})
+    run, work = tmp_path / "run", tmp_path / "work"
+    shutil.copytree(cropped_artifact, run)
+    report = add_trust_check(run, work, methods=("max_softmax",))
+    data, split = trust_check_data(work)
+    plain, served = Predictor(run, trust=False), Predictor(run)
+    assert served.trust.temperature == 0.5
+
+    def raw_of(images: np.ndarray) -> np.ndarray:
+        return plain.predict_arrays(np.stack([plain.preprocess(image) for image in images]))
+
+    val_probs = apply_calibration(raw_of(data.read_images(split.val)), 0.5, None)
+    assert not np.allclose(val_probs, raw_of(data.read_images(split.val)), atol=1e-3)  # T 0.5 changes them
+    np.testing.assert_allclose(report["val_probs"], val_probs, rtol=1e-5)
+    ood = report["ood"]
+    val_scores = 1 - val_probs.max(axis=1)
+    assert ood["threshold"] == pytest.approx(threshold_for(val_scores), rel=1e-5)
+    cases = np.concatenate(list(far_ood_cases(6, 0, "selection").values()))
+    case_scores = 1 - apply_calibration(plain.predict_arrays(pipeline.model_inputs(plain, cases)), 0.5, None).max(axis=1)
+    assert ood["selection"]["max_softmax"]["auroc"] == pytest.approx(auroc(val_scores, case_scores), abs=1e-9)
+
+    judged = pipeline.judge_trust(served, data, split, work / "cache", n_cases=6, show_progress=False)
+    np.testing.assert_allclose(judged["probs"], apply_calibration(judged["raw_probs"], 0.5, None), rtol=1e-6)
+    y_test = data.labels()[split.test]
+    assert judged["calibration"]["ece_after"] == pytest.approx(
+        expected_calibration_error(y_test, judged["probs"], decisions=judged["decisions"])[0])
+    assert judged["calibration"]["ece_before"] == pytest.approx(expected_calibration_error(y_test, judged["raw_probs"])[0])
+    np.testing.assert_allclose(judged["ood"]["scores"]["test"], 1 - judged["probs"].max(axis=1), rtol=1e-6)
+    for name, images in far_ood_cases(6, 0, "evaluation").items():
+        calibrated = apply_calibration(plain.predict_arrays(pipeline.model_inputs(plain, images)), 0.5, None)
+        np.testing.assert_allclose(judged["ood"]["scores"][name], 1 - calibrated.max(axis=1), rtol=1e-5, err_msg=name)
