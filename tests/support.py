@@ -67,7 +67,8 @@ def temporary_postgres_database() -> Iterator[str]:
 
 
 def trust_check_data(work_dir, n_per_class: int = 4, seed: int = 0):
-    """The small synthetic set and split that ``add_trust_check`` fits on (written once per folder)."""
+    """The small synthetic set and split that ``add_trust_check`` fits on. Written once per folder:
+    a later call on the same folder reads that set, whatever its arguments."""
     from galaxylib.data.galaxy10 import open_galaxy10
     from galaxylib.data.split import make_split
     from galaxylib.data.synthetic import write_synthetic_h5

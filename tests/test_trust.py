@@ -339,17 +339,19 @@ def test_the_check_is_fitted_and_judged_on_the_calibrated_probabilities(cropped_
     plain, served = Predictor(run, trust=False), Predictor(run)
     assert served.trust.temperature == 0.5
 
-    def raw_of(images: np.ndarray) -> np.ndarray:
-        return plain.predict_arrays(np.stack([plain.preprocess(image) for image in images]))
+    def calibrated_of(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model's own probabilities of ``images``, and the same at T 0.5."""
+        raw = plain.predict_arrays(pipeline.model_inputs(plain, images))
+        return raw, apply_calibration(raw, 0.5, None)
 
-    val_probs = apply_calibration(raw_of(data.read_images(split.val)), 0.5, None)
-    assert not np.allclose(val_probs, raw_of(data.read_images(split.val)), atol=1e-3)  # T 0.5 changes them
+    val_raw, val_probs = calibrated_of(data.read_images(split.val))
+    assert not np.allclose(val_probs, val_raw, atol=1e-3)  # T 0.5 changes them
     np.testing.assert_allclose(report["val_probs"], val_probs, rtol=1e-5)
     ood = report["ood"]
     val_scores = 1 - val_probs.max(axis=1)
     assert ood["threshold"] == pytest.approx(threshold_for(val_scores), rel=1e-5)
     cases = np.concatenate(list(far_ood_cases(6, 0, "selection").values()))
-    case_scores = 1 - apply_calibration(plain.predict_arrays(pipeline.model_inputs(plain, cases)), 0.5, None).max(axis=1)
+    case_scores = 1 - calibrated_of(cases)[1].max(axis=1)
     assert ood["selection"]["max_softmax"]["auroc"] == pytest.approx(auroc(val_scores, case_scores), abs=1e-9)
 
     judged = pipeline.judge_trust(served, data, split, work / "cache", n_cases=6, show_progress=False)
@@ -360,5 +362,5 @@ def test_the_check_is_fitted_and_judged_on_the_calibrated_probabilities(cropped_
     assert judged["calibration"]["ece_before"] == pytest.approx(expected_calibration_error(y_test, judged["raw_probs"])[0])
     np.testing.assert_allclose(judged["ood"]["scores"]["test"], 1 - judged["probs"].max(axis=1), rtol=1e-6)
     for name, images in far_ood_cases(6, 0, "evaluation").items():
-        calibrated = apply_calibration(plain.predict_arrays(pipeline.model_inputs(plain, images)), 0.5, None)
-        np.testing.assert_allclose(judged["ood"]["scores"][name], 1 - calibrated.max(axis=1), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(judged["ood"]["scores"][name], 1 - calibrated_of(images)[1].max(axis=1),
+                                   rtol=1e-5, err_msg=name)
