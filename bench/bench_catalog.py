@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--only", default="throughput,dask,memory,crash,skip")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    from bench.build_artifact import ensure_bench_artifact
+    from bench.build_artifact import ensure_bench_artifact_in_child
     from galaxylib.catalog.run import predict_catalog
 
     files = sorted(SAMPLES_DIR.glob("*.jpg"))
@@ -172,7 +172,7 @@ def main() -> None:
     print(f"host: {os.cpu_count()} cores; cutouts: {len(files)} real Galaxy10 DECaLS samples, repeated", flush=True)
     try:
         if only & {"throughput", "dask"}:
-            model = ensure_bench_artifact()
+            model = ensure_bench_artifact_in_child()
             from galaxylib.artifact import read_artifact
 
             art = read_artifact(model)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.bench_serve import make_database, model_and_database_arguments  # noqa: E402
-from bench.build_artifact import ensure_bench_artifact  # noqa: E402
+from bench.build_artifact import ensure_bench_artifact_in_child  # noqa: E402
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
     from galaxylib.store.database import PredictionRecord, PredictionStore, utcnow
     from galaxylib.inference.predictor import Predictor
 
-    model_dir = args.model or ensure_bench_artifact()
+    model_dir = args.model or ensure_bench_artifact_in_child()
     predictor = Predictor(model_dir)
     batch = np.random.default_rng(0).uniform(0, 255, (1, predictor.image_size, predictor.image_size, 3))
     batch = batch.astype(np.float32)

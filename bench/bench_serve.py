@@ -45,7 +45,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.build_artifact import BENCH_DIR, ensure_bench_artifact, without_trust_check  # noqa: E402
+from bench.build_artifact import BENCH_DIR, ensure_bench_artifact_in_child, without_trust_check  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 from galaxylib.inference.trust import pixel_statistics  # noqa: E402
 
@@ -221,7 +221,7 @@ def main() -> int:
     from serve.settings import cpu_cores
 
     threads = args.threads or cpu_cores()
-    model = args.model or ensure_bench_artifact()
+    model = args.model or ensure_bench_artifact_in_child()
     samples = sorted(SAMPLES_DIR.glob("*.jpg"))
     if len(samples) < 2:
         raise SystemExit(f"need the real cutouts in {SAMPLES_DIR}")
