@@ -578,3 +578,45 @@ def test_a_real_local_cluster_of_two_worker_processes(tiny_artifact, csv_catalog
     hosts = {json.loads(p.read_text())["host"] for p in (out / "_manifest").glob("*.json")}
     assert hosts  # written by the workers
     assert read_out(out).equals(read_out(reference))
+
+
+@pytest.mark.slow
+def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(cropped_artifact, samples_dir, tmp_path):
+    """notebooks/05 with ``catalog`` set classifies that catalogue, not its demo: one row per
+    catalogue row (the missing file an error row), the user's columns passed through, and a plain
+    note instead of the sky map when there are no ra and dec columns."""
+    import papermill as pm
+
+    from galaxylib.config import NOTEBOOKS_DIR
+
+    with open(samples_dir / "labels.csv", newline="") as fh:
+        labels = list(csv.DictReader(fh))
+    rows = [{"id_str": Path(r["filename"]).stem, "file_loc": str(samples_dir / r["filename"]),
+             "true_class": r["class_name"], "survey": "DECaLS"} for r in labels]
+    rows.append({"id_str": "gone", "file_loc": str(tmp_path / "gone.jpg"), "true_class": "", "survey": "DECaLS"})
+    catalog = write_catalog_csv(tmp_path / "my_survey.csv", rows)
+    reports = tmp_path / "reports"
+    executed = tmp_path / "05_executed.ipynb"
+    pm.execute_notebook(
+        NOTEBOOKS_DIR / "05_catalog_inference.ipynb", executed, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+        kernel_name="python3",
+        parameters={"run_name": cropped_artifact.name, "models_root": str(cropped_artifact.parent),
+                    "reports_root": str(reports), "data_root": str(tmp_path / "data"),
+                    "config_path": str(PROJECT_ROOT / "configs" / "tiny.yaml"), "catalog": str(catalog),
+                    "show_progress": False})
+
+    table = pq.read_table(reports / cropped_artifact.name / "catalog-my_survey").sort_by("id_str")
+    assert sorted(table.column("id_str").to_pylist()) == sorted(r["id_str"] for r in rows)
+    by_id = {r["id_str"]: r for r in table.to_pylist()}
+    assert by_id["gone"]["error"] and by_id["gone"]["predicted_class"] is None
+    assert all(by_id[r["id_str"]]["predicted_class"] and not by_id[r["id_str"]]["error"] for r in rows[:-1])
+    assert set(table.column("survey").to_pylist()) == {"DECaLS"}
+    assert not (tmp_path / "data").exists(), "the demo catalogue was written although a catalogue was given"
+    import nbformat
+
+    printed = "".join(out.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
+                      for out in cell.get("outputs", []))
+    assert "no ra and dec columns in this catalogue: no sky map" in printed
+    assert "agreement with the catalogue's true_class: " in printed and "over 40 galaxies" in printed
+    assert "the demo mixes" not in printed
+    assert "Catalogue checks passed." in printed
