@@ -372,6 +372,41 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     assert sorted(ids) == sorted(r["id_str"] for r in rows)
 
 
+
+@pytest.mark.slow
+def test_a_second_ctrl_c_while_stopping_still_ends_the_run_and_its_workers(tiny_artifact, sample_files, tmp_path):
+    """An impatient user presses Ctrl-C twice. The second one lands while the run stops its worker
+    processes; the run still exits 130 with its message and no traceback, and no worker is left.
+    (An orderly pool shutdown interrupted there left the workers waiting for work, and the run
+    waiting for them, for good.)"""
+    rows = [{"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)])} for i in range(3000)]
+    catalog = write_catalog_csv(tmp_path / "catalog.csv", rows)
+    env = {**os.environ, "PYTHON": sys.executable}
+    for attempt, gap in enumerate((0.002, 0.01, 0.03)):
+        out = tmp_path / f"out-{attempt}"
+        command = [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(catalog),
+                   "--out", str(out), "--shard-rows", "500", "--batch-size", "64", "--processes", "2",
+                   "--no-progress"]
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, preexec_fn=default_ctrl_c)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("_manifest/*.json")):
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run finished before Ctrl-C"
+        workers = worker_pids(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        time.sleep(gap)
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"a second Ctrl-C {gap * 1e3:g} ms after the first left the run hanging")
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+        assert not wait_gone(workers), "worker processes outlived the interrupted run"
+
 def test_a_dask_scheduler_that_does_not_answer_is_a_clear_error(tiny_artifact, csv_catalog, tmp_path):
     import dask
 

@@ -20,6 +20,7 @@ if __name__ == "__main__":  # run as predict.sh; importing this module changes n
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -38,6 +39,12 @@ H5_SUFFIXES = {".h5", ".hdf5"}
 CSV_FIELDS = (["filename", "predicted_class", "class_index", "confidence"]
               + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
               + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"])
+
+
+def exiting_on_ctrl_c() -> None:
+    """Stopping after Ctrl-C takes a moment (worker processes, the database): a second, impatient
+    Ctrl-C then would only print tracebacks from the exit code, so it is ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _is_h5(path: Path) -> bool:
@@ -199,6 +206,7 @@ def catalog_main(argv: list[str]) -> int:
         print(f"predict.sh: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        exiting_on_ctrl_c()
         print(f"\npredict.sh: interrupted. The shards finished so far are kept in {args.out}; run the same "
               "command again to do the rest.", file=sys.stderr)
         return 130
@@ -255,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n_ok, n_err, errors = _classify_into_csv(args, predictor, store)
     except KeyboardInterrupt:  # the CSV is written whole or not at all (atomic_path)
+        exiting_on_ctrl_c()
         logged = f"; the predictions made so far are in {store.url}" if store is not None else ""
         print(f"\npredict.sh: interrupted; {args.out} was not written{logged}.", file=sys.stderr)
         return 130

@@ -238,7 +238,7 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
         for future in ready:
             future.result()
     except BaseException as exc:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop_workers(pool)
         if isinstance(exc, BrokenProcessPool):
             raise CatalogError(f"the catalogue's worker processes could not start ({exc}); "
                                "processes=1 (--processes 1) runs in this process") from exc
@@ -247,10 +247,39 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
 
 
 @contextlib.contextmanager
+def running_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> Iterator[ProcessPoolExecutor]:
+    """A :func:`worker_pool` for one run: shut down in order when the run ends, its workers ended at
+    once when the run stops on an error or Ctrl-C."""
+    pool = worker_pool(model_dir, processes, threads)
+    try:
+        yield pool
+    except BaseException:
+        stop_workers(pool)
+        raise
+    pool.shutdown(wait=True)
+
+
+def stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End a stopped run's worker processes now, queued chunks and all. An orderly shutdown waits
+    for the queued chunks, and a second Ctrl-C during it left the workers waiting for work that
+    never came while the run waited for them at exit, for good (2 of 3 double Ctrl-Cs here). A
+    chunk in flight is lost, and that costs nothing: a shard counts as finished only once its
+    manifest entry is written, so the rerun redoes it."""
+    with _children_ignore_ctrl_c():  # a further Ctrl-C must not cut this short
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+
+
+@contextlib.contextmanager
 def _children_ignore_ctrl_c() -> Iterator[None]:
-    """Processes started inside the block ignore SIGINT from birth (Python keeps an inherited
-    SIG_IGN), so a Ctrl-C while they are still importing prints no traceback from each of them.
-    The block only starts processes (milliseconds); the caller's own handler is back after it."""
+    """Ctrl-C is ignored inside the block. Processes started in it ignore SIGINT from birth (Python
+    keeps an inherited SIG_IGN), so a Ctrl-C while they are still importing prints no traceback
+    from each of them; and stopping a pool in it is not cut short by a second Ctrl-C. The block
+    lasts milliseconds; the caller's own handler is back after it."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
@@ -310,7 +339,7 @@ def _run_local(plan: Plan, todo: list[ShardSpec], *, threads: int | None, proces
     peak: float | None = None
     with contextlib.ExitStack() as stack:
         if n_proc > 1:
-            pool = stack.enter_context(worker_pool(plan.model_dir, n_proc, max(1, total_threads // n_proc)))
+            pool = stack.enter_context(running_pool(plan.model_dir, n_proc, max(1, total_threads // n_proc)))
             predictor, ahead = None, 2 * n_proc
         else:
             pool, predictor = None, Predictor(plan.model_dir, num_threads=total_threads)
