@@ -15,7 +15,32 @@ from pathlib import Path
 from dotenv import load_dotenv
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-load_dotenv(PROJECT_ROOT / ".env", override=False)
+ENV_FILE = PROJECT_ROOT / ".env"
+SQLITE_FILE_PREFIX = "sqlite:///"
+
+
+def _is_relative_sqlite(url: str) -> bool:
+    return url.startswith(SQLITE_FILE_PREFIX) and not url.startswith(SQLITE_FILE_PREFIX + "/") \
+        and url != SQLITE_FILE_PREFIX + ":memory:"
+
+
+def _anchor_env_file_paths(set_before: set[str]) -> None:
+    """A relative path in ``.env`` (``MODEL_PATH=models/<run>``, ``DATABASE_URL=sqlite:///data/x.db``,
+    as .env.example shows) means the project's folder, where ``.env`` is, not the folder a command
+    happens to run in. Made absolute here, once, so every process started later inherits the same
+    file. A variable already set in the environment stays as the user typed it."""
+    for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI"):
+        value = os.environ.get(name, "").strip()
+        if name not in set_before and _is_relative_sqlite(value):
+            os.environ[name] = SQLITE_FILE_PREFIX + str(PROJECT_ROOT / value[len(SQLITE_FILE_PREFIX):])
+    model_path = os.environ.get("MODEL_PATH", "").strip()
+    if "MODEL_PATH" not in set_before and model_path and not Path(model_path).expanduser().is_absolute():
+        os.environ["MODEL_PATH"] = str(PROJECT_ROOT / model_path)
+
+
+_set_before_env_file = set(os.environ)
+load_dotenv(ENV_FILE, override=False)
+_anchor_env_file_paths(_set_before_env_file)
 
 
 def _root(variable: str, default: Path) -> Path:
@@ -55,8 +80,8 @@ def database_url() -> str:
             url = "postgresql+psycopg://" + url[len("postgres://"):]
         elif url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        elif url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
-            url = f"sqlite:///{user_path(url[len('sqlite:///'):])}"  # a relative file, as typed
+        elif _is_relative_sqlite(url):
+            url = SQLITE_FILE_PREFIX + str(user_path(url[len(SQLITE_FILE_PREFIX):]))  # a relative file, as typed
         return url
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DATA_DIR / 'predictions.db'}"

@@ -233,3 +233,26 @@ def test_a_relative_model_path_is_relative_to_where_the_user_started(env, tmp_pa
     env.delenv("GALAXY_USER_CWD")
     env.chdir(tmp_path / "..")
     assert Settings.from_env().model_path == str((tmp_path / "..").resolve() / "models" / "run-1")
+
+
+def test_a_relative_path_from_dot_env_is_relative_to_the_project_not_the_current_folder(env, tmp_path):
+    """.env.example shows MODEL_PATH=models/<run> and sqlite:/// URLs relative to the project; read
+    from .env they name the project's files whatever folder a command runs in. The same values set
+    in the environment by the user stay relative to where they typed them."""
+    from galaxylib.config import PROJECT_ROOT, _anchor_env_file_paths, database_url
+
+    env.setenv("DATABASE_URL", "sqlite:///data/from-env-file.db")
+    env.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlruns/mlflow.db")
+    env.setenv("MODEL_PATH", "models/run-1")
+    env.chdir(tmp_path)
+    _anchor_env_file_paths(set_before=set())  # as if all three had come from .env
+
+    assert database_url() == f"sqlite:///{PROJECT_ROOT / 'data' / 'from-env-file.db'}"
+    assert os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+    assert Settings.from_env().model_path == str(PROJECT_ROOT / "models" / "run-1")
+
+    env.setenv("DATABASE_URL", "sqlite:///data/typed.db")
+    env.setenv("MODEL_PATH", "models/run-2")
+    _anchor_env_file_paths(set_before={"DATABASE_URL", "MODEL_PATH"})  # set by the user before .env was read
+    assert database_url() == f"sqlite:///{tmp_path / 'data' / 'typed.db'}"
+    assert Settings.from_env().model_path == str(tmp_path / "models" / "run-2")
