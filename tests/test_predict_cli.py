@@ -1,5 +1,6 @@
 """./predict.sh as a user runs it: real cutouts plus broken files in one folder."""
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,30 @@ def test_a_missing_model_is_a_clear_error(tmp_path, sample_files):
     result = run_predict("--model", tmp_path / "nope", sample_files[0], "--out", tmp_path / "x.csv")
     assert result.returncode == 2 and "cannot load the model" in result.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+@pytest.mark.parametrize("out, says", [
+    ("existing-folder", "names a folder"),
+    ("existing-folder/", "names a folder"),
+    ("missing-folder/", "names a folder"),
+    ("a-file.csv/predictions.csv", "is a file, not a folder"),
+])
+def test_an_out_that_cannot_take_the_csv_is_refused_before_anything_is_classified_or_logged(
+        tiny_artifact, sample_files, tmp_path, sqlite_url, out, says):
+    """A late failure would leave every prediction logged and no CSV, and a rerun would log them twice."""
+    (tmp_path / "existing-folder").mkdir()
+    (tmp_path / "a-file.csv").write_text("not a folder")
+    result = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(sample_files[0]),
+                             "--out", out], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url})
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
+    assert PredictionStore(sqlite_url).count() == 0
+    assert not (tmp_path / "missing-folder").exists()
+
+
+def test_an_out_in_folders_that_do_not_exist_yet_creates_them(tiny_artifact, sample_files, tmp_path, sqlite_url):
+    out = tmp_path / "results" / "today" / "predictions.csv"
+    result = run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url)
+    assert result.returncode == 0, result.stderr
+    assert len(read_csv(out)) == 1

@@ -20,8 +20,10 @@ if __name__ == "__main__":  # run as predict.sh; importing this module changes n
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Iterator  # noqa: E402
@@ -113,16 +115,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).")
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
     parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
-    parser.add_argument("--out", type=Path, default=Path("predictions.csv"), help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
     parser.add_argument("--no-db", action="store_true", help="do not log predictions to the database")
     args = parser.parse_args(argv)
+    named_as_folder = args.out.endswith(("/", os.sep))  # Path() would drop the slash
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     args.model, args.out = user_path(args.model), user_path(args.out)
     args.inputs = [user_path(p) for p in args.inputs]
+    problem = csv_destination_problem(args.out, named_as_folder)
+    if problem:
+        parser.error(problem)
     return args
+
+
+def csv_destination_problem(out: Path, named_as_folder: bool = False) -> str | None:
+    """Why the CSV cannot be written at ``out``, found before anything is classified or logged to
+    the database (a rerun after a late failure would log every row twice); None when it can. A
+    missing folder above it is created, as the CSV's would be."""
+    if named_as_folder or out.is_dir():
+        return f"--out {out} names a folder; name the CSV file, e.g. --out {out / 'predictions.csv'}"
+    folder = out.parent
+    for above in (folder, *folder.parents):
+        if above.exists():
+            if not above.is_dir():
+                return f"--out {out}: {above} is a file, not a folder"
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=f".{out.name}.probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"--out {out}: cannot write in {folder} ({exc.strerror or exc})"
+    return None
 
 
 def csv_line(item: Classified, model_version: str, prediction_id: int | None) -> dict[str, str]:
