@@ -26,8 +26,10 @@ def _filters(class_names: Sequence[str] | None) -> list[dict[str, Any]]:
 
 FILTERS = [
     _query("min_confidence", {"type": "number", "minimum": 0, "maximum": 1}, "Confidence at least this."),
-    _query("since", {"type": "string", "format": "date-time"}, "Created at or after (ISO 8601; no zone = UTC)."),
-    _query("until", {"type": "string", "format": "date-time"}, "Created at or before (ISO 8601; no zone = UTC)."),
+    _query("since", {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]},
+           "Created at or after (ISO 8601 date or date-time; no zone = UTC; a date is its first moment)."),
+    _query("until", {"type": "string", "anyOf": [{"format": "date"}, {"format": "date-time"}]},
+           "Created at or before (ISO 8601 date or date-time; no zone = UTC; a date is its last moment)."),
     _query("filename", {"type": "string", "maxLength": 512}, "Exact uploaded filename."),
     _query("in_distribution", {"type": "boolean"},
            "Only predictions the out-of-distribution check passed (true) or flagged (false); "

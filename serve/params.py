@@ -64,11 +64,19 @@ def parse_id(value: Any) -> int:
         raise bad("invalid_id", "a prediction id is a positive integer") from exc
 
 
-def parse_datetime(value: Any, name: str) -> dt.datetime:
-    """ISO 8601 (a date, or a date and time); no zone means UTC."""
+def parse_datetime(value: Any, name: str, end_of_day: bool = False) -> dt.datetime:
+    """ISO 8601 (a date, or a date and time); no zone means UTC. A plain date is a whole UTC day:
+    its first moment, or with ``end_of_day`` its last, so that ``until=2026-12-06`` keeps that day."""
     if not isinstance(value, str) or not value.strip():
         raise bad("invalid_parameter", f"{name} must be an ISO 8601 date or date-time")
     text = value.strip()
+    try:
+        day = dt.date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is not None:
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+        return start + dt.timedelta(days=1, microseconds=-1) if end_of_day else start
     # "+00:00" in an unencoded query string arrives as " 00:00".
     text = re.sub(r" (\d{2}:?\d{2})$", r"+\1", text)
     try:
@@ -110,7 +118,7 @@ def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = 
     if filename is not None and (not isinstance(filename, str) or len(filename) > 512):
         raise bad("invalid_parameter", "filename must be a string of at most 512 characters")
     since = parse_datetime(params["since"], "since") if params.get("since") is not None else None
-    until = parse_datetime(params["until"], "until") if params.get("until") is not None else None
+    until = parse_datetime(params["until"], "until", end_of_day=True) if params.get("until") is not None else None
     if since and until and since > until:
         raise bad("invalid_parameter", "since is after until")
     min_confidence = (parse_confidence(params["min_confidence"])

@@ -19,6 +19,7 @@ ROWS = [  # (filename, class, confidence, minutes after T0, in_distribution: Non
     ("d.jpg", "Merging", 0.99, 30, True),
     ("a.jpg", "Edge-on with Bulge", 0.75, 40, False),
 ]
+ALL_NEWEST_FIRST = [(f, c) for f, c, *_ in reversed(ROWS)]
 
 
 @pytest.fixture
@@ -103,6 +104,11 @@ def test_the_cursor_follows_time_order_even_when_ids_do_not(client, store):
     ("since=2026-11-01T13:05:00%2B01:00&until=2026-11-01T12:30:00", [("d.jpg", "Merging"),
                                                                       ("c.jpg", "Round Smooth"),
                                                                       ("b.jpg", "Barred Spiral")]),
+    # A plain date is a whole day (UTC): until=2026-11-01 keeps that day's rows, inclusive.
+    ("until=2026-11-01", ALL_NEWEST_FIRST),
+    ("since=2026-11-01&until=2026-11-01", ALL_NEWEST_FIRST),
+    ("until=2026-10-31", []),
+    ("since=2026-11-02", []),
     ("filename=a.jpg", [("a.jpg", "Edge-on with Bulge"), ("a.jpg", "Round Smooth")]),
     ("filename=a.jpg&min_confidence=0.8", [("a.jpg", "Round Smooth")]),
     ("predicted_class=Disturbed", []),
