@@ -243,6 +243,11 @@ def test_bad_input_is_a_clear_error(tiny_artifact, cutouts, csv_catalog, tmp_pat
     clash = write_catalog_csv(tmp_path / "clash.csv", [{"id_str": "a", "file_loc": "x.jpg", "confidence": 1}])
     with pytest.raises(CatalogError, match="clash"):
         run(tiny_artifact, clash, tmp_path / "o5")
+    assert not (tmp_path / "o5").exists(), "a refused catalogue left its normalised copy behind"
+    (tmp_path / "o7").mkdir()  # a folder the user made: kept, and left as it was
+    with pytest.raises(CatalogError, match="clash"):
+        run(tiny_artifact, clash, tmp_path / "o7")
+    assert not list((tmp_path / "o7").iterdir())
     # another catalogue into the same folder is refused, not mixed in
     run(tiny_artifact, csv_catalog, tmp_path / "o6", shard_rows=8)
     with pytest.raises(CatalogError, match="another run"):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from galaxylib.artifact import TFLITE_FILE, Artifact
-from galaxylib.catalog.sources import (ID_COLUMN, CatalogError, ShardSpec, Source, open_source,
+from galaxylib.catalog.sources import (ID_COLUMN, NORMALISED_GLOB, CatalogError, ShardSpec, Source, open_source,
                                        reopen_source)
 from galaxylib.files import atomic_path, atomic_write_json, sha256_file
 
@@ -186,6 +186,7 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
             raise CatalogError(f"{out_dir} holds Parquet parts without a plan: pass another --out, or --overwrite")
         clear_results(out_dir)
     made = [d for d in (out_dir, out_dir / PLAN_DIR) if not d.exists()]  # removed again if planning fails
+    copies_before = set((out_dir / PLAN_DIR).glob(NORMALISED_GLOB))
     try:
         if not reuse:  # a finished run's folder may be read-only now: a rerun that has nothing to do still says so
             _make_writable_folder(out_dir / PLAN_DIR)
@@ -196,8 +197,11 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
             raise CatalogError(f"the catalogue's column(s) {', '.join(map(repr, clash))} would clash with the "
                                "output's own columns (the prediction and one per class): rename them")
     except (CatalogError, OSError) as exc:
-        # A refused run leaves no empty OUT_DIR or _plan behind. Only empty folders are removed:
-        # a concurrent task (a Slurm array) may be writing its plan in the same _plan.
+        # A refused run leaves no OUT_DIR or _plan of its own behind: the normalised copy it made of
+        # a catalogue that is then refused (a clashing column) goes, and only empty folders are removed,
+        # since a concurrent task (a Slurm array) may be writing its plan in the same _plan.
+        for copy in set((out_dir / PLAN_DIR).glob(NORMALISED_GLOB)) - copies_before:
+            copy.unlink(missing_ok=True)
         for folder in reversed(made):
             try:
                 folder.rmdir()

@@ -40,6 +40,7 @@ TAR_SUFFIXES = {".tar"}
 NORMALISED_FORMAT = 2
 # An id such as 1.2376487206937559e+18 was written from a float: its last digits are gone.
 EXPONENT_ID = r"^\s*[+-]?[0-9]+(\.[0-9]*)?[eE][+-]?[0-9]+\s*$"
+NORMALISED_GLOB = "input-*"  # a catalogue's normalised copy in _plan, and its stamp
 BATCH_ROWS = 8192  # rows normalised at a time: memory stays flat whatever the catalogue's size
 
 
