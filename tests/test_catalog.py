@@ -657,6 +657,7 @@ def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(c
     printed = "".join(out.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
                       for out in cell.get("outputs", []))
     assert "no ra and dec columns in this catalogue: no sky map" in printed
+    assert not list((reports / cropped_artifact.name / "figures").glob("*sky_map*"))
     assert "agreement with the catalogue's true_class: " in printed and "over 40 galaxies" in printed
     assert "the demo mixes" not in printed
     assert "Catalogue checks passed." in printed
