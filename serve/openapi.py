@@ -21,7 +21,10 @@ def _class_schema(class_names: Sequence[str] | None) -> dict[str, Any]:
 
 
 def _filters(class_names: Sequence[str] | None) -> list[dict[str, Any]]:
-    return [_query("predicted_class", _class_schema(class_names), "Only this class."), *FILTERS]
+    served = f" The served model's: {', '.join(class_names)}." if class_names else ""
+    return [_query("predicted_class", {"type": "string", "maxLength": 64},
+                   "Only this class: one of the served model's classes, or a class of stored predictions "
+                   "(an earlier model's)." + served), *FILTERS]
 
 
 FILTERS = [

@@ -10,7 +10,7 @@ import binascii
 import datetime as dt
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from galaxylib.store.database import PredictionFilter
 from serve.errors import ApiError
@@ -103,17 +103,23 @@ def parse_confidence(value: Any) -> float:
     return number
 
 
-def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = None) -> PredictionFilter:
+def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = None,
+                 stored_class: Callable[[str], bool] | None = None) -> PredictionFilter:
     """The filters shared by GET /predictions and DELETE /predictions/delete.
 
-    ``predicted_class`` must be one of the served model's classes (any name up to 64
-    characters while no model is loaded: the table may hold other models' rows)."""
+    ``predicted_class`` must be one of the served model's classes, or a class that rows in the table
+    already have (``stored_class``): the table keeps the rows of earlier models, with their own
+    classes. Any name up to 64 characters passes while no model is loaded. A name that is neither is
+    refused, so a typo is an error rather than an empty page."""
     predicted_class = params.get("predicted_class")
     if predicted_class is not None:
-        if class_names is not None and predicted_class not in class_names:
-            raise bad("invalid_parameter", f"predicted_class must be one of: {', '.join(class_names)}")
         if not isinstance(predicted_class, str) or not 0 < len(predicted_class) <= 64:
             raise bad("invalid_parameter", "predicted_class must be a class name of at most 64 characters")
+        if class_names is not None and predicted_class not in class_names and not (
+                stored_class is not None and stored_class(predicted_class)):
+            raise bad("invalid_parameter", f"predicted_class must be one of the served model's classes "
+                                           f"({', '.join(class_names)}) or a class of stored predictions, "
+                                           f"got {predicted_class[:64]!r}")
     filename = params.get("filename")
     if filename is not None and (not isinstance(filename, str) or len(filename) > 512):
         raise bad("invalid_parameter", "filename must be a string of at most 512 characters")

@@ -165,6 +165,20 @@ def test_invalid_query_parameters_are_a_400(sqlite_client, query, code):
     assert response.json["error"]["message"]
 
 
+def test_rows_of_an_earlier_model_can_still_be_filtered_by_their_own_class(client, store):
+    """The table keeps an earlier model's rows (GZ1's coarse classes, say) after the served model
+    changed; its class names still filter, and a name nobody ever predicted is still a typo."""
+    store.add_many([{"filename": "sdss.jpg", "predicted_class": "edge_on", "confidence": 0.8,
+                     "created_at": T0 + dt.timedelta(minutes=5)}])
+
+    found = client.get("/predictions?predicted_class=edge_on")
+    typo = client.get("/predictions?predicted_class=edge-on")
+
+    assert found.status_code == 200 and names(found) == [("sdss.jpg", "edge_on")]
+    assert typo.status_code == 400 and "edge-on" in typo.json["error"]["message"]
+    assert "Round Smooth" in typo.json["error"]["message"]  # the served model's classes are listed
+
+
 def test_one_prediction_is_fetched_by_id(client):
     newest = client.get("/predictions?limit=1").json["predictions"][0]
 

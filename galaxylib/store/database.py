@@ -200,6 +200,12 @@ class PredictionStore:
             total = int(s.execute(total_stmt).scalar_one())
         return rows, total
 
+    def has_class(self, predicted_class: str) -> bool:
+        """Whether any stored row has this class (an index lookup: the filter's check of a name)."""
+        with self.session() as s:
+            stmt = select(PredictionRecord.id).where(PredictionRecord.predicted_class == predicted_class).limit(1)
+            return s.execute(stmt).first() is not None
+
     def class_counts(self) -> dict[str, int]:
         stmt = select(PredictionRecord.predicted_class, func.count()).group_by(PredictionRecord.predicted_class)
         with self.session() as s:

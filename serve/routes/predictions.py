@@ -18,7 +18,7 @@ def list_predictions():
     """Newest first; ``offset`` or the opaque ``cursor`` from the previous page."""
     params = single_values(request.args)
     reject_unknown(params, LIST_PARAMS)
-    flt = parse_filter(params, runtime().class_names)
+    flt = parse_filter(params, runtime().class_names, stored_class=_stored_class)
     limit = parse_int(params.get("limit", DEFAULT_LIMIT), "limit", minimum=0, maximum=MAX_LIMIT)
     if "offset" in params and "cursor" in params:
         raise bad("invalid_parameter", "use either offset or cursor, not both")
@@ -61,7 +61,8 @@ def delete_predictions():
     if overlap:
         raise bad("invalid_parameter", f"{', '.join(sorted(overlap))} given both in the query and the body")
     ids = parse_ids(body["ids"]) if "ids" in body else None
-    flt = parse_filter({**query, **{k: v for k, v in body.items() if k != "ids"}}, runtime().class_names)
+    flt = parse_filter({**query, **{k: v for k, v in body.items() if k != "ids"}}, runtime().class_names,
+                       stored_class=_stored_class)
     if ids is None and flt.is_empty():
         raise bad("missing_selection", "say what to delete: {\"ids\": [...]} or at least one filter "
                                        f"({', '.join(FILTER_PARAMS)}); POST /reset_db clears everything")
@@ -78,3 +79,8 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         raise bad("invalid_json", "the body must be a JSON object such as {\"ids\": [1, 2]}")
     return body
+
+
+def _stored_class(name: str) -> bool:
+    """Whether rows of an earlier model with this class are in the table (a 503 if it is down)."""
+    return runtime().db.store().has_class(name)
