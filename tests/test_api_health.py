@@ -120,6 +120,7 @@ def test_health_is_200_with_the_model_version_when_ready(make_app, database_url)
     body = response.json
     assert (body["status"], body["live"], body["ready"]) == ("ok", True, True)
     assert body["model"]["loaded"] is True and body["model"]["model_version"].startswith("tiny-")
+    assert body["model"]["trained_on_synthetic"] is True  # the tiny test artifact is saved as synthetic
     assert (body["model"]["temperature"], body["model"]["calibration"]) == (1.0, "temperature")  # no fit yet
     assert body["database"]["reachable"] is True
 

@@ -84,7 +84,9 @@ def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error
 
 def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, sample_files, tmp_path, sqlite_url):
     out = tmp_path / "one.csv"
-    assert run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url).returncode == 0
+    result = run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url)
+    assert result.returncode == 0
+    assert "trained on synthetic galaxies" in result.stderr  # the tiny artifact is saved as synthetic
     [line] = read_csv(out)
     expected = Predictor(tiny_artifact).predict(sample_files[0])
     assert line["predicted_class"] == expected.predicted_class

@@ -42,6 +42,9 @@ CSV_FIELDS = (["filename", "predicted_class", "class_index", "confidence"]
               + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
               + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"])
 
+SYNTHETIC_NOTE = ("predict.sh: note: {model} was trained on synthetic galaxies (the offline quick start): "
+                  "it shows the plumbing; its classes and confidences mean little on real cutouts")
+
 
 def exiting_on_ctrl_c() -> None:
     """Stopping after Ctrl-C takes a moment (worker processes, the database): a second, impatient
@@ -244,6 +247,10 @@ def catalog_main(argv: list[str]) -> int:
         return 2
     for line in result.failed:
         print(f"  FAILED {line}", file=sys.stderr)
+    from galaxylib.artifact import read_artifact
+
+    if read_artifact(args.model, verify_hashes=False).synthetic:
+        print(SYNTHETIC_NOTE.format(model=args.model), file=sys.stderr)
     workers = f" on {result.processes} worker processes" if result.processes > 1 else ""
     task = f" (task {args.shard_k_n[0]}/{args.shard_k_n[1]}: {result.selected} shards)" if args.shard else ""
     print(f"Catalogue: {result.shards} shard(s){task}; {result.skipped} already finished, {result.processed} done now: "
@@ -278,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ArtifactError, OSError, ValueError) as exc:
         print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
         return 2
+    if predictor.artifact.synthetic:
+        print(SYNTHETIC_NOTE.format(model=args.model), file=sys.stderr)
     store = None
     if not args.no_db:
         from galaxylib.store.database import PredictionStore

@@ -26,6 +26,8 @@ def health():
         "ready": ready,
         "model": {"loaded": model_ok, "model_version": rt.model.model_version,
                   "image_size": rt.model.predictor.image_size if model_ok else None,
+                  # trained on the renderer's galaxies: a plumbing demo, not a classifier of real cutouts
+                  "trained_on_synthetic": rt.model.predictor.artifact.synthetic if model_ok else None,
                   # how far to trust the answers: the calibration (a temperature, with a class bias or
                   # without) and the OOD method (or null)
                   "temperature": rt.model.predictor.trust.temperature if model_ok else None,
