@@ -99,7 +99,7 @@ def parse_confidence(value: Any) -> float:
         raise bad("invalid_parameter", f"min_confidence must be a number between 0 and 1, "
                                        f"got {str(value)[:40]!r}") from None
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
-        raise bad("invalid_parameter", "min_confidence must be a number between 0 and 1")
+        raise bad("invalid_parameter", f"min_confidence must be a number between 0 and 1, got {str(value)[:40]!r}")
     return number
 
 

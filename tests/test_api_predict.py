@@ -181,6 +181,13 @@ def test_a_directory_in_the_uploaded_filename_is_dropped(client, cutout):
     assert response.json["predictions"][0]["filename"] == "evil.jpg"
 
 
+def test_a_very_long_uploaded_filename_is_shortened_keeping_its_extension(client, cutout):
+    response = post(client, ("g" * 300 + ".jpg", cutout[1]))
+
+    name = response.json["predictions"][0]["filename"]
+    assert len(name) == 255 and name.endswith("ggg.jpg")
+
+
 def test_in_a_batch_a_bad_file_gets_its_own_error_and_no_row(client, db_url, cutout):
     response = post(client, cutout, ("notes.txt", b"just some text, not an image"), cutout)
 

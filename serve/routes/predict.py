@@ -23,16 +23,22 @@ from serve.runtime import runtime
 bp = Blueprint("predict", __name__)
 
 UPLOAD_FIELDS = ("file", "files")
+MAX_FILENAME = 255  # characters of the client's file name kept in the response and the row
 # galaxylib ImageError codes -> HTTP status.
 STATUS_OF_CODE = {"empty_file": 400, "invalid_image": 400, "unsupported_media_type": 415,
                   "image_too_large": 413}
 
 
 def clean_filename(raw: str | None, index: int) -> str:
-    """The client's name without any directory part or control characters; never empty."""
+    """The client's name without any directory part or control characters; never empty. A name over
+    255 characters is shortened in the middle, so its extension (.jpg) is kept."""
     name = (raw or "").replace("\\", "/").rsplit("/", 1)[-1]
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
-    return name[:255] or f"upload-{index + 1}"
+    if len(name) > MAX_FILENAME:
+        stem, dot, suffix = name.rpartition(".")
+        keep = dot + suffix if dot and stem and len(suffix) <= 16 else ""
+        name = name[:len(name) - len(keep)][:MAX_FILENAME - len(keep)] + keep
+    return name or f"upload-{index + 1}"
 
 
 def read_uploads() -> list[Upload]:
