@@ -75,6 +75,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to send requests")
     parser.add_argument("--rate", type=int, default=2000, help="py-spy samples per second")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
+    parser.add_argument("--blocking", action="store_true",
+                        help="py-spy's default mode, which pauses the worker at each sample (misleading here)")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -99,7 +101,7 @@ def main() -> int:
             post(server.port, *body)
         worker = psutil.Process(server.proc.pid).children()[0].pid
         record = subprocess.Popen(
-            [spy, "record", "--nonblocking", "-p", str(worker), "-r", str(args.rate),
+            [spy, "record", *([] if args.blocking else ["--nonblocking"]), "-p", str(worker), "-r", str(args.rate),
              "-d", str(int(args.seconds) + 2), "--format", "raw", "-o", str(raw)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         time.sleep(1.0)  # py-spy attaches

@@ -373,6 +373,7 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     assert 5 <= done < 200 and not list(out.glob(".part-*"))  # nothing half-written left behind
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and f"{done} already finished, {200 - done} done now" in again.stdout
+    assert "trained on synthetic galaxies" in again.stderr  # the tiny artifact is saved as synthetic
     ids = read_out(out).column("id_str").to_pylist()
     assert sorted(ids) == sorted(r["id_str"] for r in rows)
 
@@ -625,6 +626,7 @@ def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(c
     """notebooks/05 with ``catalog`` set classifies that catalogue, not its demo: one row per
     catalogue row (the missing file an error row), the user's columns passed through, and a plain
     note instead of the sky map when there are no ra and dec columns."""
+    import nbformat
     import papermill as pm
 
     from galaxylib.config import NOTEBOOKS_DIR
@@ -652,8 +654,6 @@ def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(c
     assert all(by_id[r["id_str"]]["predicted_class"] and not by_id[r["id_str"]]["error"] for r in rows[:-1])
     assert set(table.column("survey").to_pylist()) == {"DECaLS"}
     assert not (tmp_path / "data").exists(), "the demo catalogue was written although a catalogue was given"
-    import nbformat
-
     printed = "".join(out.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
                       for out in cell.get("outputs", []))
     assert "no ra and dec columns in this catalogue: no sky map" in printed

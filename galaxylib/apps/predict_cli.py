@@ -247,9 +247,7 @@ def catalog_main(argv: list[str]) -> int:
         return 2
     for line in result.failed:
         print(f"  FAILED {line}", file=sys.stderr)
-    from galaxylib.artifact import read_artifact
-
-    if read_artifact(args.model, verify_hashes=False).synthetic:
+    if result.trained_on_synthetic:
         print(SYNTHETIC_NOTE.format(model=args.model), file=sys.stderr)
     workers = f" on {result.processes} worker processes" if result.processes > 1 else ""
     task = f" (task {args.shard_k_n[0]}/{args.shard_k_n[1]}: {result.selected} shards)" if args.shard else ""

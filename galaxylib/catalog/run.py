@@ -60,6 +60,7 @@ class CatalogResult:
     seconds: float = 0.0
     processes: int = 1  # worker processes on one machine (1: this process)
     worker_peak_rss_mb: float | None = None  # the largest worker process's peak (Linux), None without workers
+    trained_on_synthetic: bool = False  # the model learnt the renderer's galaxies: a demo on real cutouts
 
     @property
     def ok(self) -> bool:
@@ -209,7 +210,7 @@ def _worker_init(model_dir: str, threads: int, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent stops the run and shuts the pool down,
     # so a worker ignores it rather than dying mid-task with a traceback of its own. Workers are
-    # started ignoring it (_children_ignore_ctrl_c), except when the pool is made off the main
+    # started ignoring it (_ctrl_c_ignored), except when the pool is made off the main
     # thread, where the parent cannot change its handler: this covers that case.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _POOL_PREDICTOR = Predictor(model_dir, num_threads=threads)
@@ -233,7 +234,7 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
                                initializer=_worker_init, initargs=(str(model_dir), threads, os.getpid()))
     try:
         # Each submit starts a process while none is idle yet, so all of them start inside the block.
-        with single_threaded_children(), _without_main_module(), _children_ignore_ctrl_c():
+        with single_threaded_children(), _without_main_module(), _ctrl_c_ignored():
             ready = [pool.submit(_worker_ready) for _ in range(processes)]
         for future in ready:
             future.result()
@@ -265,7 +266,9 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
     never came while the run waited for them at exit, for good (2 of 3 double Ctrl-Cs here). A
     chunk in flight is lost, and that costs nothing: a shard counts as finished only once its
     manifest entry is written, so the rerun redoes it."""
-    with _children_ignore_ctrl_c():  # a further Ctrl-C must not cut this short
+    with _ctrl_c_ignored():  # a further Ctrl-C must not cut this short
+        # The executor's own process table (private, but in every CPython since 3.2): nothing public
+        # lists a pool's processes, and multiprocessing.active_children() holds the caller's others too.
         processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
@@ -275,7 +278,7 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
 
 
 @contextlib.contextmanager
-def _children_ignore_ctrl_c() -> Iterator[None]:
+def _ctrl_c_ignored() -> Iterator[None]:
     """Ctrl-C is ignored inside the block. Processes started in it ignore SIGINT from birth (Python
     keeps an inherited SIG_IGN), so a Ctrl-C while they are still importing prints no traceback
     from each of them; and stopping a pool in it is not cut short by a second Ctrl-C. The block
@@ -494,4 +497,4 @@ def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: s
                          skipped=len(selected) - len(todo), processed=len(entries),
                          rows=sum(e["rows"] for e in entries), errors=sum(e["errors"] for e in entries),
                          failed=failed, seconds=time.perf_counter() - started, processes=n_proc,
-                         worker_peak_rss_mb=peak)
+                         worker_peak_rss_mb=peak, trained_on_synthetic=artifact.synthetic)
