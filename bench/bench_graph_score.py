@@ -21,30 +21,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bench.build_artifact import BENCH_DIR, child, ensure_bench_artifact_in_child  # noqa: E402
+from build_artifact import BENCH_DIR, child, ensure_bench_artifact_in_child  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
-from galaxylib.inference.trust import pixel_statistics  # noqa: E402
+from galaxylib.inference.ood import pixel_statistics  # noqa: E402
 
 VARIANTS = ("plain", "mahalanobis", "pixels", "union")
 
 
 def score_function(scorer):
     """``scorer`` (the union check or one of its parts) as TensorFlow ops of (model inputs, pooled
-    features) -> (N,) scores, mirroring galaxylib.inference.trust's NumPy scorers in float32."""
+    features) -> (N,) scores, mirroring galaxylib.inference.ood's NumPy scorers in float32."""
     import tensorflow as tf
 
-    from galaxylib.inference.trust import Union
+    from galaxylib.inference.ood import UnionScorer
 
     def pixel_statistics_tf(images):
         """``pixel_statistics``: (N, S, S, 3) in 0..255 -> (N, 17). float32 loses digits where
@@ -101,7 +98,7 @@ def score_function(scorer):
 
         return score
 
-    if isinstance(scorer, Union):
+    if isinstance(scorer, UnionScorer):
         features_score, pixels_score = mahalanobis(scorer.features), pixels(scorer.pixels)
         scales = [float(v) for v in scorer.scales]
         return lambda images, f: tf.maximum(features_score(images, f) / scales[0], pixels_score(images, f) / scales[1])
@@ -115,8 +112,9 @@ def export_variants(model_dir: Path, out_dir: Path) -> None:
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     from galaxylib.artifact import read_artifact
-    from galaxylib.inference.trust import trust_from_sidecar
-    from galaxylib.modeling.export import export_tflite, load_keras_model, with_features_output
+    from galaxylib.inference.trust_check import trust_from_sidecar
+    from galaxylib.modeling.export import export_tflite, with_features_output
+    from galaxylib.modeling.loading import load_keras_model
 
     artifact = read_artifact(model_dir)
     model = load_keras_model(artifact)

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -41,10 +39,12 @@ def main() -> int:
     from galaxylib.config import DATA_DIR
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
-    from galaxylib.inference.calibration import apply_calibration, fit_calibration, fit_temperature, negative_log_likelihood
+    from galaxylib.fitting.calibration_fit import fit_calibration, fit_temperature, negative_log_likelihood
+    from galaxylib.inference.calibration import apply_calibration
     from galaxylib.modeling.head import feature_views, fit_head, view_features
     from galaxylib.modeling.model import ModelParams, build_head, build_model
     from galaxylib.modeling.training import TrainParams
+    from galaxylib.modeling.train_modes import features_cache_file
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
 
@@ -57,7 +57,7 @@ def main() -> int:
     start, size, crop = model_params.weights, model_params.image_size, float(config["crop"])
     images = resized_cache(data, size, DATA_DIR / "cache", crop=crop)
     x = view_features(build_model(model_params, len(names), DATA_DIR / "cache" / "weights"), images,
-                      cache_file=steps.features_cache_file(DATA_DIR / "cache", data, start, size, crop),
+                      cache_file=features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, crop),
                       views=feature_views(start))
     pool = np.concatenate([split.train, split.val])
     val_share = len(split.val) / len(pool)

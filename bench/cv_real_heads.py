@@ -18,15 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -48,6 +45,7 @@ def main() -> int:
     from galaxylib.modeling.head import feature_views, fit_head, view_features
     from galaxylib.modeling.model import ModelParams, build_head, build_model
     from galaxylib.modeling.training import TrainParams
+    from galaxylib.modeling.train_modes import features_cache_file
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
     from real_data_table import CNN_HEAD
@@ -61,7 +59,7 @@ def main() -> int:
         size = int(recipe["image_size"]) if start == "morphology" else args.cnn_size
         images = resized_cache(data, size, DATA_DIR / "cache", crop=float(recipe["crop"]))
         params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": size})
-        cache = steps.features_cache_file(DATA_DIR / "cache", data, start, size, float(recipe["crop"]))
+        cache = features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, float(recipe["crop"]))
         return view_features(build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"), images,
                              cache_file=cache, views=feature_views(start))
 

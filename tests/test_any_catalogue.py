@@ -62,7 +62,7 @@ def test_a_missing_label_column_says_how_to_choose_one(tmp_path, sample_files):
 
 
 def test_a_folder_becomes_an_h5_that_carries_its_class_table(tmp_path, sample_files):
-    from galaxylib.data.galaxy10 import resolve_dataset
+    from galaxylib.data.resolve import resolve_dataset
 
     folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth", "spiral", "merger", "edge_on"] * 2)
 
@@ -73,7 +73,8 @@ def test_a_folder_becomes_an_h5_that_carries_its_class_table(tmp_path, sample_fi
 
 
 def test_a_folder_of_one_class_is_refused_before_training(tmp_path, sample_files):
-    from galaxylib.data.galaxy10 import DatasetError, resolve_dataset
+    from galaxylib.data.galaxy10 import DatasetError
+    from galaxylib.data.resolve import resolve_dataset
 
     folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth"] * 6,
                              classes_txt=("smooth", "spiral"))  # two classes named, one used
@@ -169,7 +170,7 @@ def tiny_data(tmp_path_factory):
 @pytest.mark.slow
 def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifact(tiny_data, monkeypatch):
     from galaxylib.inference.predictor import Predictor
-    from galaxylib.modeling import export
+    from galaxylib.modeling import loading
     from galaxylib.modeling.saliency import GradCam
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
@@ -197,7 +198,7 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
     np.testing.assert_allclose(features, np.load(features_file[0]).mean(axis=0)[split.test[:3]], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(predictor.predict_arrays(batch),
                                predictor.trust.calibrate(raw), atol=1e-6)  # what every entry point reports
-    cam = GradCam(export.load_keras_model(artifact))
+    cam = GradCam(loading.load_keras_model(artifact))
     assert cam.layer_name == "head_activation" and cam.heatmaps(batch, [0, 1, 2]).shape == (3, 1, 1)
 
     # A second run reuses the cached features: the backbone is not run again.
@@ -212,7 +213,7 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
 @pytest.mark.slow
 def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_litert(tiny_data):
     from galaxylib.inference.predictor import Predictor
-    from galaxylib.modeling import export
+    from galaxylib.modeling import loading
     from galaxylib.modeling.morphology import MEASUREMENTS
     from galaxylib.modeling.saliency import GradCam
     from galaxylib.pipeline import steps
@@ -234,7 +235,7 @@ def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_li
     raw, features = predictor.forward(batch)
     np.testing.assert_allclose(raw, np.asarray(result["model"].predict(batch, verbose=0)), atol=1e-4)
     assert predictor.has_ood and features.shape == (3, len(MEASUREMENTS))  # the OOD check scores the measurements
-    cam = GradCam(export.load_keras_model(artifact))
+    cam = GradCam(loading.load_keras_model(artifact))
     assert cam.layer_name == "sky_subtracted" and cam.heatmaps(batch, [0, 1, 2]).shape == (3, 32, 32)
 
     config["train"]["mode"] = "finetune"
@@ -247,7 +248,7 @@ def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_li
 def test_finetune_starts_from_a_previous_run_with_a_new_head(tiny_data):
     import keras
 
-    from galaxylib.modeling.export import load_keras_model
+    from galaxylib.modeling.loading import load_keras_model
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
 

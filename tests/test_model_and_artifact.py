@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from galaxylib.artifact import ArtifactError, read_artifact
-from galaxylib.modeling.export import load_keras_model
+from galaxylib.modeling.loading import load_keras_model
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.modeling.model import ModelParams, WeightsError, build_model
 from galaxylib.inference.predictor import Predictor

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from galaxylib.artifact import read_artifact
-from galaxylib.modeling.export import load_keras_model, save_artifact
+from galaxylib.modeling.export import save_artifact
+from galaxylib.modeling.loading import load_keras_model
 from galaxylib.modeling.orientation import (N_VIEWS, VIEWS, inner_network, orient, view_maps_back,
                                    with_orientation_average)
 from galaxylib.inference.predictor import Predictor

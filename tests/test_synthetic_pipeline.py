@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from galaxylib.artifact import read_artifact
-from galaxylib.modeling.export import load_keras_model
+from galaxylib.modeling.loading import load_keras_model
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.modeling.orientation import inner_network
 

@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from galaxylib.artifact import (FORMAT_VERSION, KERAS_FILE, SIDECAR, TFLITE_FILE, Artifact, ArtifactError,
-                               read_artifact)
+from galaxylib.artifact import FORMAT_VERSION, KERAS_FILE, SIDECAR, TFLITE_FILE, Artifact, ArtifactError, read_artifact
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import git_commit
 from galaxylib.files import atomic_write_json, sha256_file
+from galaxylib.modeling.layer_names import features_layer
 from galaxylib.preprocessing import preprocessing_contract
 
 
@@ -28,8 +28,7 @@ def with_features_output(model):
     """
     import keras
 
-    from galaxylib.modeling.model import features_layer
-    from galaxylib.modeling.orientation import inner_network, _layers
+    from galaxylib.modeling.orientation import inner_network, with_orientation_average
 
     network = inner_network(model) or model
     try:
@@ -42,11 +41,7 @@ def with_features_output(model):
     both = keras.Model(network.input, [network.output, pooled], name="classifier_with_features")
     if network is model:
         return both
-    views_layer, mean_layer = _layers()
-    inputs = keras.Input(model.input_shape[1:])
-    probs, features = both(views_layer(name="orientation_views")(inputs))
-    return keras.Model(inputs, [mean_layer(name="orientation_mean")(probs),
-                                mean_layer(name="features_mean")(features)], name="orientation_averaged")
+    return with_orientation_average(both, output_names=("orientation_mean", "features_mean"))
 
 
 def export_tflite(model, path: Path, features: bool = True) -> Path:
@@ -113,16 +108,3 @@ def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str,
         shutil.rmtree(run_dir)
     os.replace(tmp, run_dir)
     return Artifact(run_dir, sidecar)
-
-
-def load_keras_model(artifact: Artifact):
-    import keras
-
-    from galaxylib.modeling import morphology  # noqa: F401  (registers its layers for loading)
-    from galaxylib.modeling.orientation import register
-
-    register()  # an orientation-averaged model holds galaxylib's own layers
-
-    if not artifact.keras_path.is_file():
-        raise ArtifactError(f"{artifact.path} is missing {KERAS_FILE}")
-    return keras.models.load_model(artifact.keras_path, compile=False)

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from galaxylib.files import atomic_path
-from galaxylib.modeling.model import MORPHOLOGY, backbone_of, features_layer, head_on_features
+from galaxylib.modeling.layer_names import MORPHOLOGY, features_layer
+from galaxylib.modeling.model import backbone_of, head_on_features
 from galaxylib.modeling.orientation import VIEWS, orient
 from galaxylib.modeling.training import TrainParams, class_weights, training_loss
 

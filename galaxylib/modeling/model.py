@@ -26,9 +26,8 @@ import numpy as np
 
 from galaxylib.classes import NUM_CLASSES as GALAXY10_CLASSES
 from galaxylib.config import CACHE_DIR, user_path
+from galaxylib.modeling.layer_names import MORPHOLOGY, features_layer
 
-FEATURES_LAYER = "avg_pool"
-MORPHOLOGY = "morphology"  # the start, and its features layer
 LITE_VARIANTS = ("lite0", "lite1", "lite2")
 
 
@@ -109,7 +108,7 @@ def _previous_run(path: Path, params: ModelParams):
     import keras
 
     from galaxylib.artifact import ArtifactError, read_artifact
-    from galaxylib.modeling.export import load_keras_model
+    from galaxylib.modeling.loading import load_keras_model
     from galaxylib.modeling.orientation import inner_network
 
     try:
@@ -204,15 +203,6 @@ def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_
     model = keras.Model(base.input, x, name="galaxy_classifier")
     compile_model(model, params.learning_rate)
     return model
-
-
-def features_layer(model) -> str:
-    """The name of the layer whose output the head reads: ``avg_pool``, or ``morphology``."""
-    names = {layer.name for layer in model.layers}
-    for name in (FEATURES_LAYER, MORPHOLOGY):
-        if name in names:
-            return name
-    raise ValueError(f"model {model.name!r} has neither an {FEATURES_LAYER!r} nor a {MORPHOLOGY!r} layer")
 
 
 def head_on_features(model):

@@ -90,8 +90,11 @@ def register() -> None:
     _layers()
 
 
-def with_orientation_average(network):
-    """Wrap a trained classifier: same input and output, averaged over the 8 orientations."""
+def with_orientation_average(network, output_names: tuple[str, ...] = ("orientation_mean",)):
+    """Wrap a trained network: same input, each output averaged over the 8 orientations.
+
+    A network with several outputs (the classifier with its pooled features, for the export)
+    names one mean layer per output, in order."""
     import keras
 
     views_layer, mean_layer = _layers()
@@ -99,8 +102,12 @@ def with_orientation_average(network):
     if size[0] != size[1]:
         raise ValueError(f"orientation averaging needs square inputs, not {size[0]}x{size[1]}")
     inputs = keras.Input(size)
-    outputs = mean_layer(name="orientation_mean")(network(views_layer(name="orientation_views")(inputs)))
-    return keras.Model(inputs, outputs, name="orientation_averaged")
+    outputs = network(views_layer(name="orientation_views")(inputs))
+    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    if len(outputs) != len(output_names):
+        raise ValueError(f"the network has {len(outputs)} outputs but {len(output_names)} names were given")
+    averaged = [mean_layer(name=name)(out) for name, out in zip(output_names, outputs)]
+    return keras.Model(inputs, averaged if len(averaged) > 1 else averaged[0], name="orientation_averaged")
 
 
 def inner_network(model):

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from galaxylib.data.galaxy10 import Galaxy10File, resized_cache, resolve_dataset
+from galaxylib.data.galaxy10 import Galaxy10File, resized_cache
+from galaxylib.data.resolve import resolve_dataset
 from galaxylib.data.split import Split, make_split
 
 
@@ -28,58 +29,35 @@ def prepare_data(config: dict, data_dir: Path, show_progress: bool = True) -> tu
 
 def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, model_dir: Path, cache_dir: Path,
           show_progress: bool = True, on_epoch=None) -> dict[str, Any]:
-    """Build, fit and save the artifact, then fit its calibration and OOD check (``trust.fit_trust``)."""
-    import keras
-
+    """Fit the classifier (``train.mode``), save the artifact, then fit its calibration and OOD
+    check on the served model (``trust.fit_trust``)."""
+    from galaxylib.artifact import read_artifact, update_metrics
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.export import save_artifact
-    from galaxylib.modeling.head import feature_views, train_head, view_features
-    from galaxylib.modeling.model import MORPHOLOGY, ModelParams, build_model, compile_model, describe_weights
-    from galaxylib.modeling.orientation import with_orientation_average
-    from galaxylib.artifact import read_artifact, update_metrics
-    from galaxylib.modeling.training import MODES, TrainParams, train_model
+    from galaxylib.modeling.model import ModelParams
+    from galaxylib.modeling.train_modes import check_mode, fit_classifier
+    from galaxylib.modeling.training import TrainParams
     from galaxylib.pipeline.trust import fit_trust
 
-    keras.utils.set_random_seed(int(config["seed"]))
     model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
-    if train_params.mode not in MODES:
-        raise ValueError(f"train.mode must be one of {', '.join(MODES)}, not {train_params.mode!r}")
+    check_mode(model_params, train_params)  # before the resized cache is made
     crop = float(config["crop"])
     images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
     labels = data.labels()
-    n_classes = len(data.class_names)
-    start = describe_weights(model_params.weights)
-    if start == MORPHOLOGY and train_params.mode != "head":
-        raise ValueError(f"the morphology start has no weights to train: use train.mode head, not {train_params.mode!r}")
-    model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
-    if train_params.mode == "full":
-        history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
-    else:
-        features = view_features(model, images, show_progress=show_progress,
-                                 cache_file=features_cache_file(cache_dir, data, start, model_params.image_size, crop),
-                                 views=feature_views(start))
-        history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
-        if train_params.mode == "finetune":
-            compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
-            head_history = {f"head_{k}": v for k, v in history.items()}
-            history = {**train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
-                       **head_history}
-    if model_params.average_orientations:
-        model = with_orientation_average(model)
-    artifact = save_artifact(
+    fitted = fit_classifier(model_params, train_params, images, labels, split, len(data.class_names),
+                            cache_dir=cache_dir, dataset_key=data.fingerprint(), crop=crop,
+                            show_progress=show_progress, on_epoch=on_epoch)
+    model, history = fitted.model, fitted.history
+    save_artifact(
         model, model_dir, run_name=run_name, class_names=data.class_names,
         dataset={"spec": str(config["dataset"]), "path": str(data.path), "sha256": data.fingerprint(),
                  "n_images": data.n_images},
         split={"seed": split.seed, **split.sizes(), "fractions": list(split.fractions)},
-        params={"model": asdict(model_params), "train": asdict(train_params), "start": start},
+        params={"model": asdict(model_params), "train": asdict(train_params), "start": fitted.start},
         metrics={"epochs_run": len(history.get("loss", []))},
-        synthetic=data.synthetic, crop=crop,
-        architecture=_architecture(start, train_params.mode))
-    # A frozen backbone's features are the cached ones (mean over the views, like the export's
-    # second output), so head mode fits the OOD statistics without another pass over train.
-    train_features = features.mean(axis=0)[split.train] if train_params.mode == "head" else None
-    trust = fit_trust(data, split, model_dir, cache_dir, seed=int(config["seed"]), train_features=train_features,
+        synthetic=data.synthetic, crop=crop, architecture=fitted.architecture)
+    trust = fit_trust(data, split, model_dir, cache_dir, seed=int(config["seed"]), train_features=fitted.train_features,
                       n_cases=int(config["evaluate"].get("ood_cases", 40)), show_progress=show_progress)
     val = evaluate(labels[split.val], trust.pop("val_probs"), data.class_names,  # the served model, calibrated
                    decisions=trust.pop("val_decisions"))
@@ -91,25 +69,43 @@ def train(config: dict, data: Galaxy10File, split: Split, *, run_name: str, mode
             "total_params": int(model.count_params())}
 
 
-def features_cache_file(cache_dir: Path, data: Galaxy10File, start: str, image_size: int, crop: float) -> Path:
-    """Where head mode caches a start's backbone features of a dataset at a size and crop."""
-    from galaxylib.modeling.model import MORPHOLOGY
+def test_headline(results: dict[str, Any], trust: dict[str, Any], gz1: dict[str, Any] | None, *, model_version: str,
+                  synthetic: bool) -> dict[str, Any]:
+    """The test split's headline figures (``evaluate`` on the calibrated answers, ``judge_trust``,
+    and the GZ1 transfer check when it ran): what metrics.json, the artifact and MLflow record."""
+    calibration = trust["calibration"]
+    headline = {"test_accuracy": results["accuracy"], "test_macro_f1": results["macro_f1"],
+                "test_balanced_accuracy": results["balanced_accuracy"], "test_ece": results["ece"],
+                "test_n": results["n"], "model_version": model_version, "synthetic": synthetic,
+                "temperature": trust["temperature"], "calibration_bias": trust["bias"],
+                "test_ece_uncalibrated": calibration["ece_before"],
+                "test_ece_noise_floor": calibration["ece_noise_floor"]["median"],
+                "test_nll": calibration["nll_after"], "test_nll_uncalibrated": calibration["nll_before"]}
+    if trust["ood"] is not None:
+        ood = trust["ood"]
+        headline.update(ood_method=ood["method"], ood_far_auroc=ood["far_ood_auroc"],
+                        ood_far_flagged_fraction=ood["far_ood_flagged_fraction"],
+                        ood_test_flagged_fraction=ood["test_flagged_fraction"])
+    if gz1 is not None:
+        headline.update(gz1_coarse_balanced_accuracy=gz1["balanced_accuracy"], gz1_n=gz1["n"])
+    return headline
 
-    if start == MORPHOLOGY:
-        from galaxylib.modeling.morphology import VERSION
 
-        start = f"morphology-v{VERSION}"  # the measurements are code, not weights
-    tag = "".join(c if c.isalnum() or c in "-_." else "-" for c in start)
-    return cache_dir / "features" / f"{data.fingerprint()[:16]}_{tag}_{image_size}px_crop{crop:.3f}.npy"
+def record_test_results(run, headline: dict[str, Any], results: dict[str, Any], trust: dict[str, Any],
+                        class_names) -> None:
+    """The headline and the per-class results into the run's metrics.json; the test, OOD and GZ1
+    figures into the artifact's model.json; the headline and figures to the run's MLflow run."""
+    from galaxylib.artifact import update_metrics
+    from galaxylib.pipeline import tracking
 
-
-def _architecture(start: str, mode: str) -> str:
-    from galaxylib.modeling.model import MORPHOLOGY
-
-    if start == MORPHOLOGY:
-        return f"morphology measurements + MLP head ({mode} training)"
-    network = "EfficientNet-" + start.title() if start.startswith("lite") else "EfficientNetB0"
-    return f"{network} ({start} start, {mode} training)"
+    run.update_metrics(**headline, class_names=list(class_names), per_class=results["per_class"],
+                       confusion_matrix=results["confusion_matrix"],
+                       ood_cases=None if trust["ood"] is None else trust["ood"]["cases"])
+    update_metrics(run.model, {k: v for k, v in headline.items() if k.startswith(("test_", "gz1_", "ood_"))})
+    if run.metrics().get("mlflow_run_id"):
+        with tracking.mlflow_run(run.run_name, {}):
+            tracking.log_metrics(headline)
+            tracking.log_artifacts(run.figures, "figures")
 
 
 def predict_split(predictor, data: Galaxy10File, indices: np.ndarray, cache_dir: Path, batch_size: int = 64,
@@ -197,7 +193,7 @@ def keras_tflite_agreement(model_dir: Path, images: np.ndarray) -> dict[str, Any
     """Max |p_keras - p_tflite| and argmax agreement on the same inputs."""
     from galaxylib.artifact import read_artifact
     from galaxylib.inference.predictor import Predictor
-    from galaxylib.modeling.export import load_keras_model
+    from galaxylib.modeling.loading import load_keras_model
 
     artifact = read_artifact(model_dir, need_keras=True)
     model = load_keras_model(artifact)

@@ -23,7 +23,7 @@ class Saliency:
 def load_gradcam(model_dir: Path):
     """A GradCam over the artifact's Keras model (a few seconds: TensorFlow starts)."""
     from galaxylib.artifact import read_artifact
-    from galaxylib.modeling.export import load_keras_model
+    from galaxylib.modeling.loading import load_keras_model
     from galaxylib.modeling.saliency import GradCam
 
     return GradCam(load_keras_model(read_artifact(model_dir, need_keras=True)))

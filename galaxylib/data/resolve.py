@@ -1,0 +1,48 @@
+"""Which dataset a training run means: ``synthetic``, ``real``, an h5, or a folder with labels.csv.
+
+A training-side step (the synthetic renderer needs SciPy): it makes or finds the Galaxy10-layout
+h5 that everything downstream reads (``galaxylib.data.galaxy10``), in the run's data folder.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from galaxylib.config import GALAXY10_FILENAME, user_path
+from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, folder_to_h5, open_galaxy10
+from galaxylib.files import sha256_file
+
+
+def resolve_dataset(spec: str, *, workdir: Path, seed: int = 0, synthetic_per_class: int = 100,
+                    download: bool = True, show_progress: bool = True, label_column: str = "label") -> Galaxy10File:
+    """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv -> an opened h5.
+
+    Everything derived (the synthetic set, converted folders, the downloaded real file under
+    ``raw/``) lives in ``workdir``, the run's data folder.
+    """
+    spec = str(spec).strip()
+    if spec == "synthetic":
+        from galaxylib.data.synthetic import write_synthetic_h5
+
+        path = workdir / f"synthetic_{synthetic_per_class}pc_seed{seed}.h5"
+        if not path.is_file():
+            write_synthetic_h5(path, n_per_class=synthetic_per_class, seed=seed, show_progress=show_progress)
+        return open_galaxy10(path)
+    if spec in ("real", "galaxy10", ""):
+        from galaxylib.data.download import ensure_galaxy10
+
+        return open_galaxy10(ensure_galaxy10(workdir / "raw" / GALAXY10_FILENAME, download=download))
+    path = user_path(spec)
+    if path.is_dir():
+        # Keyed by the folder, its labels and the label column: editing labels.csv makes a new h5.
+        labels = path / "labels.csv"
+        key = f"{path.resolve()}|{sha256_file(labels) if labels.is_file() else ''}|{label_column}"
+        out = workdir / f"folder_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
+        if out.is_file():
+            return open_galaxy10(out)
+        return open_galaxy10(folder_to_h5(path, out, show_progress=show_progress, label_column=label_column))
+    if path.is_file():
+        return open_galaxy10(path)
+    raise DatasetError(
+        f"dataset {spec!r} not found: use 'synthetic', 'real', a Galaxy10-format .h5 file, "
+        "or a folder of images with labels.csv")
