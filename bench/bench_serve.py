@@ -43,11 +43,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from bench.build_artifact import BENCH_DIR, ensure_bench_artifact_in_child, without_trust_check  # noqa: E402
+from build_artifact import BENCH_DIR, ensure_bench_artifact_in_child, without_trust_check  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
-from galaxylib.inference.trust import pixel_statistics  # noqa: E402
+from galaxylib.inference.ood import pixel_statistics  # noqa: E402
 
 GOAL_LATENCY = 1.5
 GOAL_THROUGHPUT = 0.8

@@ -62,7 +62,7 @@ def add_ood_check(run_dir: Path) -> None:
     from galaxylib.data.galaxy10 import open_galaxy10
     from galaxylib.data.split import make_split
     from galaxylib.data.synthetic import write_synthetic_h5
-    from galaxylib.inference.trust import UNION
+    from galaxylib.inference.ood import UNION
     from galaxylib.pipeline.trust import fit_trust
 
     with tempfile.TemporaryDirectory(prefix="bench-ood-") as tmp:
@@ -80,7 +80,7 @@ def without_trust_check(run_dir: Path, out_dir: Path) -> Path:
 
     from galaxylib.artifact import SIDECAR, read_artifact
     from galaxylib.files import atomic_write_json
-    from galaxylib.inference.trust import OOD_FILE
+    from galaxylib.inference.ood import OOD_FILE
 
     read_artifact(run_dir)  # refuse a broken original before copying it
     sidecar = json.loads((run_dir / SIDECAR).read_text())

@@ -16,7 +16,6 @@ Everything runs on 127.0.0.1 and every loop is bounded.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import shutil
 import statistics
@@ -26,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from bench.bench_serve import Server, database_arguments, make_database, multipart, post  # noqa: E402
-from bench.build_artifact import ensure_bench_artifact_in_child  # noqa: E402
+from bench_serve import Server, database_arguments, make_database, multipart, post  # noqa: E402
+from build_artifact import ensure_bench_artifact_in_child  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 # (label, function, file): a sample counts for a part when a frame of its stack is that function
@@ -40,9 +37,9 @@ PARTS = [
     ("  decode (PIL, libjpeg)", "_read", "galaxylib/inference/classify.py"),
     ("  crop and convert to float32", "preprocess_image", "galaxylib/preprocessing.py"),
     ("  forward pass (LiteRT invoke)", "invoke", "interpreter.py"),
-    ("  pixel statistics (OOD check)", "pixel_statistics", "galaxylib/inference/trust.py"),
-    ("  OOD scorer (Mahalanobis, union)", "ood_scores", "galaxylib/inference/trust.py"),
-    ("  calibration", "calibrate", "galaxylib/inference/trust.py"),
+    ("  pixel statistics (OOD check)", "pixel_statistics", "galaxylib/inference/ood.py"),
+    ("  OOD scorer (Mahalanobis, union)", "ood_scores", "galaxylib/inference/trust_check.py"),
+    ("  calibration", "calibrate", "galaxylib/inference/trust_check.py"),
     ("  the prediction", "to_prediction", "galaxylib/inference/predictor.py"),
     ("  store the row (PostgreSQL)", "add_many", "galaxylib/store/database.py"),
     ("  JSON response", "jsonify", "flask/json"),

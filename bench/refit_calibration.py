@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -32,8 +29,8 @@ def main() -> int:
 
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.evaluation.metrics import expected_calibration_error
-    from galaxylib.inference.calibration import (apply_calibration, apply_temperature, decide, fit_calibration,
-                                                 fit_temperature, negative_log_likelihood)
+    from galaxylib.fitting.calibration_fit import fit_calibration, fit_temperature, negative_log_likelihood
+    from galaxylib.inference.calibration import apply_calibration, apply_temperature, decide
     from galaxylib.inference.predictor import Predictor
     from galaxylib.pipeline.run_folder import open_run
     from galaxylib.pipeline.trust import served_outputs

@@ -15,16 +15,13 @@ rule's minimum of ``MIN_ERRORS`` errors decides). NumPy only, about 15 s.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from galaxylib.inference.calibration import (apply_temperature, fit_temperature,  # noqa: E402
-                                             negative_log_likelihood, one_standard_error_temperature)
+from galaxylib.fitting.calibration_fit import (fit_temperature,  # noqa: E402
+                                               negative_log_likelihood, one_standard_error_temperature)
+from galaxylib.inference.calibration import apply_temperature  # noqa: E402
 
 CLASSES = 10
 

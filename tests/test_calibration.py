@@ -1,4 +1,5 @@
-"""Calibration (galaxylib/inference/calibration.py): a temperature, and a class bias for a model
+"""Calibration (applied: galaxylib/inference/calibration.py; fitted: galaxylib/fitting/calibration_fit.py):
+a temperature, and a class bias for a model
 whose training balanced its classes, fitted by NLL on validation; the reported class never changes."""
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 
 from galaxylib.evaluation.metrics import ece_noise_floor, evaluate, expected_calibration_error
-from galaxylib.inference.calibration import (apply_calibration, apply_temperature, decide, fit_calibration,
-                                             fit_temperature, fit_temperature_and_bias, negative_log_likelihood,
-                                             one_standard_error_temperature, remove_bias)
+from galaxylib.fitting.calibration_fit import (fit_calibration, fit_temperature, fit_temperature_and_bias,
+                                               negative_log_likelihood, one_standard_error_temperature)
+from galaxylib.inference.calibration import apply_calibration, apply_temperature, decide, remove_bias
 
 PRIOR = np.array([0.70, 0.16, 0.12, 0.02])  # GZ1's coarse classes are about this lopsided
 

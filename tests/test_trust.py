@@ -1,4 +1,5 @@
-"""Calibration and the out-of-distribution scorers (galaxylib/inference/trust.py), in NumPy."""
+"""The out-of-distribution check: its scorers as served (galaxylib/inference/ood.py, trust_check.py) and
+their fits (galaxylib/fitting/ood_fit.py), and the temperature fit seen from a scorer's side."""
 from __future__ import annotations
 
 import shutil
@@ -8,9 +9,11 @@ import pytest
 
 from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
 from galaxylib.evaluation.ood_cases import FAR_OOD, PHOTOS, far_ood_cases, shifted_cases
-from galaxylib.inference.calibration import apply_temperature, fit_temperature, negative_log_likelihood
-from galaxylib.inference.trust import (KNearest, Mahalanobis, MaxSoftmax, PixelGaussian, TrustCheck, auroc, load_scorer,
-                                       pixel_statistics, threshold_for)
+from galaxylib.fitting.calibration_fit import fit_temperature, negative_log_likelihood
+from galaxylib.fitting.ood_fit import auroc, fit_knn, fit_mahalanobis, fit_pixels, threshold_for
+from galaxylib.inference.calibration import apply_temperature
+from galaxylib.inference.ood import MaxSoftmax, UnionScorer, load_scorer, pixel_statistics
+from galaxylib.inference.trust_check import TrustCheck
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -99,7 +102,7 @@ def clusters(seed: int = 3, n: int = 600, dim: int = 16):
 
 def test_mahalanobis_is_the_distance_to_the_nearest_class_under_the_shrunk_shared_covariance():
     features, labels, centres = clusters()
-    scorer = Mahalanobis.fit(features, labels, shrinkage=0.1)
+    scorer = fit_mahalanobis(features, labels, shrinkage=0.1)
     means = np.stack([features[labels == c].mean(0) for c in range(3)])
     centred = features - means[labels]
     cov = centred.T @ centred / (len(features) - 3)
@@ -115,7 +118,7 @@ def test_mahalanobis_is_the_distance_to_the_nearest_class_under_the_shrunk_share
 def test_the_low_rank_mahalanobis_gives_the_other_directions_their_mean_variance():
     """Rank 4 of 16: the covariance is its 4 leading eigenpairs plus one shared variance."""
     features, labels, _ = clusters()
-    scorer = Mahalanobis.fit(features, labels, shrinkage=0.1, rank=4)
+    scorer = fit_mahalanobis(features, labels, shrinkage=0.1, rank=4)
     means = np.stack([features[labels == c].mean(0) for c in range(3)])
     centred = features - means[labels]
     cov = centred.T @ centred / (len(features) - 3)
@@ -130,7 +133,7 @@ def test_the_low_rank_mahalanobis_gives_the_other_directions_their_mean_variance
 
 def test_knn_is_one_minus_the_kth_largest_cosine_similarity():
     features, labels, _ = clusters(n=300)
-    scorer = KNearest.fit(features, k=5)
+    scorer = fit_knn(features, k=5)
     queries = np.random.default_rng(5).normal(size=(20, features.shape[1]))
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
     sims = unit(queries) @ unit(features).T
@@ -146,7 +149,7 @@ def test_the_pixel_check_tells_real_cutouts_from_photos_blank_frames_and_noise(s
     inputs = np.stack([load_image(f, 64) for f in sample_files])
     order = np.random.default_rng(0).permutation(len(inputs))
     fit, held_out = inputs[order[:32]], inputs[order[32:]]
-    scorer = PixelGaussian.fit(pixel_statistics(fit))
+    scorer = fit_pixels(pixel_statistics(fit))
     cases = far_ood_cases(8, seed=0, half="evaluation")
     galaxies = scorer.score(None, None, pixel_statistics(held_out))
     for name in ("photos", "blank", "noise"):
@@ -163,12 +166,12 @@ def test_the_pixel_check_tells_real_cutouts_from_photos_blank_frames_and_noise(s
 def test_scorers_round_trip_through_the_artifacts_npz(tmp_path):
     features, labels, _ = clusters(n=200)
     queries = features[:10] + 1.0
-    for scorer in (Mahalanobis.fit(features, labels), KNearest.fit(features, k=3)):
+    for scorer in (fit_mahalanobis(features, labels), fit_knn(features, k=3)):
         path = tmp_path / f"{scorer.method}.npz"
         np.savez(path, **scorer.arrays())
         loaded = load_scorer(scorer.method, path)
         np.testing.assert_allclose(loaded.score(queries, None), scorer.score(queries, None), rtol=1e-4, atol=1e-6)
-    pixels = PixelGaussian.fit(features[:, :17])
+    pixels = fit_pixels(features[:, :17])
     np.savez(tmp_path / "pixels.npz", **pixels.arrays())
     np.testing.assert_allclose(load_scorer("pixels", tmp_path / "pixels.npz").score(None, None, queries[:, :17]),
                                pixels.score(None, None, queries[:, :17]))
@@ -255,7 +258,7 @@ def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, t
 
 
 def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_breaking_ties():
-    from galaxylib.pipeline.trust import choose_method
+    from galaxylib.fitting.ood_fit import choose_method
 
     # The 3 December fresh clone's selection half: by AUROC alone mahalanobis would win by 0.0006
     quick = {"mahalanobis": {"auroc": 0.99933, "flagged_fraction": 0.99375},
@@ -281,12 +284,11 @@ def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_
 def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(tiny_artifact, tmp_path, sample_files):
     from galaxylib.artifact import read_sidecar
     from galaxylib.inference.predictor import Predictor
-    from galaxylib.inference.trust import Union
     from support import add_trust_check, trust_check_data
 
     features, labels, _ = clusters(n=200)
-    part_f, part_p = Mahalanobis.fit(features, labels), PixelGaussian.fit(features[:, :17])
-    union = Union(part_f, part_p, scales=np.array([2.0, 4.0]))
+    part_f, part_p = fit_mahalanobis(features, labels), fit_pixels(features[:, :17])
+    union = UnionScorer(part_f, part_p, scales=np.array([2.0, 4.0]))
     queries = np.concatenate([features[:5], features[:5] + 3.0])
     f_score, p_score = part_f.score(queries, None) / 2.0, part_p.score(None, None, queries[:, :17]) / 4.0
     np.testing.assert_allclose(union.score(queries, None, queries[:, :17]), np.maximum(f_score, p_score), rtol=1e-6)
@@ -295,7 +297,7 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     np.testing.assert_allclose(loaded.score(queries, None, queries[:, :17]), union.score(queries, None, queries[:, :17]),
                                rtol=1e-4)
     with pytest.raises(ValueError, match="two positive, finite scales"):
-        Union(part_f, part_p, scales=np.array([0.0, 4.0]))
+        UnionScorer(part_f, part_p, scales=np.array([0.0, 4.0]))
     # fitted by the real step (pinned here), beside its parts, and served: the Predictor computes both inputs
     runs = {}
     for methods in (("mahalanobis+pixels",), ("mahalanobis",), ("pixels",)):

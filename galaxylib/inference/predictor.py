@@ -3,7 +3,7 @@
 predict.sh, the API and the dashboard all reach it through ``galaxylib.inference.classify``.
 It runs on LiteRT (``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and ~100 MB to
 get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact, and
-so do the calibration and the out-of-distribution check it applies (``calibration.py``, ``trust.py``).
+so do the calibration and the out-of-distribution check it applies (``trust_check.py``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from galaxylib.artifact import Artifact, ArtifactError, read_artifact
-from galaxylib.inference.trust import TrustCheck, pixel_statistics, trust_from_sidecar
+from galaxylib.inference.ood import pixel_statistics
+from galaxylib.inference.trust_check import TrustCheck, trust_from_sidecar
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
 
 TOP_K = 3
@@ -29,7 +30,7 @@ class Prediction:
     probabilities: dict[str, float]
     model_version: str
     top_classes: list[tuple[str, float]] = field(default_factory=list)  # the TOP_K most likely
-    # The out-of-distribution check (galaxylib/inference/trust.py): None for an artifact without one.
+    # The out-of-distribution check (galaxylib/inference/ood.py): None for an artifact without one.
     ood_score: float | None = None  # larger = less like the training cutouts
     in_distribution: bool | None = None  # ood_score <= the artifact's threshold (>= 95 % of in-distribution cutouts pass)
 

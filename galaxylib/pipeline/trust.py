@@ -1,17 +1,16 @@
-"""Fit and judge the artifact's calibration and out-of-distribution check (issue 13).
+"""Fit and judge the artifact's calibration and out-of-distribution check, on the served model.
 
 ``fit_trust`` runs after training, on the served model itself (its TFLite export through the
 Predictor): the calibration on the validation split (a temperature, and a class bias where
 cross-validation there says it helps), each OOD scorer on train features, the
 choice between scorers on validation cutouts against the ``selection`` half of the far-OOD
 cases, and the threshold that keeps at least 95 % of in-distribution cutouts in, with 99 %
-confidence (``threshold_for``). The result
+confidence (``galaxylib.fitting.ood_fit.threshold_for``). The result
 joins the artifact (``model.json`` and ``ood.npz``). ``judge_trust`` scores the test split and
 the ``evaluation`` cases for the report. Nothing here reads the test split while fitting.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,10 @@ from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_e
 from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
 from galaxylib.inference.predictor import Predictor
-from galaxylib.inference.calibration import apply_calibration, decide, fit_calibration, negative_log_likelihood
-from galaxylib.inference.trust import (CONFIDENCE, KEEP_FRACTION, METHODS, OOD_FILE, UNION, Union, auroc, fit_scorer,
-                                       pixel_statistics, threshold_for)
+from galaxylib.fitting.calibration_fit import fit_calibration, negative_log_likelihood
+from galaxylib.fitting.ood_fit import CONFIDENCE, KEEP_FRACTION, auroc, choose_method, fit_scorer, threshold_for
+from galaxylib.inference.calibration import apply_calibration, decide
+from galaxylib.inference.ood import METHODS, OOD_FILE, UNION, UnionScorer, pixel_statistics
 from galaxylib.preprocessing import preprocess_image
 
 
@@ -62,26 +62,6 @@ def _sample(indices: np.ndarray, most: int, seed: int) -> np.ndarray:
     if most and len(indices) > most:
         return np.sort(np.random.default_rng(seed).choice(indices, most, replace=False))
     return indices
-
-
-def choose_method(selection: dict[str, dict[str, float]]) -> str:
-    """The union of the features' and the pixels' checks when it flags at least as many selection
-    cases as any single scorer at its own threshold (the operating point, where 95 % of validation
-    stays in); otherwise the scorer that flags the most, AUROC breaking ties. A NaN never wins.
-
-    The selection cases cannot tell apart scorers that all flag nearly every one of them, and a
-    lead there said nothing about other inputs: a quick model's Mahalanobis check, kept for an AUROC
-    lead of 0.0006, flagged 42.5-57.5 % of unseen LFW faces, which the pixel statistics flag at 97.5 %.
-    The union catches what either part finds strange enough (docs/trust.md)."""
-    def known(value: float) -> float:  # a NaN (no cases to judge on) never wins
-        return value if math.isfinite(value) else -math.inf
-
-    if not selection:
-        raise ValueError("no OOD scorer to choose from")
-    best = max((known(v["flagged_fraction"]) for m, v in selection.items() if m != UNION), default=-math.inf)
-    if UNION in selection and known(selection[UNION]["flagged_fraction"]) >= best:
-        return UNION
-    return max(selection, key=lambda m: (known(selection[m]["flagged_fraction"]), known(selection[m]["auroc"])))
 
 
 def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path, *, seed: int = 0,
@@ -144,8 +124,8 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
         judge(method, fit_scorer(method, train_features, labels[train_rows], seed=seed, pixels=train_pixels))
     if "mahalanobis" in scorers and "pixels" in scorers:
         # The union gets its own threshold: it keeps 95 % of validation, as each part does.
-        judge(UNION, Union(scorers["mahalanobis"][0], scorers["pixels"][0],
-                           scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]])))
+        judge(UNION, UnionScorer(scorers["mahalanobis"][0], scorers["pixels"][0],
+                                 scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]])))
     method = UNION if only_union and UNION in scorers else choose_method(selection)
     scorer, threshold, val_kept = scorers[method]
     arrays = scorer.arrays()

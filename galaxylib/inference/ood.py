@@ -1,40 +1,25 @@
-"""Answers a scientist can trust: calibrated confidence and an out-of-distribution score.
+"""The out-of-distribution scorers as a served model runs them: NumPy only.
 
-Both are fitted once after training (``galaxylib.pipeline.trust``) on the served model's own
-outputs and travel in the artifact; the Predictor applies them here, in NumPy, so the LiteRT
-path needs no TensorFlow:
-- **Calibration** (``galaxylib.inference.calibration``): ``softmax(log p / T + b)``, T and, for a
-  model trained to balance its classes, a class bias, fitted on the validation split. It never
-  changes the reported class. With orientation averaging it calibrates the averaged answer, the
-  one every entry point reports.
-- **An OOD score** on the model's pooled backbone features (its TFLite export's second
-  output), larger for inputs less like the training cutouts. ``in_distribution`` is
-  ``score <= threshold``, the threshold set on validation so that, with 99 % confidence, at
-  least 95 % of in-distribution cutouts are kept in. Four scorers and the union of two; the
-  pipeline keeps the one that flags the most non-galaxy images at its threshold (``choose_method``):
-  ``mahalanobis`` (class-conditional Gaussians with a shared, shrunk covariance, fitted on the
-  train split: Lee et al. 2018), ``knn`` (cosine distance to the k-th nearest train feature:
-  Sun et al. 2022), ``max_softmax`` (1 - the largest calibrated probability: Hendrycks & Gimpel 2017) and
-  ``pixels`` (a Gaussian on summary statistics of the model input itself: its sky border, centre,
-  colours and texture; it does not depend on what the network learned, so it holds for a model
-  whose features separate little, as a short run from scratch can be), and ``mahalanobis+pixels``
-  (``Union``: either of the two, on a common threshold).
+A score on the model's pooled backbone features (its TFLite export's second output), or on
+summary statistics of the model input itself, larger for inputs less like the training
+cutouts. ``in_distribution`` is ``score <= threshold`` (``galaxylib.inference.trust_check``).
+Four scorers and the union of two: ``mahalanobis`` (class-conditional Gaussians with a shared,
+shrunk covariance: Lee et al. 2018), ``knn`` (cosine distance to the k-th nearest train
+feature: Sun et al. 2022), ``max_softmax`` (1 - the largest calibrated probability: Hendrycks &
+Gimpel 2017), ``pixels`` (a Gaussian on ``pixel_statistics``: a sky border, centre, colours and
+texture, which hold for a model whose features separate little) and ``mahalanobis+pixels``
+(``UnionScorer``). They are fitted after training by ``galaxylib.fitting.ood_fit`` and travel
+in the artifact's ``ood.npz``; here they are only read back and applied.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from galaxylib.inference.calibration import apply_calibration, decide, remove_bias
-
 OOD_FILE = "ood.npz"
-KEEP_FRACTION = 0.95  # at least this share of in-distribution cutouts is kept in by the threshold
-CONFIDENCE = 0.99  # ... with this confidence, judged from the validation split (threshold_for; docs/trust.md: 0.9 flagged
-# over 5 % of test cutouts in 2 of 4 quick runs)
 METHODS = ("mahalanobis", "knn", "max_softmax", "pixels")
 
 
@@ -46,20 +31,17 @@ class OODScorer(Protocol):
     def arrays(self) -> dict[str, np.ndarray]: ...
 
 
-def _as_matrix(features: np.ndarray | None) -> np.ndarray:
+def as_feature_matrix(features: np.ndarray | None) -> np.ndarray:
     if features is None:
         raise ValueError("this OOD scorer needs the model's features output")
     return np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-
-
-RANK = 256  # principal directions kept exactly; the rest share one variance (probabilistic PCA)
 
 
 @dataclass(frozen=True)
 class Mahalanobis:
     """Distance to the nearest class mean under the shared (shrunk) covariance of the train features.
 
-    The covariance is kept as its ``RANK`` leading eigenpairs plus one variance for every other
+    The covariance is kept as its leading eigenpairs (256: ``galaxylib.fitting.ood_fit.RANK``) plus one variance for every other
     direction (their mean eigenvalue), so a score costs a (D x 256) product, not (D x D): about
     0.05 ms per image for D = 1280, where the full matrix made a single image's score memory-bound."""
 
@@ -69,25 +51,6 @@ class Mahalanobis:
     rest_variance: float  # the mean of the other D - k eigenvalues
     class_means: np.ndarray  # (C, D), centred on ``mean``
     method: str = "mahalanobis"
-
-    @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, shrinkage: float = 0.1, rank: int = RANK) -> "Mahalanobis":
-        x = _as_matrix(features)
-        labels = np.asarray(labels, dtype=np.int64)
-        mean = x.mean(axis=0)
-        classes = np.unique(labels)
-        centred = x - mean
-        means = np.stack([centred[labels == c].mean(axis=0) for c in classes])
-        within = centred - means[np.searchsorted(classes, labels)]
-        cov = within.T @ within / max(len(x) - len(classes), 1)
-        # Shrink toward a scaled identity: with about as many train images as feature dimensions
-        # (3,000 against 1,280) the raw covariance is near-singular.
-        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
-        eigval, eigvec = np.linalg.eigh(cov)  # ascending
-        k = min(int(rank), len(eigval))
-        rest = float(eigval[:-k].mean()) if k < len(eigval) else float(eigval[0])
-        return cls(mean=mean, basis=eigvec[:, -k:], variances=np.maximum(eigval[-k:], 1e-12),
-                   rest_variance=max(rest, 1e-12), class_means=means)
 
     def __post_init__(self) -> None:
         # float32 copies and the class means' projections, once: a score then does one (D x k)
@@ -99,7 +62,7 @@ class Mahalanobis:
 
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         mean, basis, means, means_z, means_sq, variances = self._fast
-        f = _as_matrix(features).astype(np.float32) - mean
+        f = as_feature_matrix(features).astype(np.float32) - mean
         diff = (f @ basis)[:, None, :] - means_z[None, :, :]  # (N, C, k)
         inside_sq = (diff**2).sum(-1)
         total = (f**2).sum(1)[:, None] - 2 * f @ means.T + means_sq[None, :]  # ||f - mu_c||^2
@@ -116,7 +79,7 @@ class Mahalanobis:
 class KNearest:
     """Cosine distance to the k-th nearest of (up to ``max_bank``) L2-normalised train features.
 
-    Similarities are taken in the ``RANK`` leading directions of the normalised train features
+    Similarities are taken in the leading directions (256) of the normalised train features
     (almost all of their energy), so a score reads a (N x 256) bank, not (N x D)."""
 
     basis: np.ndarray  # (D, r)
@@ -124,23 +87,13 @@ class KNearest:
     k: int = 10
     method: str = "knn"
 
-    @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray | None = None, k: int = 10, max_bank: int = 4000,
-            seed: int = 0, rank: int = RANK) -> "KNearest":
-        x = _unit(_as_matrix(features))
-        if len(x) > max_bank:
-            x = x[np.sort(np.random.default_rng(seed).choice(len(x), max_bank, replace=False))]
-        _, _, vt = np.linalg.svd(x, full_matrices=False)
-        basis = vt[:min(int(rank), len(vt))].T
-        return cls(basis=basis, bank=x @ basis, k=min(int(k), len(x)))
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "_fast", (np.asarray(self.basis, dtype=np.float32),
                                            np.ascontiguousarray(np.asarray(self.bank, dtype=np.float32).T)))
 
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         basis, bank_t = self._fast
-        similarity = (_unit(_as_matrix(features)).astype(np.float32) @ basis) @ bank_t
+        similarity = (unit_rows(as_feature_matrix(features)).astype(np.float32) @ basis) @ bank_t
         kth = np.partition(-similarity, self.k - 1, axis=1)[:, self.k - 1]
         return (1.0 + kth).astype(np.float64)  # 1 - the k-th largest cosine similarity
 
@@ -205,15 +158,6 @@ class PixelGaussian:
     precision: np.ndarray  # (17, 17)
     method: str = "pixels"
 
-    @classmethod
-    def fit(cls, pixels: np.ndarray, shrinkage: float = 0.1) -> "PixelGaussian":
-        x = np.asarray(pixels, dtype=np.float64)
-        if len(x) < 2:
-            raise ValueError("the pixels OOD check needs the statistics of at least 2 train cutouts")
-        cov = np.cov(x, rowvar=False)
-        cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
-        return cls(mean=x.mean(axis=0), precision=np.linalg.inv(cov))
-
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         if pixels is None:
             raise ValueError("the pixels OOD check needs the inputs' pixel_statistics")
@@ -228,7 +172,7 @@ UNION = "mahalanobis+pixels"
 
 
 @dataclass(frozen=True)
-class Union:
+class UnionScorer:
     """The larger of the two scores, each divided by its own validation threshold (``scales``), so
     1 is where either part alone would flag. The union is thresholded again on validation (at
     1.18-1.32 in the runs of 3 December: each part then flags a little above its own threshold),
@@ -254,23 +198,8 @@ class Union:
         return {**self.features.arrays(), **self.pixels.arrays(), "union_scales": np.asarray(self.scales, np.float64)}
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def fit_scorer(method: str, features: np.ndarray | None, labels: np.ndarray, seed: int = 0,
-               pixels: np.ndarray | None = None) -> OODScorer:
-    if method == "pixels":
-        if pixels is None:
-            raise ValueError("the pixels OOD check is fitted on the train cutouts' pixel_statistics")
-        return PixelGaussian.fit(pixels)
-    if method == "mahalanobis":
-        return Mahalanobis.fit(features, labels)
-    if method == "knn":
-        return KNearest.fit(features, seed=seed)
-    if method == "max_softmax":
-        return MaxSoftmax()
-    raise ValueError(f"OOD method must be one of {', '.join(METHODS)}, not {method!r}")
 
 
 def load_scorer(method: str, path: Path | None) -> OODScorer:
@@ -285,100 +214,10 @@ def load_scorer(method: str, path: Path | None) -> OODScorer:
                                    rest_variance=float(data["rest_variance"]), class_means=data["class_means"])
             if method == "mahalanobis":
                 return features
-            return Union(features, PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"]),
-                         scales=np.asarray(data["union_scales"], dtype=np.float64))
+            return UnionScorer(features, PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"]),
+                               scales=np.asarray(data["union_scales"], dtype=np.float64))
         if method == "knn":
             return KNearest(basis=data["basis"], bank=data["bank"], k=int(data["k"]))
         if method == "pixels":
             return PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"])
     raise ValueError(f"unknown OOD method {method!r} in the artifact")
-
-
-def threshold_for(scores: np.ndarray, keep: float = KEEP_FRACTION, confidence: float = CONFIDENCE) -> float:
-    """The OOD threshold from in-distribution validation scores.
-
-    Keeping exactly ``keep`` of the validation cutouts would flag more than ``1 - keep`` of new
-    cutouts about half the time. So the threshold lets through only as many validation scores
-    above it as keep the exact (Clopper-Pearson) upper ``confidence`` bound on the flag rate at
-    ``1 - keep``: for 750 validation cutouts, 23 above it (96.9 % kept, not 95 %)."""
-    values = np.sort(np.asarray(scores, dtype=np.float64))
-    n = len(values)
-    if n == 0:
-        raise ValueError("no validation scores to set a threshold on")
-    rate, allowed, cdf = 1.0 - keep, -1, 0.0
-    for k in range(n + 1):  # the largest k with P(Binomial(n, rate) <= k) <= 1 - confidence
-        cdf += math.comb(n, k) * rate**k * (1 - rate) ** (n - k)
-        if cdf > 1.0 - confidence:
-            break
-        allowed = k
-    return float(values[n - 1 - max(allowed, 0)])
-
-
-def auroc(in_scores: np.ndarray, out_scores: np.ndarray) -> float:
-    """P(score of an OOD input > score of an in-distribution one), ties counted half."""
-    a = np.asarray(in_scores, dtype=np.float64)
-    b = np.asarray(out_scores, dtype=np.float64)
-    if not len(a) or not len(b):
-        return float("nan")
-    both = np.concatenate([a, b])
-    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
-    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]  # 1-based, ties share their mean rank
-    rank_sum = ranks[len(a):].sum()
-    return float((rank_sum - len(b) * (len(b) + 1) / 2) / (len(a) * len(b)))
-
-
-@dataclass(frozen=True)
-class TrustCheck:
-    """What an artifact carries: its calibration (T, and a class bias or None), and its OOD scorer
-    with the threshold."""
-
-    temperature: float = 1.0
-    scorer: OODScorer | None = None
-    threshold: float | None = None
-    bias: tuple[float, ...] | None = None
-
-    @property
-    def has_ood(self) -> bool:
-        return self.scorer is not None and self.threshold is not None
-
-    @property
-    def needs_pixels(self) -> bool:
-        """Whether scoring needs ``pixel_statistics`` of the model inputs (computed only then)."""
-        return self.has_ood and self.scorer.method in ("pixels", UNION)
-
-    @property
-    def needs_features(self) -> bool:
-        return self.has_ood and self.scorer.method in ("mahalanobis", "knn", UNION)
-
-    def calibrate(self, probs: np.ndarray) -> np.ndarray:
-        return apply_calibration(probs, self.temperature, self.bias)
-
-    def decide(self, calibrated: np.ndarray) -> np.ndarray:
-        """The reported class of each row of calibrated probabilities (the model's own argmax)."""
-        return decide(calibrated, self.bias)
-
-    def without_bias(self, calibrated: np.ndarray) -> np.ndarray:
-        """The temperature-scaled probabilities before the class bias (they are the calibrated
-        ones when there is no bias)."""
-        return remove_bias(calibrated, self.bias)
-
-    def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray,
-                   pixels: np.ndarray | None = None) -> np.ndarray | None:
-        if not self.has_ood:
-            return None
-        return self.scorer.score(features, calibrated, pixels)
-
-
-def trust_from_sidecar(sidecar: dict, folder: Path) -> TrustCheck:
-    """The TrustCheck an artifact's sidecar describes; an artifact from before it has T = 1 and no OOD."""
-    calibration = sidecar.get("calibration", {})
-    temperature = float(calibration.get("temperature", 1.0))
-    bias = tuple(float(b) for b in calibration["bias"]) if calibration.get("bias") is not None else None
-    n_classes = len(sidecar.get("class_names") or ())
-    if bias is not None and n_classes and len(bias) != n_classes:
-        raise ValueError(f"model.json's calibration has {len(bias)} class biases for {n_classes} classes")
-    ood = sidecar.get("ood")
-    if not ood:
-        return TrustCheck(temperature, bias=bias)
-    scorer = load_scorer(str(ood["method"]), folder / OOD_FILE if ood.get("file") else None)
-    return TrustCheck(temperature, scorer, float(ood["threshold"]), bias)
