@@ -35,7 +35,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from galaxylib.config import MODELS_DIR, SAMPLES_DIR  # noqa: E402
 
@@ -95,7 +94,8 @@ def bare_forward(model: Path, n: int, threads: int, files: list[Path], batch: in
 
 def child_run(argv: list[str]) -> None:
     """``--child MODEL CATALOG OUT [dask]``: one run in a fresh process; prints its peak RSS."""
-    from galaxylib.catalog.run import peak_rss_mb, predict_catalog
+    from galaxylib.catalog.process_memory import peak_rss_mb
+    from galaxylib.catalog.run import predict_catalog
 
     model, catalog, out = argv[:3]
     result = predict_catalog(model, catalog, out, show_progress=False, dask=argv[3] if len(argv) > 3 else None)
@@ -162,7 +162,7 @@ def main() -> None:
     parser.add_argument("--only", default="throughput,dask,memory,crash,skip")
     args = parser.parse_args()
     only = set(args.only.split(","))
-    from bench.build_artifact import ensure_bench_artifact_in_child
+    from build_artifact import ensure_bench_artifact_in_child
     from galaxylib.catalog.run import predict_catalog
 
     files = sorted(SAMPLES_DIR.glob("*.jpg"))
@@ -183,7 +183,7 @@ def main() -> None:
             # The bare forward before and after the catalogue run, so that a change in the background
             # load (a shared machine) hits both sides of the ratio alike; at the catalogue's batch
             # size and at 32, and the ratio is taken against the faster of the two.
-            from galaxylib.catalog.run import DEFAULT_BATCH
+            from galaxylib.catalog.shard_runner import DEFAULT_BATCH
 
             batches = sorted({DEFAULT_BATCH, 32})
             before = {b: bare_forward(model, args.n // 4, args.threads, files, batch=b) for b in batches}

@@ -483,9 +483,40 @@ def test_to_database_loads_each_shard_once_even_when_resumed(tiny_artifact, csv_
 
 
 CRASH_SCRIPT = """
-import sys
-from galaxylib.artifact import add_to_artifact
+import os, signal, sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+import galaxylib.catalog.shard_runner as shard_runner
 from galaxylib.catalog.run import predict_catalog
+from galaxylib.catalog.shards import Plan
+
+# Fault injection from the test alone: "POINT:SHARD" in argv[5] kills this process there, so the
+# worst instants are hit every time while the production code writes its files as it always does.
+point, _, shard = (sys.argv[5] if len(sys.argv) > 5 else "").partition(":")
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if point == "mid-write":  # half of the shard's rows in its temporary file, then death
+    def write_half(table, where, **kwargs):
+        if Path(where).name.startswith(f".part-{int(shard):05d}.parquet.tmp"):
+            writer = pq.ParquetWriter(where, table.schema)
+            writer.write_table(table.slice(0, table.num_rows // 2))
+            die()
+        return write_table(table, where, **kwargs)
+    write_table, pq.write_table = pq.write_table, write_half
+elif point == "after-rename":  # the file in place, not yet loaded or recorded
+    def write_then_die(table, path, metadata):
+        size = write_parquet(table, path, metadata)
+        if path.name == f"part-{int(shard):05d}.parquet":
+            die()
+        return size
+    write_parquet, shard_runner.write_parquet = shard_runner.write_parquet, write_then_die
+elif point == "after-database":  # loaded into the database, not recorded in the manifest
+    def die_before_entry(self, index, entry):
+        if index == int(shard):
+            die()
+        return write_entry(self, index, entry)
+    write_entry, Plan.write_entry = Plan.write_entry, die_before_entry
 predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], shard_rows=3, batch_size=2, show_progress=False,
                 to_database=True, database_url=sys.argv[4], threads=2, processes=2)
 """
@@ -534,8 +565,7 @@ def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifa
     # the database loaded but the manifest not written.
     for point in ("mid-write:2", "after-rename:5", "after-database:8"):
         # (a timeout, not a hang, if a worker outlived its run and kept the pipes open)
-        killed = subprocess.run(command, env={**os.environ, "GALAXY_CATALOG_KILL_AT": point}, capture_output=True,
-                                timeout=180)
+        killed = subprocess.run([*command, point], capture_output=True, timeout=180)
         assert killed.returncode == -signal.SIGKILL, (point, killed.stderr[-2000:])
         shard = int(point.split(":")[1])
         assert not (manifest / f"part-{shard:05d}.json").exists(), point

@@ -197,7 +197,7 @@ def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    from galaxylib.catalog.run import parse_dask
+    from galaxylib.catalog.dask_runner import parse_dask
     from galaxylib.catalog.shards import parse_shard
     from galaxylib.catalog.sources import CatalogError
 
@@ -220,7 +220,8 @@ def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
 def catalog_main(argv: list[str]) -> int:
     """``predict.sh --catalog``: one summary line, a clear message (exit 2) for bad input."""
     args = parse_catalog_args(argv)
-    from galaxylib.catalog.run import DEFAULT_BATCH, DEFAULT_SHARD_ROWS, predict_catalog
+    from galaxylib.catalog.run import DEFAULT_SHARD_ROWS, predict_catalog
+    from galaxylib.catalog.shard_runner import DEFAULT_BATCH
     from galaxylib.catalog.sources import CatalogError
 
     try:

@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from galaxylib.artifact import TFLITE_FILE, Artifact
-from galaxylib.catalog.sources import (ID_COLUMN, NORMALISED_GLOB, CatalogError, ShardSpec, Source, open_source,
-                                       reopen_source)
+from galaxylib.catalog.sources import (
+    ID_COLUMN,
+    NORMALISED_GLOB,
+    CatalogError,
+    ShardSpec,
+    Source,
+    open_source,
+    reopen_source,
+)
 from galaxylib.files import atomic_path, atomic_write_json, sha256_file
 
 PLAN_FORMAT = 1
@@ -253,34 +260,15 @@ def remove_stale_temporaries(plan: Plan, index: int) -> None:
             tmp.unlink(missing_ok=True)
 
 
-KILL_AT_ENV = "GALAXY_CATALOG_KILL_AT"  # tests: "POINT:SHARD" kills the process there (fault injection)
-
-
-def crash_point(point: str, index: int) -> None:
-    """SIGKILL this process at a named point of shard ``index`` when the environment asks: how the
-    tests hit the worst instants (mid-write, after the rename, after the database) every time."""
-    wanted = os.environ.get(KILL_AT_ENV)
-    if wanted and wanted == f"{point}:{index}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def write_parquet(table: Any, path: Path, metadata: dict[str, str], index: int = -1) -> int:
-    """Write ``table`` with ``metadata`` in its schema, atomically; returns the file's size.
-    Two row groups (halves), so that a crash can land between them, mid-file."""
+def write_parquet(table: Any, path: Path, metadata: dict[str, str]) -> int:
+    """Write ``table`` with ``metadata`` in its schema, atomically; returns the file's size."""
     import pyarrow.parquet as pq
 
     existing = dict(table.schema.metadata or {})
     existing.update({k.encode(): str(v).encode() for k, v in metadata.items()})
     table = table.replace_schema_metadata(existing)
-    half = (table.num_rows + 1) // 2
     with atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, table.schema) as writer:
-            writer.write_table(table.slice(0, half))
-            crash_point("mid-write", index)
-            if table.num_rows > half:
-                writer.write_table(table.slice(half))
+        pq.write_table(table, tmp)
     return path.stat().st_size
 
 
