@@ -117,6 +117,19 @@ def test_one_row_and_a_batch_store_the_same_fields(database_url):
         assert dt.datetime.fromisoformat(stored["created_at"]) == record.created_at
 
 
+def test_every_writer_fills_the_columns_of_the_table_itself():
+    """One column list, read off the table: the ORM's values, the bulk COPY and the held-connection
+    INSERTs all name exactly the table's columns but the id, so a new column cannot be left out of one."""
+    from galaxylib.store.database import _PostgresWriter
+    from galaxylib.store.table import WRITTEN_ATTRIBUTES, WRITTEN_COLUMNS, PredictionRecord, row_values
+
+    assert set(WRITTEN_COLUMNS) == {c.name for c in PredictionRecord.__table__.columns} - {"id"}
+    assert set(row_values(rows(1)[0])) == set(WRITTEN_ATTRIBUTES)
+    for sql in (_PostgresWriter.ONE_SQL, _PostgresWriter.MANY_SQL):
+        named = sql.split("(", 1)[1].split(")", 1)[0]
+        assert [c.strip() for c in named.split(",")] == list(WRITTEN_COLUMNS)
+
+
 def test_listing_is_newest_first_with_total_and_filters(database_url):
     store = PredictionStore(database_url)
     store.add_many(rows(3, "Merging", 0.4))

@@ -20,7 +20,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from galaxylib.config import database_url
-from galaxylib.store.table import Base, PredictionFilter, PredictionRecord, utcnow
+from galaxylib.store.table import (WRITTEN_ATTRIBUTES, WRITTEN_COLUMNS, Base, PredictionFilter, PredictionRecord,
+                                   row_values, utcnow)
 
 __all__ = ["Base", "PredictionFilter", "PredictionRecord", "PredictionStore", "make_engine", "upgrade_schema",
            "utcnow"]
@@ -104,10 +105,7 @@ class PredictionStore:
 
     def add_many(self, rows: Iterable[dict[str, Any]]) -> list[PredictionRecord]:
         """Insert rows (filename, predicted_class, confidence, metadata) atomically."""
-        records = [PredictionRecord(filename=r["filename"], predicted_class=r["predicted_class"],
-                                    confidence=float(r["confidence"]), meta=r.get("metadata", {}),
-                                    in_distribution=r.get("in_distribution"),
-                                    created_at=r.get("created_at") or utcnow()) for r in rows]
+        records = [PredictionRecord(**row_values(r)) for r in rows]
         if not records:
             return []
         if self._writer is not None:
@@ -127,10 +125,7 @@ class PredictionStore:
         (deleted, inserted)."""
         names = list(dict.fromkeys(filenames))
         now = utcnow()
-        values = [{"filename": r["filename"], "predicted_class": r["predicted_class"],
-                   "confidence": float(r["confidence"]), "meta": r.get("metadata", {}),
-                   "in_distribution": r.get("in_distribution"), "created_at": r.get("created_at") or now}
-                  for r in rows]
+        values = [row_values(r, now) for r in rows]
         if self.engine.dialect.name == "postgresql":
             return self._replace_postgres(values, source, model_version, names)
         c = PredictionRecord
@@ -155,11 +150,9 @@ class PredictionStore:
                     cur.execute("DELETE FROM predictions WHERE filename = ANY(%s) AND metadata->>'source' = %s "
                                 "AND metadata->>'model_version' = %s", (names, source, model_version))
                     deleted = int(cur.rowcount or 0)
-                    with cur.copy("COPY predictions (filename, predicted_class, confidence, metadata, "
-                                  "in_distribution, created_at) FROM STDIN") as copy:
+                    with cur.copy(f"COPY predictions ({', '.join(WRITTEN_COLUMNS)}) FROM STDIN") as copy:
                         for v in values:
-                            copy.write_row((v["filename"], v["predicted_class"], v["confidence"],
-                                            json.dumps(v["meta"]), v["in_distribution"], v["created_at"]))
+                            copy.write_row(_sql_values(v))
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -231,6 +224,19 @@ class PredictionStore:
             PredictionRecord.__table__.create(conn)
 
 
+def _sql_values(values: dict[str, Any]) -> tuple:
+    """A row's attribute values in ``WRITTEN_COLUMNS`` order, as the driver takes them (metadata as JSON text)."""
+    return tuple(json.dumps(values[a]) if c == "metadata" else values[a]
+                 for c, a in zip(WRITTEN_COLUMNS, WRITTEN_ATTRIBUTES))
+
+
+# Each written column's PostgreSQL array type for the batch INSERT's unnest (jsonb goes in as text)
+_ARRAY_TYPES = {"filename": "text[]", "predicted_class": "text[]", "confidence": "float8[]",
+                "metadata": "text[]::jsonb[]", "created_at": "timestamptz[]", "in_distribution": "bool[]"}
+_ARRAY_NAMES = tuple(f"c{i}" for i in range(len(WRITTEN_COLUMNS)))
+assert set(_ARRAY_TYPES) == set(WRITTEN_COLUMNS), "a new column of predictions needs its array type here"
+
+
 class _PostgresWriter:
     """Inserts prediction rows on PostgreSQL over one held connection.
 
@@ -243,13 +249,13 @@ class _PostgresWriter:
     """
 
     # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
-    MANY_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, in_distribution, created_at) "
-                "SELECT f, c, p, m, d, t FROM unnest(%s::text[], %s::text[], %s::float8[], %s::text[]::jsonb[], "
-                "%s::bool[], %s::timestamptz[]) WITH ORDINALITY AS u(f, c, p, m, d, t, n) ORDER BY n RETURNING id")
+    MANY_SQL = (f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) SELECT {', '.join(_ARRAY_NAMES)} FROM "
+                f"unnest({', '.join(f'%s::{_ARRAY_TYPES[c]}' for c in WRITTEN_COLUMNS)}) WITH ORDINALITY "
+                f"AS u({', '.join(_ARRAY_NAMES)}, n) ORDER BY n RETURNING id")
     # One row, the API's common case: plain VALUES took ~0.3 ms less than unnest at the
     # median (bench/bench_db_write.py, docs/performance.md).
-    ONE_SQL = ("INSERT INTO predictions (filename, predicted_class, confidence, metadata, in_distribution, created_at) "
-               "VALUES (%s, %s, %s, %s::jsonb, %s, %s) RETURNING id")
+    ONE_SQL = (f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) "
+               f"VALUES ({', '.join('%s::jsonb' if c == 'metadata' else '%s' for c in WRITTEN_COLUMNS)}) RETURNING id")
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
 
     def __init__(self, engine: Engine):
@@ -265,13 +271,10 @@ class _PostgresWriter:
     def statement(cls, records: list[PredictionRecord], batch_form: bool = False) -> tuple[str, tuple]:
         """The SQL and parameters that insert ``records``: VALUES for one row, unnest for more
         (or always, with ``batch_form``; the write benches time both from here)."""
-        if len(records) == 1 and not batch_form:
-            r = records[0]
-            return cls.ONE_SQL, (r.filename, r.predicted_class, float(r.confidence),
-                                 json.dumps(r.meta), r.in_distribution, r.created_at)
-        return cls.MANY_SQL, ([r.filename for r in records], [r.predicted_class for r in records],
-                              [float(r.confidence) for r in records], [json.dumps(r.meta) for r in records],
-                              [r.in_distribution for r in records], [r.created_at for r in records])
+        rows = [_sql_values({a: getattr(r, a) for a in WRITTEN_ATTRIBUTES}) for r in records]
+        if len(rows) == 1 and not batch_form:
+            return cls.ONE_SQL, rows[0]
+        return cls.MANY_SQL, tuple(list(column) for column in zip(*rows))
 
     def insert(self, records: list[PredictionRecord]) -> list[int]:
         sql, params = self.statement(records)

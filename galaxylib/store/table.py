@@ -61,6 +61,22 @@ class PredictionRecord(Base):
         }
 
 
+# The columns a writer fills, in one order, read off the table itself: the ORM insert, the bulk
+# COPY and the held-connection INSERT all take their column list from here.
+WRITTEN_COLUMNS: tuple[str, ...] = tuple(c.name for c in PredictionRecord.__table__.columns if not c.primary_key)
+# ... and the attribute each is set through (``metadata`` is ``meta`` on the class)
+WRITTEN_ATTRIBUTES: tuple[str, ...] = tuple(PredictionRecord.__mapper__.get_property_by_column(
+    PredictionRecord.__table__.columns[name]).key for name in WRITTEN_COLUMNS)
+
+
+def row_values(row: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
+    """A prediction row (``filename``, ``predicted_class``, ``confidence``, ``metadata``, and
+    optionally ``in_distribution`` and ``created_at``) as the attribute values a writer stores."""
+    return {"filename": row["filename"], "predicted_class": row["predicted_class"],
+            "confidence": float(row["confidence"]), "meta": row.get("metadata", {}),
+            "in_distribution": row.get("in_distribution"), "created_at": row.get("created_at") or now or utcnow()}
+
+
 @dataclass(frozen=True)
 class PredictionFilter:
     """The filters shared by listing and deleting."""
