@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from galaxylib.config import DATA_DIR, MODELS_DIR, REPORTS_DIR
+from galaxylib.config import DATA_DIR, MODELS_DIR, PROJECT_ROOT, REPORTS_DIR
 from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
 from galaxylib.data.split import Split, load_split, save_split
 from galaxylib.files import atomic_write_json
@@ -103,13 +103,40 @@ def run_folder(run_name: str, reports_root: str | os.PathLike | None = None,
                      Path(data_root or DATA_DIR))
 
 
-def open_run(run_name: str, config_path: str | os.PathLike, *, dataset: str | None = None,
-             reports_root: str | os.PathLike | None = None, models_root: str | os.PathLike | None = None,
+# A notebook parameter left None comes from its environment variable, then from this default:
+# nbval and interactive sessions point the notebooks at another config or folder this way.
+NOTEBOOK_PARAMETERS: dict[str, tuple[str, Any]] = {
+    "run_name": ("GALAXY_RUN_NAME", "notebook-dev"),
+    "config_path": ("GALAXY_CONFIG", PROJECT_ROOT / "configs" / "quick.yaml"),
+    "dataset": ("GALAXY_DATASET", None),  # None: the config's dataset
+    "reports_root": ("GALAXY_REPORTS_ROOT", None),  # None: <repo>/reports
+    "models_root": ("GALAXY_MODELS_ROOT", None),  # None: <repo>/models
+    "data_root": ("GALAXY_DATA_ROOT", None),  # None: <repo>/data
+    "catalog": ("GALAXY_CATALOG", None),  # notebook 05: None makes a demo catalogue
+}
+
+
+def notebook_parameter(name: str, value: Any = None) -> Any:
+    """``value``, or when it is None the parameter's environment variable, or its default."""
+    if value is not None:
+        return value
+    variable, default = NOTEBOOK_PARAMETERS[name]
+    return os.environ.get(variable) or default
+
+
+def open_run(run_name: str | None = None, config_path: str | os.PathLike | None = None, *,
+             dataset: str | None = None, reports_root: str | os.PathLike | None = None,
+             models_root: str | os.PathLike | None = None,
              data_root: str | os.PathLike | None = None) -> tuple[RunFolder, dict]:
-    """What each notebook starts with: the run's folders and its resolved config."""
+    """What each notebook starts with: the run's folders and its resolved config. Each argument
+    left None is read through ``notebook_parameter``, so a notebook's parameters cell holds only
+    the names papermill sets."""
     from galaxylib.pipeline.run_config import load_config
 
-    run = run_folder(run_name, reports_root, models_root, data_root)
-    config = load_config(config_path, {"dataset": dataset} if dataset else None)
+    given = {"run_name": run_name, "config_path": config_path, "dataset": dataset, "reports_root": reports_root,
+             "models_root": models_root, "data_root": data_root}
+    p = {name: notebook_parameter(name, value) for name, value in given.items()}
+    run = run_folder(p["run_name"], p["reports_root"], p["models_root"], p["data_root"])
+    config = load_config(p["config_path"], {"dataset": p["dataset"]} if p["dataset"] else None)
     run.figures.mkdir(parents=True, exist_ok=True)
     return run, config
