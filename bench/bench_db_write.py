@@ -17,15 +17,12 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from bench.bench_serve import make_database, model_and_database_arguments  # noqa: E402
-from bench.build_artifact import ensure_bench_artifact_in_child  # noqa: E402
+from bench_serve import make_database, model_and_database_arguments  # noqa: E402
+from build_artifact import ensure_bench_artifact_in_child  # noqa: E402
 
 
 def main() -> int:

@@ -27,9 +27,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-from bench.bench_serve import database_arguments, free_port, make_database, multipart, post  # noqa: E402
+from bench_serve import database_arguments, free_port, make_database, multipart, post  # noqa: E402
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 GAPS_HTTP = (0.010, 0.0)  # seconds of idle before each timed call; 0 = straight after the last one

@@ -1,9 +1,12 @@
 """The architecture is checked, not kept by habit.
 
-- import-linter's contracts (pyproject.toml) hold: serving never imports TensorFlow or
-  Keras, the layers only import downwards, the core modules stand alone.
-- They can fail: the same check on a copy with one TensorFlow import added to the
-  inference path is broken.
+- import-linter's contracts (pyproject.toml) hold: serving never imports TensorFlow or Keras,
+  nor SciPy or scikit-learn (the fits live in galaxylib.fitting); the layers only import
+  downwards; no two sibling modules import each other, directly or round a circle; the core
+  modules stand alone.
+- They can fail: the same check on a copy with a TensorFlow import on the inference path, a fit
+  in the inference package, or an import circle inside galaxylib.modeling is broken.
+- ruff's lint and format checks pass on the whole checkout (pyproject.toml's settings).
 - The ``serve`` extra alone, in a fresh virtual environment, has no TensorFlow and serves a
   real cutout under gunicorn.
 """
@@ -48,19 +51,50 @@ def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.Comple
 def test_the_import_contracts_hold():
     run = lint_imports(PROJECT_ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "4 kept, 0 broken" in run.stdout
+    assert "6 kept, 0 broken" in run.stdout
 
 
-def test_a_tensorflow_import_on_the_inference_path_breaks_the_contract(tmp_path):
+SHORTCUTS = {
+    "a TensorFlow import on the inference path": (
+        "galaxylib/inference/predictor.py", "\nimport tensorflow  # a shortcut someone might take\n",
+        "Serving never imports TensorFlow or Keras BROKEN", "galaxylib.inference.predictor -> tensorflow"),
+    "a SciPy fit in the serving package": (
+        "galaxylib/inference/calibration.py",
+        "\n\ndef refit(probs):\n    from scipy.optimize import minimize_scalar\n\n    return minimize_scalar(len)\n",
+        "Serving never imports the fitting libraries (SciPy, scikit-learn) BROKEN",
+        "galaxylib.inference.calibration -> scipy"),
+    "the training side's fits called from the Predictor": (
+        "galaxylib/inference/predictor.py", "\nfrom galaxylib.fitting.ood_fit import threshold_for\n",
+        "Serving never imports the fitting libraries (SciPy, scikit-learn) BROKEN",
+        "galaxylib.inference.predictor -> galaxylib.fitting.ood_fit"),
+    "an import circle inside modeling": (
+        "galaxylib/modeling/loading.py",
+        "\n\ndef start_of(path):\n    from galaxylib.modeling.model import describe_weights\n\n"
+        "    return describe_weights(path)\n",
+        "No import circles between sibling modules BROKEN", "- .model -> .loading"),
+}
+
+
+@pytest.mark.parametrize("shortcut", list(SHORTCUTS))
+def test_each_contract_breaks_when_the_shortcut_it_forbids_is_taken(tmp_path, shortcut):
+    relative, added, broken, chain = SHORTCUTS[shortcut]
     copy = copy_project(tmp_path / "src")
-    predictor = copy / "galaxylib" / "inference" / "predictor.py"
-    predictor.write_text(predictor.read_text() + "\nimport tensorflow  # a shortcut someone might take\n")
+    module = copy / relative
+    module.write_text(module.read_text() + added)
 
     run = lint_imports(copy, pythonpath=copy)
 
-    assert run.returncode != 0
-    assert "Serving never imports TensorFlow or Keras BROKEN" in run.stdout
-    assert "galaxylib.inference.predictor -> tensorflow" in run.stdout
+    assert run.returncode != 0, run.stdout
+    assert broken in run.stdout, run.stdout
+    assert chain in run.stdout, run.stdout
+
+
+def test_the_code_passes_ruff_lint_and_format_checks():
+    """ruff (pyproject.toml's [tool.ruff]) over the whole checkout: bench, notebooks, tests too."""
+    for command in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
+        run = subprocess.run([str(BIN / "ruff"), *command], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, f"ruff {' '.join(command)}:\n{run.stdout}{run.stderr}"
 
 
 def free_port() -> int:
