@@ -2,6 +2,7 @@
 
 Command-line flags override these (``gunicorn -w 4 -b 0.0.0.0:$PORT serve.app:app``).
 """
+
 import os
 import select
 import shutil

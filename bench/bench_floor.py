@@ -13,6 +13,7 @@ be most of the round trip.
 
     python bench/bench_floor.py
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,12 +30,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 from bench_serve import database_arguments, free_port, make_database, multipart, post  # noqa: E402
+
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 GAPS_HTTP = (0.010, 0.0)  # seconds of idle before each timed call; 0 = straight after the last one
 GAPS_DATABASE = (0.008, 0.0)
 
-APPS = '''
+APPS = """
 from flask import Flask, jsonify, request
 
 def bare(environ, start_response):
@@ -49,7 +51,7 @@ flask_app = Flask(__name__)
 def view():
     request.get_data()
     return jsonify({"predictions": [{"x": 1}]})
-'''
+"""
 
 
 def wait_until_answering(port: int, body: tuple[bytes, dict], timeout: float = 60) -> None:
@@ -72,13 +74,24 @@ def http_floor(rounds: int) -> dict[tuple[str, float], float]:
         (Path(tmp) / "floor_apps.py").write_text(APPS)
         env = {**os.environ, "PYTHONPATH": f"{tmp}:{REPO}"}
         servers = {}
-        worker = ("serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE")
-                  else "sync")  # as gunicorn.conf.py
-        for name, target in (("bare WSGI function", "floor_apps:bare"), ("one-line Flask view", "floor_apps:flask_app")):
+        worker = (
+            "serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE") else "sync"
+        )  # as gunicorn.conf.py
+        for name, target in (
+            ("bare WSGI function", "floor_apps:bare"),
+            ("one-line Flask view", "floor_apps:flask_app"),
+        ):
             port = free_port()
-            servers[name] = (port, subprocess.Popen(
-                [str(gunicorn), "-w", "4", "-k", worker, "-b", f"127.0.0.1:{port}", target],
-                cwd=tmp, env=env, stderr=subprocess.DEVNULL, start_new_session=True))
+            servers[name] = (
+                port,
+                subprocess.Popen(
+                    [str(gunicorn), "-w", "4", "-k", worker, "-b", f"127.0.0.1:{port}", target],
+                    cwd=tmp,
+                    env=env,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                ),
+            )
         try:
             for port, _ in servers.values():
                 wait_until_answering(port, body)
@@ -111,16 +124,26 @@ def database_floor(admin_url: str, rounds: int) -> dict[tuple[str, float], float
         unsafe = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True)
         unsafe.execute("SET synchronous_commit = off")
         record = PredictionRecord(
-            filename="g.jpg", predicted_class="Round Smooth", confidence=0.5, in_distribution=True,
-            meta={"model_version": "bench", "sha256": "0" * 64, "size_bytes": 12811,
-                  "probabilities": {f"class {i}": 0.1 for i in range(10)}},
-            created_at=dt.datetime.now(dt.timezone.utc))
+            filename="g.jpg",
+            predicted_class="Round Smooth",
+            confidence=0.5,
+            in_distribution=True,
+            meta={
+                "model_version": "bench",
+                "sha256": "0" * 64,
+                "size_bytes": 12811,
+                "probabilities": {f"class {i}": 0.1 for i in range(10)},
+            },
+            created_at=dt.datetime.now(dt.UTC),
+        )
         sql, params = _PostgresWriter.statement([record])  # exactly what the server sends
-        variants = {"SELECT 1": lambda: conn.execute("SELECT 1", prepare=True).fetchall(),
-                    "one-row INSERT, synchronous_commit on (shipped)":
-                        lambda: conn.execute(sql, params, prepare=True).fetchall(),
-                    "one-row INSERT, synchronous_commit off":
-                        lambda: unsafe.execute(sql, params, prepare=True).fetchall()}
+        variants = {
+            "SELECT 1": lambda: conn.execute("SELECT 1", prepare=True).fetchall(),
+            "one-row INSERT, synchronous_commit on (shipped)": lambda: conn.execute(
+                sql, params, prepare=True
+            ).fetchall(),
+            "one-row INSERT, synchronous_commit off": lambda: unsafe.execute(sql, params, prepare=True).fetchall(),
+        }
         times: dict[tuple[str, float], list[float]] = {(name, gap): [] for name in variants for gap in GAPS_DATABASE}
         for _ in range(rounds):
             for name, run in variants.items():

@@ -17,6 +17,7 @@ and prints what each adds to the bare forward, and what the in-graph union saves
 
     python bench/bench_graph_score.py            # builds/uses models/bench-224 (TensorFlow, ~1 min)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,6 +31,7 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from build_artifact import BENCH_DIR, child, ensure_bench_artifact_in_child  # noqa: E402
+
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 from galaxylib.inference.ood import pixel_statistics  # noqa: E402
 
@@ -57,23 +59,33 @@ def score_function(scorer):
         y = x - frame_mean[:, None, None, :]
 
         def border_sum(values):
-            return tf.reduce_sum(values, [1, 2]) - tf.reduce_sum(values[:, edge:h - edge, edge:h - edge, :], [1, 2])
+            return tf.reduce_sum(values, [1, 2]) - tf.reduce_sum(values[:, edge : h - edge, edge : h - edge, :], [1, 2])
 
         border_offset = border_sum(y) / count  # the border's mean less the frame's
         border_centred = y - border_offset[:, None, None, :]
         border_std = tf.sqrt(tf.maximum(border_sum(border_centred * border_centred) / count, 0.0))
-        centre = x[:, h // 2 - edge:h // 2 + edge, h // 2 - edge:h // 2 + edge, :]
+        centre = x[:, h // 2 - edge : h // 2 + edge, h // 2 - edge : h // 2 + edge, :]
         centre_mean = tf.reduce_mean(centre, [1, 2])
         centre_offset = centre - centre_mean[:, None, None, :]
         centre_std = tf.sqrt(tf.reduce_mean(centre_offset * centre_offset, [1, 2]))
         lum = tf.reduce_mean(x, -1)
-        texture = (tf.reduce_mean(tf.abs(lum[:, 1:, :] - lum[:, :-1, :]), [1, 2])
-                   + tf.reduce_mean(tf.abs(lum[:, :, 1:] - lum[:, :, :-1]), [1, 2]))
+        texture = tf.reduce_mean(tf.abs(lum[:, 1:, :] - lum[:, :-1, :]), [1, 2]) + tf.reduce_mean(
+            tf.abs(lum[:, :, 1:] - lum[:, :, :-1]), [1, 2]
+        )
         floor = 1.0 / 255
         saturated = tf.reduce_mean(tf.cast(lum > 0.98, tf.float32), [1, 2])
-        return tf.concat([frame_mean + border_offset, tf.math.log(border_std + floor), centre_mean,
-                          tf.math.log(centre_std + floor), -border_offset, tf.math.log(texture + floor)[:, None],
-                          saturated[:, None]], axis=1)
+        return tf.concat(
+            [
+                frame_mean + border_offset,
+                tf.math.log(border_std + floor),
+                centre_mean,
+                tf.math.log(centre_std + floor),
+                -border_offset,
+                tf.math.log(texture + floor)[:, None],
+                saturated[:, None],
+            ],
+            axis=1,
+        )
 
     def mahalanobis(part):
         mean, basis, means, means_z, means_sq, variances = part._fast
@@ -175,8 +187,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         child([str(Path(__file__).resolve()), "--export", str(model_dir), tmp])
-        runners = {("plain" if name == "plain" else f"graph: {name}"): Runner(Path(tmp) / f"{name}.tflite", threads)
-                   for name in VARIANTS}
+        runners = {
+            ("plain" if name == "plain" else f"graph: {name}"): Runner(Path(tmp) / f"{name}.tflite", threads)
+            for name in VARIANTS
+        }
 
         def numpy_check(x: np.ndarray) -> np.ndarray:
             """The pass on the plain export, then calibration and the NumPy scorer, as a worker did."""
@@ -185,16 +199,18 @@ def main() -> None:
             return predictor.trust.ood_scores(features, calibrated, pixel_statistics(x))
 
         rng = np.random.default_rng(0)
-        frames = [np.zeros_like(inputs[0]), np.full_like(inputs[0], 128.0),
-                  rng.uniform(0, 255, inputs[0].shape).astype(np.float32)]
+        frames = [
+            np.zeros_like(inputs[0]),
+            np.full_like(inputs[0], 128.0),
+            rng.uniform(0, 255, inputs[0].shape).astype(np.float32),
+        ]
         relative = []
         for x in inputs + frames:
             numpy_score = float(numpy_check(x)[0])
             graph_score = float(runners["graph: union"](x)[2][0])
             relative.append(abs(graph_score - numpy_score) / max(abs(numpy_score), 1e-9))
 
-        timed = {"plain": runners["plain"], "numpy": numpy_check,
-                 **{k: v for k, v in runners.items() if k != "plain"}}
+        timed = {"plain": runners["plain"], "numpy": numpy_check, **{k: v for k, v in runners.items() if k != "plain"}}
         names = list(timed)
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for i in range(args.rounds * len(names)):
@@ -206,18 +222,24 @@ def main() -> None:
             seconds[name].append(time.perf_counter() - started)
 
     p50 = {name: float(np.median(v)) * 1e3 for name, v in seconds.items()}
-    print(f"model {model_dir} at {predictor.image_size} px, {threads} interpreter threads; "
-          f"{args.rounds} passes per variant, alternating; load average {os.getloadavg()[0]:.2f}")
-    print(f"in-graph union score against the NumPy scorer, {len(relative)} inputs: "
-          f"largest relative difference {max(relative):.1e} (float32 against float64)")
+    print(
+        f"model {model_dir} at {predictor.image_size} px, {threads} interpreter threads; "
+        f"{args.rounds} passes per variant, alternating; load average {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"in-graph union score against the NumPy scorer, {len(relative)} inputs: "
+        f"largest relative difference {max(relative):.1e} (float32 against float64)"
+    )
     print(f"  {'plain (bare forward)':32s} p50 {p50['plain']:7.3f} ms")
     for name in names[1:]:
         print(f"  {name:32s} p50 {p50[name]:7.3f} ms   adds {p50[name] - p50['plain']:+.3f} ms")
     added_numpy = p50["numpy"] - p50["plain"]
     added_graph = p50["graph: union"] - p50["plain"]
-    print(f"the union check in the graph costs {added_graph / added_numpy:.2f}x what it costs in NumPy after "
-          f"the pass; as a share of the bare forward: {added_graph / p50['plain']:+.3f} against "
-          f"{added_numpy / p50['plain']:+.3f} (the latency ratio's units)")
+    print(
+        f"the union check in the graph costs {added_graph / added_numpy:.2f}x what it costs in NumPy after "
+        f"the pass; as a share of the bare forward: {added_graph / p50['plain']:+.3f} against "
+        f"{added_numpy / p50['plain']:+.3f} (the latency ratio's units)"
+    )
 
 
 if __name__ == "__main__":

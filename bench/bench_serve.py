@@ -22,6 +22,7 @@ rounds, so load from other processes on the machine hits both alike.
 
 Everything runs on 127.0.0.1 and every loop is bounded.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 
 from build_artifact import BENCH_DIR, ensure_bench_artifact_in_child, without_trust_check  # noqa: E402
+
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 from galaxylib.inference.ood import pixel_statistics  # noqa: E402
 
@@ -62,8 +64,10 @@ def multipart(files: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, str]]:
     boundary = uuid.uuid4().hex
     chunks = []
     for name, data in files:
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-                      f"Content-Type: image/jpeg\r\n\r\n".encode())
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n".encode()
+        )
         chunks.append(data)
         chunks.append(b"\r\n")
     chunks.append(f"--{boundary}--\r\n".encode())
@@ -112,18 +116,29 @@ class Server:
 
     def __init__(self, model: Path, database_url: str, workers: int, threads: int, forward_batch: int):
         self.port = free_port()
-        env = {**os.environ, "DATABASE_URL": database_url, "MODEL_PATH": str(model),
-               "ADMIN_TOKEN": uuid.uuid4().hex, "GALAXY_NUM_THREADS": str(threads),
-               "GALAXY_FORWARD_BATCH": str(forward_batch), "SERVER_TIMING": "1"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "MODEL_PATH": str(model),
+            "ADMIN_TOKEN": uuid.uuid4().hex,
+            "GALAXY_NUM_THREADS": str(threads),
+            "GALAXY_FORWARD_BATCH": str(forward_batch),
+            "SERVER_TIMING": "1",
+        }
         gunicorn = Path(sys.executable).with_name("gunicorn")
         self.ready_lines: list[float] = []
         self.worker_class = "?"
         self.log: list[str] = []
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [str(gunicorn), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
-             "serve.app:app"], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, start_new_session=True)
+            [str(gunicorn), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "serve.app:app"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         threading.Thread(target=self._read_log, daemon=True).start()
 
     def _read_log(self) -> None:
@@ -185,9 +200,11 @@ def make_database(admin_url: str) -> tuple[str, callable]:
 def database_arguments(doc: str) -> argparse.ArgumentParser:
     """The option every database bench shares: which PostgreSQL to borrow."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--postgres", default=os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
-        help="an admin URL; the bench creates and drops its own database")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"),
+        help="an admin URL; the bench creates and drops its own database",
+    )
     return parser
 
 
@@ -201,18 +218,26 @@ def model_and_database_arguments(doc: str) -> argparse.ArgumentParser:
 def main() -> int:
     parser = model_and_database_arguments(__doc__)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="GALAXY_NUM_THREADS for the workers and the bare forward (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="GALAXY_NUM_THREADS for the workers and the bare forward (default: all cores)",
+    )
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--singles-per-round", type=int, default=20)
     parser.add_argument("--batches-per-round", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--forward-batch", type=int, default=8,
-                        help="GALAXY_FORWARD_BATCH of the workers (the server's default is 8)")
+    parser.add_argument(
+        "--forward-batch", type=int, default=8, help="GALAXY_FORWARD_BATCH of the workers (the server's default is 8)"
+    )
     parser.add_argument("--concurrent-clients", type=int, default=8)
     parser.add_argument("--concurrent-requests", type=int, default=160)
-    parser.add_argument("--no-check-baseline", action="store_true",
-                        help="skip (d), the second server without calibration and the OOD check")
+    parser.add_argument(
+        "--no-check-baseline",
+        action="store_true",
+        help="skip (d), the second server without calibration and the OOD check",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -240,11 +265,12 @@ def main() -> int:
         chunk = chunk or len(x)
         started = time.perf_counter()
         for start in range(0, len(x), chunk):
-            predictor.forward(x[start:start + chunk])
+            predictor.forward(x[start : start + chunk])
         return time.perf_counter() - started
 
     for _ in range(2):
         bare(xb, args.forward_batch)
+
     # What the server adds to one image's forward pass: calibration and the OOD score, timed
     # right after a forward pass, as a worker pays it (the pass has pushed the scorer's
     # statistics out of the cache), and back to back, with them in the cache.
@@ -288,7 +314,8 @@ def main() -> int:
             stored += expect
             if expect == 1:
                 (single_timings if target is server else plain_timings).append(
-                    {**parse_server_timing(timing), "client": seconds * 1e3})
+                    {**parse_server_timing(timing), "client": seconds * 1e3}
+                )
             return seconds
 
         # Warm every worker at both batch sizes: concurrent requests spread over the workers.
@@ -348,21 +375,40 @@ def main() -> int:
     figures = {
         "single_breakdown_p50_ms": breakdown(measured_timings),
         "single_without_check_breakdown_p50_ms": breakdown(measured_plain_timings),
-        "ood_method": ood_method, "ood_ms_per_image": ood_ms, "ood_ms_per_image_cache_warm": ood_hot_ms,
-        "model": str(model), "image_size": predictor.image_size, "threads": threads,
-        "workers": args.workers, "cpu_cores": cpu_cores(), "batch_size": args.batch_size,
-        "bare_single_p50_ms": b1 * 1e3, "bare_single_p99_ms": pct(bare_single, 99),
-        "served_single_p50_ms": s1 * 1e3, "served_single_p99_ms": pct(served_single, 99),
-        "bare_batch_p50_ms": bb * 1e3, "served_batch_p50_ms": sb * 1e3,
-        "forward_batch": args.forward_batch, "bare_chunked_p50_ms": bc * 1e3,
+        "ood_method": ood_method,
+        "ood_ms_per_image": ood_ms,
+        "ood_ms_per_image_cache_warm": ood_hot_ms,
+        "model": str(model),
+        "image_size": predictor.image_size,
+        "threads": threads,
+        "workers": args.workers,
+        "cpu_cores": cpu_cores(),
+        "batch_size": args.batch_size,
+        "bare_single_p50_ms": b1 * 1e3,
+        "bare_single_p99_ms": pct(bare_single, 99),
+        "served_single_p50_ms": s1 * 1e3,
+        "served_single_p99_ms": pct(served_single, 99),
+        "bare_batch_p50_ms": bb * 1e3,
+        "served_batch_p50_ms": sb * 1e3,
+        "forward_batch": args.forward_batch,
+        "bare_chunked_p50_ms": bc * 1e3,
         "throughput_ratio_vs_chunked": bc / sb,
-        "bare_batch_images_per_s": args.batch_size / bb, "served_batch_images_per_s": args.batch_size / sb,
-        "latency_ratio": s1 / b1, "throughput_ratio": bb / sb,
+        "bare_batch_images_per_s": args.batch_size / bb,
+        "served_batch_images_per_s": args.batch_size / sb,
+        "latency_ratio": s1 / b1,
+        "throughput_ratio": bb / sb,
         "bare_single_stream_images_per_s": 1 / b1,
-        "concurrent_clients": args.concurrent_clients, "concurrent_images_per_s": concurrent_ips,
-        "worker_rss_mb": rss, "first_ready_s": first_ready, "all_workers_ready_s": all_ready,
-        "rows_stored": rows, "samples": {"single": len(served_single), "batch": len(served_batch),
-                                         "single_without_check": len(served_plain)},
+        "concurrent_clients": args.concurrent_clients,
+        "concurrent_images_per_s": concurrent_ips,
+        "worker_rss_mb": rss,
+        "first_ready_s": first_ready,
+        "all_workers_ready_s": all_ready,
+        "rows_stored": rows,
+        "samples": {
+            "single": len(served_single),
+            "batch": len(served_batch),
+            "single_without_check": len(served_plain),
+        },
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "worker_class": server.worker_class,
         "served_single_without_check_p50_ms": statistics.median(served_plain) * 1e3 if served_plain else None,
@@ -388,45 +434,56 @@ def breakdown(timings: list[dict[str, float]]) -> dict[str, float]:
 
 def report(f: dict) -> str:
     ok = lambda passed: "MET" if passed else "NOT MET"  # noqa: E731
-    return "\n".join([
-        f"model {f['model']} at {f['image_size']} px; {f['workers']} gunicorn workers ({f['worker_class']}), "
-        f"{f['threads']} interpreter threads each, {f['cpu_cores']} cores; "
-        f"load average {f['load_average_1min'][0]:.2f} before, {f['load_average_1min'][1]:.2f} after",
-        "",
-        f"calibration and OOD check served: {f['ood_method']}; they add {f['ood_ms_per_image']:.3f} ms "
-        f"to a single image right after its forward pass ({f['ood_ms_per_image_cache_warm']:.3f} ms back to back)",
-        f"(a) bare forward, 1 image      p50 {f['bare_single_p50_ms']:8.2f} ms   p99 {f['bare_single_p99_ms']:8.2f} ms",
-        f"    bare forward, batch of {f['batch_size']}  p50 {f['bare_batch_p50_ms']:8.2f} ms   "
-        f"= {f['bare_batch_images_per_s']:.1f} images/s (one pass)",
-        f"    bare forward, {f['batch_size']} in passes of {f['forward_batch']}  p50 {f['bare_chunked_p50_ms']:8.2f} ms   "
-        f"= {f['batch_size'] / f['bare_chunked_p50_ms'] * 1e3:.1f} images/s (what a worker runs)",
-        f"(b) POST /predict, 1 image     p50 {f['served_single_p50_ms']:8.2f} ms   p99 {f['served_single_p99_ms']:8.2f} ms",
-        "    where it goes (medians, ms, from the Server-Timing header): " + ", ".join(
-            f"{k} {v:.2f}" for k, v in f["single_breakdown_p50_ms"].items()),
-        f"    POST /predict, batch of {f['batch_size']} p50 {f['served_batch_p50_ms']:8.2f} ms   "
-        f"= {f['served_batch_images_per_s']:.1f} images/s",
-        f"(c) {f['concurrent_clients']} concurrent clients, 1 image each: {f['concurrent_images_per_s']:.1f} images/s "
-        f"(bare single-stream {f['bare_single_stream_images_per_s']:.1f}/s)",
-        "",
-        f"latency ratio    served p50 / bare p50          = {f['latency_ratio']:.3f}  "
-        f"(goal <= {GOAL_LATENCY}: {ok(f['latency_ratio'] <= GOAL_LATENCY)})",
-        *([f"  (d) the same artifact without calibration and the OOD check, same rounds: served p50 "
-           f"{f['served_single_without_check_p50_ms']:.2f} ms, ratio {f['latency_ratio_without_check']:.3f}; "
-           f"calibration and the check add {f['latency_ratio'] - f['latency_ratio_without_check']:+.3f}",
-           "      where it goes (medians, ms): " + ", ".join(
-               f"{k} {v:.2f}" for k, v in f["single_without_check_breakdown_p50_ms"].items())]
-          if f.get("latency_ratio_without_check") else []),
-        f"throughput ratio served batch / bare batch      = {f['throughput_ratio']:.2f}  "
-        f"(goal >= {GOAL_THROUGHPUT}: {ok(f['throughput_ratio'] >= GOAL_THROUGHPUT)})",
-        f"  (served batch vs bare in passes of {f['forward_batch']}: {f['throughput_ratio_vs_chunked']:.2f}, "
-        "the serving overhead alone)",
-        f"worker RSS (MB): {', '.join(f'{r:.0f}' for r in f['worker_rss_mb'])}",
-        f"start to first ready /health: {f['first_ready_s']:.2f} s; all workers ready: {f['all_workers_ready_s']:.2f} s",
-        f"rows stored: {f['rows_stored']} (equal to the predictions answered)",
-        f"samples: {f['samples']['single']} single, {f['samples']['batch']} batch"
-        + (f", {f['samples']['single_without_check']} single without the check" if f['samples']['single_without_check'] else "")
-        + " requests (interleaved with bare)",
-    ])
+    return "\n".join(
+        [
+            f"model {f['model']} at {f['image_size']} px; {f['workers']} gunicorn workers ({f['worker_class']}), "
+            f"{f['threads']} interpreter threads each, {f['cpu_cores']} cores; "
+            f"load average {f['load_average_1min'][0]:.2f} before, {f['load_average_1min'][1]:.2f} after",
+            "",
+            f"calibration and OOD check served: {f['ood_method']}; they add {f['ood_ms_per_image']:.3f} ms "
+            f"to a single image right after its forward pass ({f['ood_ms_per_image_cache_warm']:.3f} ms back to back)",
+            f"(a) bare forward, 1 image      p50 {f['bare_single_p50_ms']:8.2f} ms   p99 {f['bare_single_p99_ms']:8.2f} ms",
+            f"    bare forward, batch of {f['batch_size']}  p50 {f['bare_batch_p50_ms']:8.2f} ms   "
+            f"= {f['bare_batch_images_per_s']:.1f} images/s (one pass)",
+            f"    bare forward, {f['batch_size']} in passes of {f['forward_batch']}  p50 {f['bare_chunked_p50_ms']:8.2f} ms   "
+            f"= {f['batch_size'] / f['bare_chunked_p50_ms'] * 1e3:.1f} images/s (what a worker runs)",
+            f"(b) POST /predict, 1 image     p50 {f['served_single_p50_ms']:8.2f} ms   p99 {f['served_single_p99_ms']:8.2f} ms",
+            "    where it goes (medians, ms, from the Server-Timing header): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in f["single_breakdown_p50_ms"].items()),
+            f"    POST /predict, batch of {f['batch_size']} p50 {f['served_batch_p50_ms']:8.2f} ms   "
+            f"= {f['served_batch_images_per_s']:.1f} images/s",
+            f"(c) {f['concurrent_clients']} concurrent clients, 1 image each: {f['concurrent_images_per_s']:.1f} images/s "
+            f"(bare single-stream {f['bare_single_stream_images_per_s']:.1f}/s)",
+            "",
+            f"latency ratio    served p50 / bare p50          = {f['latency_ratio']:.3f}  "
+            f"(goal <= {GOAL_LATENCY}: {ok(f['latency_ratio'] <= GOAL_LATENCY)})",
+            *(
+                [
+                    f"  (d) the same artifact without calibration and the OOD check, same rounds: served p50 "
+                    f"{f['served_single_without_check_p50_ms']:.2f} ms, ratio {f['latency_ratio_without_check']:.3f}; "
+                    f"calibration and the check add {f['latency_ratio'] - f['latency_ratio_without_check']:+.3f}",
+                    "      where it goes (medians, ms): "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in f["single_without_check_breakdown_p50_ms"].items()),
+                ]
+                if f.get("latency_ratio_without_check")
+                else []
+            ),
+            f"throughput ratio served batch / bare batch      = {f['throughput_ratio']:.2f}  "
+            f"(goal >= {GOAL_THROUGHPUT}: {ok(f['throughput_ratio'] >= GOAL_THROUGHPUT)})",
+            f"  (served batch vs bare in passes of {f['forward_batch']}: {f['throughput_ratio_vs_chunked']:.2f}, "
+            "the serving overhead alone)",
+            f"worker RSS (MB): {', '.join(f'{r:.0f}' for r in f['worker_rss_mb'])}",
+            f"start to first ready /health: {f['first_ready_s']:.2f} s; all workers ready: {f['all_workers_ready_s']:.2f} s",
+            f"rows stored: {f['rows_stored']} (equal to the predictions answered)",
+            f"samples: {f['samples']['single']} single, {f['samples']['batch']} batch"
+            + (
+                f", {f['samples']['single_without_check']} single without the check"
+                if f["samples"]["single_without_check"]
+                else ""
+            )
+            + " requests (interleaved with bare)",
+        ]
+    )
 
 
 if __name__ == "__main__":

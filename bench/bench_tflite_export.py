@@ -7,6 +7,7 @@ inputs, which must agree.
     python bench/bench_tflite_export.py            # 56 px, as configs/quick.yaml
     python bench/bench_tflite_export.py --size 224
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-
 
 
 def litert_probabilities(path: Path, images):
@@ -42,8 +42,9 @@ def main() -> int:
     from galaxylib.modeling.export import export_tflite
     from galaxylib.modeling.model import ModelParams, build_model
 
-    model = build_model(ModelParams(image_size=args.size, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False))
+    model = build_model(
+        ModelParams(image_size=args.size, weights="none", trainable_layers="all", freeze_batchnorm=False)
+    )
     out = Path(tempfile.mkdtemp())
     started = time.perf_counter()
     export_tflite(model, out / "frozen.tflite")
@@ -56,11 +57,14 @@ def main() -> int:
     keras_s = time.perf_counter() - started
 
     images = np.random.default_rng(0).uniform(0, 255, (8, args.size, args.size, 3)).astype(np.float32)
-    diff = np.abs(litert_probabilities(out / "frozen.tflite", images)
-                  - litert_probabilities(out / "keras.tflite", images)).max()
-    print(f"EfficientNetB0 at {args.size} px: export_tflite {frozen_s:.1f} s, "
-          f"from_keras_model {keras_s:.1f} s ({keras_s / frozen_s:.1f}x); "
-          f"max |p_frozen - p_keras| on 8 images = {diff:.2e}")
+    diff = np.abs(
+        litert_probabilities(out / "frozen.tflite", images) - litert_probabilities(out / "keras.tflite", images)
+    ).max()
+    print(
+        f"EfficientNetB0 at {args.size} px: export_tflite {frozen_s:.1f} s, "
+        f"from_keras_model {keras_s:.1f} s ({keras_s / frozen_s:.1f}x); "
+        f"max |p_frozen - p_keras| on 8 images = {diff:.2e}"
+    )
     return 0
 
 

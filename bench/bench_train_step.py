@@ -11,12 +11,12 @@ measured under the same load.
     python bench/bench_train_step.py            # 64 px, batch 32 (the docs' first figures)
     python bench/bench_train_step.py --size 56 --batch 64   # as configs/quick.yaml
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import time
-
 
 
 def seconds(fn, calls: int) -> float:
@@ -46,9 +46,17 @@ def main() -> int:
     from galaxylib.modeling.fused_batchnorm import fused_batchnorm
     from galaxylib.modeling.model import ModelParams, build_model
 
-    model = build_model(ModelParams(image_size=args.size, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False, bn_momentum=0.9, drop_connect_rate=0.0,
-                                    zero_init_residual=True))
+    model = build_model(
+        ModelParams(
+            image_size=args.size,
+            weights="none",
+            trainable_layers="all",
+            freeze_batchnorm=False,
+            bn_momentum=0.9,
+            drop_connect_rate=0.0,
+            zero_init_residual=True,
+        )
+    )
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, 10, args.batch))

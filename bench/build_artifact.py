@@ -5,6 +5,7 @@ same. Image size and crop come from configs/production.yaml, so the benches time
 what production serves; the artifact is cached under models/bench-224 (git-ignored)
 and rebuilt when the production preprocessing changes.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,10 +46,19 @@ def ensure_bench_artifact(run_dir: Path = BENCH_DIR) -> Path:
     from galaxylib.modeling.model import ModelParams, build_model
 
     keras.utils.set_random_seed(0)
-    model = build_model(ModelParams(image_size=image_size, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False))
-    save_artifact(model, run_dir, run_name=run_dir.name, dataset={"name": "none", "sha256": "0" * 64},
-                  split={}, params={"image_size": image_size}, synthetic=True, crop=crop)
+    model = build_model(
+        ModelParams(image_size=image_size, weights="none", trainable_layers="all", freeze_batchnorm=False)
+    )
+    save_artifact(
+        model,
+        run_dir,
+        run_name=run_dir.name,
+        dataset={"name": "none", "sha256": "0" * 64},
+        split={},
+        params={"image_size": image_size},
+        synthetic=True,
+        crop=crop,
+    )
     add_ood_check(run_dir)
     return run_dir
 
@@ -111,8 +121,9 @@ def child(args: list[str]) -> None:
     """Run this interpreter on ``args``; its output is shown only when it fails."""
     import subprocess
 
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
     if done.returncode:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 

@@ -13,6 +13,7 @@ It prints, over all pooled galaxies, the ECE and NLL of the model's own answer, 
 alone, and of the calibration ``fit_calibration`` chose, each with its noise floor; and per
 reported class, the mean confidence beside the precision. One JSON line per repeat.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,12 +44,14 @@ def main() -> int:
     from galaxylib.inference.calibration import apply_calibration
     from galaxylib.modeling.head import feature_views, fit_head, view_features
     from galaxylib.modeling.model import ModelParams, build_head, build_model
-    from galaxylib.modeling.training import TrainParams
     from galaxylib.modeling.train_modes import features_cache_file
+    from galaxylib.modeling.training import TrainParams
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
 
-    config = load_config(REPO / "configs" / "finetune-cpu.yaml", {"dataset": args.dataset, "data.label_column": args.label_column})
+    config = load_config(
+        REPO / "configs" / "finetune-cpu.yaml", {"dataset": args.dataset, "data.label_column": args.label_column}
+    )
     data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
     labels = data.labels()
     names = data.class_names
@@ -56,9 +59,12 @@ def main() -> int:
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
     start, size, crop = model_params.weights, model_params.image_size, float(config["crop"])
     images = resized_cache(data, size, DATA_DIR / "cache", crop=crop)
-    x = view_features(build_model(model_params, len(names), DATA_DIR / "cache" / "weights"), images,
-                      cache_file=features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, crop),
-                      views=feature_views(start))
+    x = view_features(
+        build_model(model_params, len(names), DATA_DIR / "cache" / "weights"),
+        images,
+        cache_file=features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, crop),
+        views=feature_views(start),
+    )
     pool = np.concatenate([split.train, split.val])
     val_share = len(split.val) / len(pool)
 
@@ -67,8 +73,11 @@ def main() -> int:
 
     def summary(y: np.ndarray, probs: np.ndarray, decisions: np.ndarray) -> dict:
         floor = ece_noise_floor(probs, decisions=decisions, draws=200)
-        return {"ece": round(expected_calibration_error(y, probs, decisions=decisions)[0], 4),
-                "ece_noise_floor": round(floor["median"], 4), "nll": round(negative_log_likelihood(probs, y), 4)}
+        return {
+            "ece": round(expected_calibration_error(y, probs, decisions=decisions)[0], 4),
+            "ece_noise_floor": round(floor["median"], 4),
+            "nll": round(negative_log_likelihood(probs, y), 4),
+        }
 
     for repeat in range(args.repeats):
         started = time.monotonic()
@@ -78,8 +87,9 @@ def main() -> int:
         methods = []
         for fold_train, fold_test in StratifiedKFold(5, shuffle=True, random_state=repeat).split(pool, labels[pool]):
             outer = pool[fold_train]
-            inner_train, inner_val = train_test_split(outer, test_size=val_share, stratify=labels[outer],
-                                                      random_state=repeat)
+            inner_train, inner_val = train_test_split(
+                outer, test_size=val_share, stratify=labels[outer], random_state=repeat
+            )
             head = build_head(model_params, x.shape[-1], len(names))
             fit_head(head, x, labels, inner_train, inner_val, train_params, len(names))
             val_raw, held = predict(head, inner_val), pool[fold_test]
@@ -93,16 +103,27 @@ def main() -> int:
         per_class = {}
         for c, name in enumerate(names):
             called = decisions == c
-            per_class[name] = {"called": int(called.sum()),
-                               "precision": round(float((y[called] == c).mean()), 3) if called.any() else None,
-                               "confidence_temperature": round(float(alone[pool][called, c].mean()), 3) if called.any() else None,
-                               "confidence_chosen": round(float(chosen[pool][called, c].mean()), 3) if called.any() else None}
-        print(json.dumps({
-            "repeat": repeat, "galaxies": int(len(pool)), "methods": methods,
-            "model_answer": summary(y, raw[pool], decisions),
-            "temperature": summary(y, alone[pool], decisions),  # at the validation-NLL optimum
-            "chosen": summary(y, chosen[pool], decisions),
-            "per_reported_class": per_class, "minutes": round((time.monotonic() - started) / 60, 2)}), flush=True)
+            per_class[name] = {
+                "called": int(called.sum()),
+                "precision": round(float((y[called] == c).mean()), 3) if called.any() else None,
+                "confidence_temperature": round(float(alone[pool][called, c].mean()), 3) if called.any() else None,
+                "confidence_chosen": round(float(chosen[pool][called, c].mean()), 3) if called.any() else None,
+            }
+        print(
+            json.dumps(
+                {
+                    "repeat": repeat,
+                    "galaxies": int(len(pool)),
+                    "methods": methods,
+                    "model_answer": summary(y, raw[pool], decisions),
+                    "temperature": summary(y, alone[pool], decisions),  # at the validation-NLL optimum
+                    "chosen": summary(y, chosen[pool], decisions),
+                    "per_reported_class": per_class,
+                    "minutes": round((time.monotonic() - started) / 60, 2),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -13,6 +13,7 @@ bench/real_data_table.py's ``CNN_HEAD``. The held-out fold never chooses an epoc
 mergers in the pool a merger moves balanced accuracy by ~0.005, and the spread across repeats
 shows the noise. Prints one JSON line per set and head.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,10 +34,15 @@ def main() -> int:
     parser.add_argument("--label-column", default="coarse")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sets", nargs="*", default=["morphology", "lite0", "lite0+morphology"])
-    parser.add_argument("--cnn-size", type=int, default=224, help="image size for the Lite starts (the morphology "
-                                                                      "start uses configs/finetune-cpu.yaml's)")
+    parser.add_argument(
+        "--cnn-size",
+        type=int,
+        default=224,
+        help="image size for the Lite starts (the morphology start uses configs/finetune-cpu.yaml's)",
+    )
     args = parser.parse_args()
 
+    from real_data_table import CNN_HEAD
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
     from sklearn.model_selection import StratifiedKFold
 
@@ -44,14 +50,14 @@ def main() -> int:
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.modeling.head import feature_views, fit_head, view_features
     from galaxylib.modeling.model import ModelParams, build_head, build_model
-    from galaxylib.modeling.training import TrainParams
     from galaxylib.modeling.train_modes import features_cache_file
+    from galaxylib.modeling.training import TrainParams
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config
-    from real_data_table import CNN_HEAD
 
-    recipe = load_config(REPO / "configs" / "finetune-cpu.yaml",
-                         {"dataset": args.dataset, "data.label_column": args.label_column})
+    recipe = load_config(
+        REPO / "configs" / "finetune-cpu.yaml", {"dataset": args.dataset, "data.label_column": args.label_column}
+    )
     data, split = steps.prepare_data(recipe, DATA_DIR, show_progress=False)
     labels = data.labels()
 
@@ -60,8 +66,12 @@ def main() -> int:
         images = resized_cache(data, size, DATA_DIR / "cache", crop=float(recipe["crop"]))
         params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": size})
         cache = features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, float(recipe["crop"]))
-        return view_features(build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"), images,
-                             cache_file=cache, views=feature_views(start))
+        return view_features(
+            build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"),
+            images,
+            cache_file=cache,
+            views=feature_views(start),
+        )
 
     def head_config(cnn: bool) -> dict:
         overrides = {k: v for k, v in CNN_HEAD.items() if cnn}
@@ -93,20 +103,31 @@ def main() -> int:
                     head = build_head(model_params, x.shape[-1], n_classes)
                     fit_head(head, x, labels, pool[fold_train], None, train_params, n_classes)
                     rows = pool[fold_test]
-                    probs[rows] = np.mean([head.predict(x[v, rows], verbose=0, batch_size=1024)
-                                           for v in range(x.shape[0])], axis=0)
+                    probs[rows] = np.mean(
+                        [head.predict(x[v, rows], verbose=0, batch_size=1024) for v in range(x.shape[0])], axis=0
+                    )
                 y, guess = labels[pool], probs[pool].argmax(axis=1)
                 scores.append(balanced_accuracy_score(y, guess))
                 f1s.append(f1_score(y, guess, average="macro"))
                 recalls.append(recall_score(y, guess, average=None, labels=range(n_classes)))
-            print(json.dumps({
-                "features": name, "head": recipe_name, "dims": int(x.shape[-1]), "views": int(x.shape[0]),
-                "pool": int(len(pool)), "repeats": args.repeats,
-                "cv_balanced_accuracy": round(float(np.mean(scores)), 4),
-                "per_repeat": [round(float(s), 4) for s in scores],
-                "cv_macro_f1": round(float(np.mean(f1s)), 4),
-                "cv_recall": dict(zip(data.class_names, np.round(np.mean(recalls, axis=0), 3).tolist())),
-                "minutes": round((time.monotonic() - started) / 60, 2)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "features": name,
+                        "head": recipe_name,
+                        "dims": int(x.shape[-1]),
+                        "views": int(x.shape[0]),
+                        "pool": int(len(pool)),
+                        "repeats": args.repeats,
+                        "cv_balanced_accuracy": round(float(np.mean(scores)), 4),
+                        "per_repeat": [round(float(s), 4) for s in scores],
+                        "cv_macro_f1": round(float(np.mean(f1s)), 4),
+                        "cv_recall": dict(zip(data.class_names, np.round(np.mean(recalls, axis=0), 3).tolist())),
+                        "minutes": round((time.monotonic() - started) / 60, 2),
+                    }
+                ),
+                flush=True,
+            )
     return 0
 
 

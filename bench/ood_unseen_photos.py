@@ -12,6 +12,7 @@ random square crops at 256 px, as the photo case does, and is scored by the Lite
 Prints, per source, the fraction flagged and the score quartiles against the artifact's
 threshold. Needs only the installed packages (no network).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 
 from galaxylib.evaluation.ood_cases import random_crops  # noqa: E402
 
@@ -38,10 +38,12 @@ def unseen_photo_sources() -> dict[str, list[np.ndarray]]:
     return {
         "sklearn china + flower": list(sklearn.datasets.load_sample_images().images),
         "matplotlib grace_hopper": [read(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))],
-        "skimage motorcycle pair": [read(Path(skimage.data.__file__).parent / f"motorcycle_{side}.png")
-                                    for side in ("left", "right")],
-        "skimage LFW faces": [np.asarray(Image.fromarray((f * 255).astype(np.uint8)).resize((256, 256),
-                                         Image.BILINEAR)) for f in faces],
+        "skimage motorcycle pair": [
+            read(Path(skimage.data.__file__).parent / f"motorcycle_{side}.png") for side in ("left", "right")
+        ],
+        "skimage LFW faces": [
+            np.asarray(Image.fromarray((f * 255).astype(np.uint8)).resize((256, 256), Image.BILINEAR)) for f in faces
+        ],
     }
 
 
@@ -62,18 +64,27 @@ def main() -> int:
     threshold = predictor.trust.threshold
     rng = np.random.default_rng(args.seed)
     print(f"model {predictor.model_version}: OOD method {predictor.trust.scorer.method}, threshold {threshold:.4g}")
-    figures = {"model": predictor.model_version, "method": predictor.trust.scorer.method,
-               "threshold": float(threshold), "sources": {}}
+    figures = {
+        "model": predictor.model_version,
+        "method": predictor.trust.scorer.method,
+        "threshold": float(threshold),
+        "sources": {},
+    }
     for name, sources in unseen_photo_sources().items():
         crops = random_crops(sources, args.per_source, rng)
         inputs = np.stack([preprocess_image(c, predictor.image_size, predictor.crop) for c in crops])
-        scores = np.concatenate([predictor.score_arrays(inputs[i:i + 16])[1] for i in range(0, len(inputs), 16)])
+        scores = np.concatenate([predictor.score_arrays(inputs[i : i + 16])[1] for i in range(0, len(inputs), 16)])
         flagged = float(np.mean(scores > threshold))
         q1, q2, q3 = np.percentile(scores, [25, 50, 75])
-        figures["sources"][name] = {"n": len(scores), "flagged_fraction": flagged,
-                                    "score_quartiles": [float(q1), float(q2), float(q3)]}
-        print(f"  {name:26s} {len(scores):3d} crops: {flagged:6.1%} flagged   "
-              f"score quartiles {q1:.3g} / {q2:.3g} / {q3:.3g}")
+        figures["sources"][name] = {
+            "n": len(scores),
+            "flagged_fraction": flagged,
+            "score_quartiles": [float(q1), float(q2), float(q3)],
+        }
+        print(
+            f"  {name:26s} {len(scores):3d} crops: {flagged:6.1%} flagged   "
+            f"score quartiles {q1:.3g} / {q2:.3g} / {q3:.3g}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0

@@ -14,6 +14,7 @@ as proportions, not milliseconds.
 
 Everything runs on 127.0.0.1 and every loop is bounded.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,9 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from bench_serve import Server, database_arguments, make_database, multipart, post  # noqa: E402
 from build_artifact import ensure_bench_artifact_in_child  # noqa: E402
+
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
 
 # (label, function, file): a sample counts for a part when a frame of its stack is that function
@@ -72,8 +73,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="how long to send requests")
     parser.add_argument("--rate", type=int, default=2000, help="py-spy samples per second")
     parser.add_argument("--raw", type=Path, help="also keep py-spy's collapsed stacks here")
-    parser.add_argument("--blocking", action="store_true",
-                        help="py-spy's default mode, which pauses the worker at each sample (misleading here)")
+    parser.add_argument(
+        "--blocking",
+        action="store_true",
+        help="py-spy's default mode, which pauses the worker at each sample (misleading here)",
+    )
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
@@ -98,9 +102,25 @@ def main() -> int:
             post(server.port, *body)
         worker = psutil.Process(server.proc.pid).children()[0].pid
         record = subprocess.Popen(
-            [spy, "record", *([] if args.blocking else ["--nonblocking"]), "-p", str(worker), "-r", str(args.rate),
-             "-d", str(int(args.seconds) + 2), "--format", "raw", "-o", str(raw)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                spy,
+                "record",
+                *([] if args.blocking else ["--nonblocking"]),
+                "-p",
+                str(worker),
+                "-r",
+                str(args.rate),
+                "-d",
+                str(int(args.seconds) + 2),
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(1.0)  # py-spy attaches
         seconds: list[float] = []
         deadline = time.perf_counter() + args.seconds
@@ -119,8 +139,10 @@ def main() -> int:
         drop_database()
         scratch.cleanup()
 
-    print(f"model {model}; one worker; {len(seconds)} single-image requests, p50 "
-          f"{statistics.median(seconds) * 1e3:.2f} ms while profiled; {total} samples at {args.rate}/s")
+    print(
+        f"model {model}; one worker; {len(seconds)} single-image requests, p50 "
+        f"{statistics.median(seconds) * 1e3:.2f} ms while profiled; {total} samples at {args.rate}/s"
+    )
     for label, share in part_shares.items():
         print(f"  {label:40s} {share * 100:5.1f} % of the samples")
     return 0

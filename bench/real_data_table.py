@@ -9,6 +9,7 @@ mode (and the image size a previous run was trained at). It prints one JSON line
 validation balanced accuracy, macro-F1, per-class recall and minutes. The test split is not scored.
 Measure the host beside it: bench/bench_train_step.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The CNN starts keep the size and head recipe chosen for them (224 px, Dense 256, Dropout 0.5, 8 passes over the
 # 8 views, tau 1.5, the answer averaged over the views); configs/finetune-cpu.yaml's own head
 # (Dense 64, 110 epochs, tau 1.25) is the morphology start's.
-CNN_HEAD = {"image_size": 224, "model.dense_units": [256], "model.dropout": 0.5, "train.head_epochs": 8, "train.head_patience": 25,
-            "train.logit_adjust_tau": 1.5, "model.average_orientations": True}
+CNN_HEAD = {
+    "image_size": 224,
+    "model.dense_units": [256],
+    "model.dropout": 0.5,
+    "train.head_epochs": 8,
+    "train.head_patience": 25,
+    "train.logit_adjust_tau": 1.5,
+    "model.average_orientations": True,
+}
 ROWS = {
     "morphology-head": {"model.weights": "morphology", "train.mode": "head"},
     "lite0-head": {"model.weights": "lite0", "train.mode": "head"},
@@ -35,15 +43,22 @@ ROWS = {
     "lite2-head": {"model.weights": "lite2", "train.mode": "head"},
     "lite2-finetune": {"model.weights": "lite2", "train.mode": "finetune"},
     "scratch-head": {"model.weights": "none", "train.mode": "head"},
-    "scratch-full": {"model.weights": "none", "train.mode": "full", "model.trainable_layers": "all",
-                     "model.freeze_batchnorm": False, "model.learning_rate": 2e-3, "model.bn_momentum": 0.9},
+    "scratch-full": {
+        "model.weights": "none",
+        "train.mode": "full",
+        "model.trainable_layers": "all",
+        "model.freeze_batchnorm": False,
+        "model.learning_rate": 2e-3,
+        "model.bn_momentum": 0.9,
+    },
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("rows", nargs="*", help=f"rows to run (default: all): {', '.join(ROWS)}, synthetic-head, "
-                                                "synthetic-finetune")
+    parser.add_argument(
+        "rows", nargs="*", help=f"rows to run (default: all): {', '.join(ROWS)}, synthetic-head, synthetic-finetune"
+    )
     parser.add_argument("--dataset", default=str(REPO.parent / "shared" / "gz1_coarse"))
     parser.add_argument("--label-column", default="coarse")
     parser.add_argument("--synthetic-run", default=None, help="a models/<run> trained on the synthetic set")
@@ -60,8 +75,13 @@ def main() -> int:
         size = read_artifact(args.synthetic_run).image_size
         crop = read_artifact(args.synthetic_run).crop
         for mode in ("head", "finetune"):
-            rows[f"synthetic-{mode}"] = {**CNN_HEAD, "model.weights": str(Path(args.synthetic_run).resolve()),
-                                         "train.mode": mode, "image_size": size, "crop": crop}
+            rows[f"synthetic-{mode}"] = {
+                **CNN_HEAD,
+                "model.weights": str(Path(args.synthetic_run).resolve()),
+                "train.mode": mode,
+                "image_size": size,
+                "crop": crop,
+            }
     chosen = args.rows or list(rows)
     unknown = [r for r in chosen if r not in rows]
     if unknown:
@@ -78,15 +98,32 @@ def main() -> int:
         started = time.monotonic()
         data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
         with tempfile.TemporaryDirectory() as tmp:
-            result = steps.train(config, data, split, run_name=name, model_dir=Path(tmp) / name,
-                                 cache_dir=DATA_DIR / "cache", show_progress=False)
+            result = steps.train(
+                config,
+                data,
+                split,
+                run_name=name,
+                model_dir=Path(tmp) / name,
+                cache_dir=DATA_DIR / "cache",
+                show_progress=False,
+            )
         val = result["val"]
-        print(json.dumps({
-            "row": name, "image_size": config["image_size"], "n_train": len(split.train), "n_val": len(split.val),
-            "val_balanced_accuracy": round(val["balanced_accuracy"], 4), "val_macro_f1": round(val["macro_f1"], 4),
-            "val_recall": {c["class_name"]: round(c["recall"], 3) for c in val["per_class"]},
-            "epochs": len(result["history"].get("loss", [])), "minutes": round((time.monotonic() - started) / 60, 2)}),
-            flush=True)
+        print(
+            json.dumps(
+                {
+                    "row": name,
+                    "image_size": config["image_size"],
+                    "n_train": len(split.train),
+                    "n_val": len(split.val),
+                    "val_balanced_accuracy": round(val["balanced_accuracy"], 4),
+                    "val_macro_f1": round(val["macro_f1"], 4),
+                    "val_recall": {c["class_name"]: round(c["recall"], 3) for c in val["per_class"]},
+                    "epochs": len(result["history"].get("loss", [])),
+                    "minutes": round((time.monotonic() - started) / 60, 2),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -10,12 +10,12 @@ the run's validation and test splits; the calibration is fitted on validation as
 fits it (same seed) and judged on test. Test figures are printed to compare the rules after the
 fact; nothing here chooses anything from them. Writes nothing.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
-
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -49,16 +49,27 @@ def main() -> int:
     optimum = fit_temperature(val_p, val_y)
     errors = int((val_p.argmax(axis=1) != val_y).sum())
     print(f"run {args.run}: {len(val_y)} validation cutouts ({errors} misclassified), {len(test_y)} test")
-    print(f"fit_calibration chose {chosen['method']}, T {chosen['temperature']:.3f}"
-          + (" with a class bias" if chosen["bias"] is not None else "") + f"; the NLL optimum of T alone is {optimum:.3f}")
+    print(
+        f"fit_calibration chose {chosen['method']}, T {chosen['temperature']:.3f}"
+        + (" with a class bias" if chosen["bias"] is not None else "")
+        + f"; the NLL optimum of T alone is {optimum:.3f}"
+    )
     cv = chosen["cv_nll"]
-    print(f"validation NLL: none {negative_log_likelihood(val_p, val_y):.4f}; 5-fold cross-validated, each at its "
-          "optimum: " + (", ".join(f"{k} {v:.4f}" for k, v in cv.items()) if cv else "not run (too few errors or a class too rare)"))
+    print(
+        f"validation NLL: none {negative_log_likelihood(val_p, val_y):.4f}; 5-fold cross-validated, each at its "
+        "optimum: "
+        + (", ".join(f"{k} {v:.4f}" for k, v in cv.items()) if cv else "not run (too few errors or a class too rare)")
+    )
     print("| calibration | T | test NLL | test ECE |")
     print("|---|---|---|---|")
-    for name, temperature, bias in (("none", 1.0, None), ("temperature at the NLL optimum", optimum, None),
-                                    (f"chosen ({chosen['method']})", chosen["temperature"], chosen["bias"])):
-        probs = apply_calibration(test_p, temperature, bias) if bias is not None else apply_temperature(test_p, temperature)
+    for name, temperature, bias in (
+        ("none", 1.0, None),
+        ("temperature at the NLL optimum", optimum, None),
+        (f"chosen ({chosen['method']})", chosen["temperature"], chosen["bias"]),
+    ):
+        probs = (
+            apply_calibration(test_p, temperature, bias) if bias is not None else apply_temperature(test_p, temperature)
+        )
         ece = expected_calibration_error(test_y, probs, decisions=decide(probs, bias))[0]
         print(f"| {name} | {temperature:.3f} | {negative_log_likelihood(probs, test_y):.4f} | {ece:.4f} |")
     return 0

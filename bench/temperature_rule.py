@@ -12,15 +12,14 @@ it worse than no scaling at all (a draw where the rule keeps T = 1 is a tie, not
 regimes: about 96-98 % accuracy (~10-30 validation errors), and 99-99.9 % (0-8 errors, where the
 rule's minimum of ``MIN_ERRORS`` errors decides). NumPy only, about 15 s.
 """
+
 from __future__ import annotations
 
 import argparse
 
 import numpy as np
 
-
-from galaxylib.fitting.calibration_fit import (fit_temperature,  # noqa: E402
-                                               negative_log_likelihood, one_standard_error_temperature)
+from galaxylib.fitting.calibration_fit import fit_temperature, negative_log_likelihood, one_standard_error_temperature  # noqa: E402
 from galaxylib.inference.calibration import apply_temperature  # noqa: E402
 
 CLASSES = 10
@@ -48,8 +47,10 @@ def main() -> int:
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     print(f"{args.repeats} repeats of {args.n} validation + {args.n} test cutouts, {CLASSES} classes")
-    print("| true T* | test accuracy | validation errors (median) | test NLL, no scaling | at the NLL optimum "
-          "(worse in) | one standard error (worse in) | share of the optimum's gain kept |")
+    print(
+        "| true T* | test accuracy | validation errors (median) | test NLL, no scaling | at the NLL optimum "
+        "(worse in) | one standard error (worse in) | share of the optimum's gain kept |"
+    )
     print("|---|---|---|---|---|---|---|")
     for margin in (4.2, 5.6):
         for true_t in (0.65, 0.7, 0.8, 1.0, 1.3):
@@ -59,16 +60,23 @@ def main() -> int:
                 test_p, test_y = draw(rng, args.n, true_t, 2.2, 2.2 * margin)
                 optimum = fit_temperature(val_p, val_y)
                 rule = one_standard_error_temperature(val_p, val_y, optimum)
-                rows.append((negative_log_likelihood(test_p, test_y),
-                             negative_log_likelihood(apply_temperature(test_p, optimum), test_y),
-                             negative_log_likelihood(apply_temperature(test_p, rule), test_y),
-                             float((test_p.argmax(axis=1) == test_y).mean()), int((val_p.argmax(axis=1) != val_y).sum())))
+                rows.append(
+                    (
+                        negative_log_likelihood(test_p, test_y),
+                        negative_log_likelihood(apply_temperature(test_p, optimum), test_y),
+                        negative_log_likelihood(apply_temperature(test_p, rule), test_y),
+                        float((test_p.argmax(axis=1) == test_y).mean()),
+                        int((val_p.argmax(axis=1) != val_y).sum()),
+                    )
+                )
             r = np.array(rows)
             gain_opt, gain_rule = (r[:, 0] - r[:, 1]).mean(), (r[:, 0] - r[:, 2]).mean()
             kept = f"{gain_rule / gain_opt:.0%}" if gain_opt > 0 else "(no gain to keep)"
-            print(f"| {true_t} | {r[:, 3].mean():.3f} | {np.median(r[:, 4]):.0f} | {r[:, 0].mean():.4f} | "
-                  f"{r[:, 1].mean():.4f} ({np.mean(r[:, 1] > r[:, 0]):.0%}) | {r[:, 2].mean():.4f} "
-                  f"({np.mean(r[:, 2] > r[:, 0]):.0%}) | {kept} |")
+            print(
+                f"| {true_t} | {r[:, 3].mean():.3f} | {np.median(r[:, 4]):.0f} | {r[:, 0].mean():.4f} | "
+                f"{r[:, 1].mean():.4f} ({np.mean(r[:, 1] > r[:, 0]):.0%}) | {r[:, 2].mean():.4f} "
+                f"({np.mean(r[:, 2] > r[:, 0]):.0%}) | {kept} |"
+            )
     return 0
 
 

@@ -12,6 +12,7 @@ model also what the same network scores on one orientation. Keys as in ``train.s
 The model goes to /tmp/galaxy-ablation/<name>; nothing is written under models/ or reports/.
 With a wall-clock budget (cosine_budget), run one at a time on an otherwise idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,11 +48,19 @@ def main() -> int:
     config = load_config(args.config, overrides)
     data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
     started = time.monotonic()
-    result = steps.train(config, data, split, run_name=args.name, model_dir=Path("/tmp/galaxy-ablation") / args.name,
-                         cache_dir=DATA_DIR / "cache", show_progress=False)
+    result = steps.train(
+        config,
+        data,
+        split,
+        run_name=args.name,
+        model_dir=Path("/tmp/galaxy-ablation") / args.name,
+        cache_dir=DATA_DIR / "cache",
+        show_progress=False,
+    )
     train_seconds = time.monotonic() - started
-    images = resized_cache(data, int(config["image_size"]), DATA_DIR / "cache", crop=float(config["crop"]),
-                           show_progress=False)
+    images = resized_cache(
+        data, int(config["image_size"]), DATA_DIR / "cache", crop=float(config["crop"]), show_progress=False
+    )
     labels = data.labels()
     names = data.class_names
     test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test), names)
@@ -62,13 +71,24 @@ def main() -> int:
         for part in ("val", "test"):
             rows = getattr(split, part)
             extra[f"{part}_accuracy_one_orientation"] = round(
-                evaluate(labels[rows], predict_probabilities(network, images, rows), names)["accuracy"], 4)
-    print(json.dumps({
-        "name": args.name, "overrides": overrides, "test_accuracy": round(test["accuracy"], 4),
-        "test_macro_f1": round(test["macro_f1"], 4), "val_accuracy": round(result["val"]["accuracy"], 4),
-        **extra, "epochs": len(history["loss"]), "train_seconds": round(train_seconds),
-        "accuracy": [round(x, 3) for x in history["accuracy"]],
-        "val_accuracy_curve": [round(x, 3) for x in history["val_accuracy"]]}))
+                evaluate(labels[rows], predict_probabilities(network, images, rows), names)["accuracy"], 4
+            )
+    print(
+        json.dumps(
+            {
+                "name": args.name,
+                "overrides": overrides,
+                "test_accuracy": round(test["accuracy"], 4),
+                "test_macro_f1": round(test["macro_f1"], 4),
+                "val_accuracy": round(result["val"]["accuracy"], 4),
+                **extra,
+                "epochs": len(history["loss"]),
+                "train_seconds": round(train_seconds),
+                "accuracy": [round(x, 3) for x in history["accuracy"]],
+                "val_accuracy_curve": [round(x, 3) for x in history["val_accuracy"]],
+            }
+        )
+    )
     return 0
 
 

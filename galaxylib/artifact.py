@@ -5,6 +5,7 @@ preprocessing contract and each file's SHA-256 travel with it. ``read_artifact``
 refuses a folder that is incomplete, altered or made for another preprocessing
 contract. Reading needs no TensorFlow; the writers live in ``galaxylib.modeling.export``.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ SIDECAR = "model.json"
 KERAS_FILE = "model.keras"
 TFLITE_FILE = "model.tflite"
 FORMAT_VERSION = 1
-REQUIRED_KEYS = ("format_version", "model_version", "class_names", "image_size", "preprocessing",
-                 "files", "created_at")
+REQUIRED_KEYS = ("format_version", "model_version", "class_names", "image_size", "preprocessing", "files", "created_at")
 
 
 class ArtifactError(ValueError):
@@ -72,8 +72,7 @@ def read_sidecar(run_dir: str | os.PathLike) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def read_artifact(run_dir: str | os.PathLike, *, verify_hashes: bool = True,
-                  need_keras: bool = False) -> Artifact:
+def read_artifact(run_dir: str | os.PathLike, *, verify_hashes: bool = True, need_keras: bool = False) -> Artifact:
     """Load and check the sidecar; raise ArtifactError naming what is wrong."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -91,16 +90,23 @@ def read_artifact(run_dir: str | os.PathLike, *, verify_hashes: bool = True,
     if missing:
         raise ArtifactError(f"{sidecar_path} is incomplete: missing {', '.join(missing)}")
     if sidecar["format_version"] != FORMAT_VERSION:
-        raise ArtifactError(f"{run_dir} has artifact format {sidecar['format_version']}, this code reads {FORMAT_VERSION}")
+        raise ArtifactError(
+            f"{run_dir} has artifact format {sidecar['format_version']}, this code reads {FORMAT_VERSION}"
+        )
     names = sidecar["class_names"]
-    if (not isinstance(names, list) or len(names) < 2 or len(set(names)) != len(names)
-            or not all(isinstance(n, str) and n for n in names)):
+    if (
+        not isinstance(names, list)
+        or len(names) < 2
+        or len(set(names)) != len(names)
+        or not all(isinstance(n, str) and n for n in names)
+    ):
         raise ArtifactError(f"{sidecar_path}: class_names must be a list of two or more distinct names")
     contract = sidecar["preprocessing"]
     if contract.get("version") != CONTRACT_VERSION or contract.get("image_size") != sidecar["image_size"]:
         raise ArtifactError(
             f"{run_dir} expects preprocessing contract {contract}, this code implements version "
-            f"{CONTRACT_VERSION}: retrain or use a matching galaxylib")
+            f"{CONTRACT_VERSION}: retrain or use a matching galaxylib"
+        )
     needed = [TFLITE_FILE] + ([KERAS_FILE] if need_keras else [])
     needed += [name for name in sidecar["files"] if name not in (TFLITE_FILE, KERAS_FILE)]  # e.g. ood.npz
     for name in needed:
@@ -121,8 +127,12 @@ def update_metrics(run_dir: str | os.PathLike, metrics: dict[str, Any]) -> None:
     atomic_write_json(path, sidecar)
 
 
-def add_to_artifact(run_dir: str | os.PathLike, updates: dict[str, Any], new_files: tuple[str, ...] = (),
-                    removed_files: tuple[str, ...] = ()) -> None:
+def add_to_artifact(
+    run_dir: str | os.PathLike,
+    updates: dict[str, Any],
+    new_files: tuple[str, ...] = (),
+    removed_files: tuple[str, ...] = (),
+) -> None:
     """Merge ``updates`` into the sidecar and record the SHA-256 of ``new_files`` (already written
     into the folder, atomically): how calibration and the OOD statistics join a saved artifact."""
     run_dir = Path(run_dir)

@@ -6,6 +6,7 @@ which is how the tests keep out of the checkout. A path a user types (``MODEL_PA
 ``--model``, ``--dataset``) is relative to the folder they typed it in: the scripts that
 change directory pass that folder on as ``GALAXY_USER_CWD``.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,11 @@ SQLITE_FILE_PREFIX = "sqlite:///"
 
 
 def _is_relative_sqlite(url: str) -> bool:
-    return url.startswith(SQLITE_FILE_PREFIX) and not url.startswith(SQLITE_FILE_PREFIX + "/") \
+    return (
+        url.startswith(SQLITE_FILE_PREFIX)
+        and not url.startswith(SQLITE_FILE_PREFIX + "/")
         and url != SQLITE_FILE_PREFIX + ":memory:"
+    )
 
 
 def _anchor_env_file_paths(set_before: set[str]) -> None:
@@ -32,7 +36,7 @@ def _anchor_env_file_paths(set_before: set[str]) -> None:
     for name in ("DATABASE_URL", "MLFLOW_TRACKING_URI"):
         value = os.environ.get(name, "").strip()
         if name not in set_before and _is_relative_sqlite(value):
-            os.environ[name] = SQLITE_FILE_PREFIX + str(PROJECT_ROOT / value[len(SQLITE_FILE_PREFIX):])
+            os.environ[name] = SQLITE_FILE_PREFIX + str(PROJECT_ROOT / value[len(SQLITE_FILE_PREFIX) :])
     model_path = os.environ.get("MODEL_PATH", "").strip()
     if "MODEL_PATH" not in set_before and model_path and not Path(model_path).expanduser().is_absolute():
         os.environ["MODEL_PATH"] = str(PROJECT_ROOT / model_path)
@@ -77,11 +81,11 @@ def database_url() -> str:
     if url:
         # Heroku/Render style URLs name the driver "postgres"; SQLAlchemy wants psycopg.
         if url.startswith("postgres://"):
-            url = "postgresql+psycopg://" + url[len("postgres://"):]
+            url = "postgresql+psycopg://" + url[len("postgres://") :]
         elif url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
         elif _is_relative_sqlite(url):
-            url = SQLITE_FILE_PREFIX + str(user_path(url[len(SQLITE_FILE_PREFIX):]))  # a relative file, as typed
+            url = SQLITE_FILE_PREFIX + str(user_path(url[len(SQLITE_FILE_PREFIX) :]))  # a relative file, as typed
         return url
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{DATA_DIR / 'predictions.db'}"
@@ -103,8 +107,7 @@ def mlflow_tracking_uri() -> str:
 def git_commit() -> str | None:
     """The checkout's commit, recorded in artifacts for provenance (None outside git)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None

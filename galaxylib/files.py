@@ -5,14 +5,16 @@ Why one module: the 2.5 GB Galaxy10 file must be hashed once and then trusted by
 and every file the kit writes (metrics, splits, CSVs, artifacts) must appear whole or not
 at all, so a crash never leaves a half-written file that a later step trusts.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 MiB = 1024 * 1024
 SIDECAR_SUFFIX = ".sha256"
@@ -38,8 +40,7 @@ def _progress(path: Path, show: bool):
         return contextlib.nullcontext(_NoBar())
     from tqdm import tqdm
 
-    return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=f"sha256 {path.name}")
+    return tqdm(total=path.stat().st_size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"sha256 {path.name}")
 
 
 class _NoBar:

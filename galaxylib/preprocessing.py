@@ -5,12 +5,13 @@ Training, evaluation, predict.sh, the API and the dashboard all call
 everywhere. Keras' EfficientNet rescales inside the network and expects 0..255,
 so nothing here rescales.
 """
+
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -25,7 +26,7 @@ Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # Bumped whenever the mapping below changes; artifacts record it and refuse a mismatch.
 CONTRACT_VERSION = 1
 
-ImageSource = Union[bytes, bytearray, str, os.PathLike, BinaryIO, np.ndarray, Image.Image]
+ImageSource = bytes | bytearray | str | os.PathLike | BinaryIO | np.ndarray | Image.Image
 
 
 class ImageError(ValueError):
@@ -53,7 +54,7 @@ def preprocessing_contract(image_size: int, crop: float = 1.0) -> dict:
         "input": "RGB, 8 bits per channel (greyscale/alpha/16-bit converted)",
         "crop": float(crop),
         "resize": f"central {crop * 100:g} % of each side, then PIL bilinear to {image_size}x{image_size} "
-                  "(skipped when the crop already has that size)",
+        "(skipped when the crop already has that size)",
         "dtype": "float32",
         "range": [0.0, 255.0],
         "normalisation": "none outside the model (EfficientNet rescales internally)",

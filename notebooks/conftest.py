@@ -1,5 +1,6 @@
 """nbval runs the four pipeline notebooks, then 05_catalog_inference, in order on the tiny synthetic config, writing into a
 temporary folder instead of data/, reports/ and models/. They are marked slow (they train)."""
+
 import os
 import tempfile
 from pathlib import Path

@@ -4,6 +4,7 @@ Clients branch on the stable ``code``; ``message`` is for humans. Nothing from
 an exception's text or traceback reaches a client unless it was written for one
 (``ApiError`` and galaxylib's ``ImageError`` messages are).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,15 @@ _HTTP_CODES = {
 class ApiError(Exception):
     """An error meant for the client: status, stable code, safe message."""
 
-    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
-                 extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.code = code
@@ -42,13 +50,17 @@ class ApiError(Exception):
 
 class DatabaseUnavailable(ApiError):
     def __init__(self) -> None:
-        super().__init__(503, "database_unavailable",
-                         "the predictions database is unreachable; nothing was stored, try again later",
-                         headers={"Retry-After": "5"})
+        super().__init__(
+            503,
+            "database_unavailable",
+            "the predictions database is unreachable; nothing was stored, try again later",
+            headers={"Retry-After": "5"},
+        )
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+) -> Response:
     body: dict[str, Any] = {"error": {"code": code, "message": message}}
     if extra:
         body.update(extra)
@@ -70,8 +82,11 @@ def register_error_handlers(app: Flask) -> None:
         code = _HTTP_CODES.get(status, "http_error")
         if status == 413:
             limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = (f"the request body is over the upload limit of {limit / 1048576:g} MB"
-                       if limit else "the request body is too large")
+            message = (
+                f"the request body is over the upload limit of {limit / 1048576:g} MB"
+                if limit
+                else "the request body is too large"
+            )
         elif status == 405:
             message = "this method is not allowed on this URL"
         elif status == 404:

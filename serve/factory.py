@@ -5,6 +5,7 @@ it logs the problem and the API answers 503 until it is fixed, so a process
 manager does not crash-loop the service. Settings errors (a malformed number in
 the environment) do raise: that is a typo to fix, not a fault to wait out.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Explicit paths: with an editable install made before serve/ existed, "serve" imports as
     # a namespace package and Flask cannot infer them.
     here = Path(__file__).resolve().parent
-    app = Flask("serve", root_path=str(here), instance_path=str(here / "instance"),
-                static_folder="static", static_url_path="/static")
+    app = Flask(
+        "serve",
+        root_path=str(here),
+        instance_path=str(here / "instance"),
+        static_folder="static",
+        static_url_path="/static",
+    )
     app.config.update(
         DEBUG=False,
         TESTING=False,
@@ -60,8 +66,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    log.info("ready: model=%s database=%s admin=%s max_batch=%d max_upload=%gMB threads=%d",
-             runtime.model.model_version or "NOT LOADED", runtime.db.url,
-             "enabled" if settings.admin_enabled else "disabled (no ADMIN_TOKEN)", settings.max_batch,
-             settings.max_upload_mb, settings.num_threads)
+    log.info(
+        "ready: model=%s database=%s admin=%s max_batch=%d max_upload=%gMB threads=%d",
+        runtime.model.model_version or "NOT LOADED",
+        runtime.db.url,
+        "enabled" if settings.admin_enabled else "disabled (no ADMIN_TOKEN)",
+        settings.max_batch,
+        settings.max_upload_mb,
+        settings.num_threads,
+    )
     return app

@@ -6,6 +6,7 @@ connection wakes every idle worker; all but one find nothing to accept. With
 forward pass they preempt (docs/performance.md). ``EPOLLEXCLUSIVE`` (Linux >= 4.5)
 makes the kernel wake one waiter, as nginx does. Everything else is SyncWorker.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The ``serve`` logger: one line per event on stderr, which gunicorn collects."""
+
 from __future__ import annotations
 
 import logging

@@ -10,18 +10,21 @@ The ``/metrics`` request itself is not counted: a scrape every 15 s would otherw
 the request rate of a quiet service, and Prometheus records its own scrapes (``up``,
 ``scrape_duration_seconds``). docs/monitoring.md lists the metrics and example queries.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
-import galaxylib.config  # noqa: F401 - loads .env first: prometheus_client reads PROMETHEUS_MULTIPROC_DIR on import
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
+
+import galaxylib.config  # noqa: F401 - loads .env first: prometheus_client reads PROMETHEUS_MULTIPROC_DIR on import
 
 if TYPE_CHECKING:
     from galaxylib.inference.classify import Classified
@@ -53,23 +56,45 @@ class Metrics:
     model_info: Gauge
 
     @classmethod
-    def create(cls) -> "Metrics":
+    def create(cls) -> Metrics:
         registry = CollectorRegistry()
         return cls(
             registry=registry,
-            requests=Counter("galaxy_http_requests", "HTTP requests answered, by URL rule, method and status "
-                             "(/metrics itself is not counted)", ["route", "method", "status"], registry=registry),
-            latency=Histogram("galaxy_http_request_duration_seconds", "Time in the app per request, by URL rule",
-                              ["route"], buckets=LATENCY_BUCKETS, registry=registry),
-            predictions=Counter("galaxy_predictions", "Stored predictions, by predicted class and the "
-                                "out-of-distribution verdict (unknown: the model has no check)",
-                                ["predicted_class", "in_distribution"], registry=registry),
-            confidence=Histogram("galaxy_prediction_confidence", "Confidence of stored predictions (the "
-                                 "calibrated probability of the reported class)", buckets=CONFIDENCE_BUCKETS, registry=registry),
+            requests=Counter(
+                "galaxy_http_requests",
+                "HTTP requests answered, by URL rule, method and status (/metrics itself is not counted)",
+                ["route", "method", "status"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "galaxy_http_request_duration_seconds",
+                "Time in the app per request, by URL rule",
+                ["route"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            predictions=Counter(
+                "galaxy_predictions",
+                "Stored predictions, by predicted class and the "
+                "out-of-distribution verdict (unknown: the model has no check)",
+                ["predicted_class", "in_distribution"],
+                registry=registry,
+            ),
+            confidence=Histogram(
+                "galaxy_prediction_confidence",
+                "Confidence of stored predictions (the calibrated probability of the reported class)",
+                buckets=CONFIDENCE_BUCKETS,
+                registry=registry,
+            ),
             # An info-style gauge: prometheus_client's Info does not work across processes. "livemax" merges
             # the workers into one series and drops a dead worker's file (gunicorn.conf.py's child_exit).
-            model_info=Gauge("galaxy_model_info", "The served model version (always 1)", ["model_version"],
-                             multiprocess_mode="livemax", registry=registry),
+            model_info=Gauge(
+                "galaxy_model_info",
+                "The served model version (always 1)",
+                ["model_version"],
+                multiprocess_mode="livemax",
+                registry=registry,
+            ),
         )
 
     def render(self) -> bytes:

@@ -4,6 +4,7 @@ A missing or broken model must not crash-loop the service: ``load_model`` logs
 one clear line and returns a state whose ``predictor`` is None, and the API
 answers 503 until an operator fixes the configuration and restarts.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -56,10 +57,14 @@ def resolve_model_dir(settings: Settings) -> Path:
     if settings.model_url:
         return fetch_artifact(settings.model_url, download_dir_for(settings), settings.model_sha256)
     if settings.model_path:
-        raise ArtifactError(f"MODEL_PATH={settings.model_path} does not exist; point it at a "
-                            "models/<run> folder from ./train.sh, or set MODEL_URL to download one")
-    raise ArtifactError("no model configured: set MODEL_PATH to a models/<run> folder from ./train.sh "
-                        "(or MODEL_URL to an artifact archive)")
+        raise ArtifactError(
+            f"MODEL_PATH={settings.model_path} does not exist; point it at a "
+            "models/<run> folder from ./train.sh, or set MODEL_URL to download one"
+        )
+    raise ArtifactError(
+        "no model configured: set MODEL_PATH to a models/<run> folder from ./train.sh "
+        "(or MODEL_URL to an artifact archive)"
+    )
 
 
 def fetch_artifact(url: str, dest: Path, sha256: str | None = None) -> Path:
@@ -78,8 +83,9 @@ def fetch_artifact(url: str, dest: Path, sha256: str | None = None) -> Path:
             return dest
         log.info("downloading the model artifact from %s", url)
         with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp:
-            archive = download_file(url, Path(tmp) / "artifact.archive", sha256, show_progress=False,
-                                    retries=2, retry_wait=1.0)
+            archive = download_file(
+                url, Path(tmp) / "artifact.archive", sha256, show_progress=False, retries=2, retry_wait=1.0
+            )
             root = _extract(archive, Path(tmp) / "unpacked")
             read_artifact(root)
             if dest.exists():
@@ -121,10 +127,18 @@ def load_model(settings: Settings) -> ModelState:
         predictor.predict_arrays(np.zeros((1, size, size, 3), np.float32))  # first invoke prepares XNNPACK
     except Exception as exc:  # ArtifactError, download errors, a corrupt .tflite...
         reason = f"{type(exc).__name__}: {exc}"
-        log.error("MODEL NOT LOADED (%s). /predict and /health answer 503 until this is fixed "
-                  "and the service restarted.", reason)
+        log.error(
+            "MODEL NOT LOADED (%s). /predict and /health answer 503 until this is fixed and the service restarted.",
+            reason,
+        )
         return ModelState(None, reason)
     seconds = time.perf_counter() - started
-    log.info("model %s loaded from %s in %.2fs (%d px, %d threads)", predictor.model_version,
-             predictor.path, seconds, predictor.image_size, predictor.num_threads)
+    log.info(
+        "model %s loaded from %s in %.2fs (%d px, %d threads)",
+        predictor.model_version,
+        predictor.path,
+        seconds,
+        predictor.image_size,
+        predictor.num_threads,
+    )
     return ModelState(predictor, None)

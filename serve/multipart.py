@@ -8,6 +8,7 @@ browsers are all plain CRLF-delimited parts, so this module splits those with
 folded headers, a missing Content-Disposition) makes ``split_files`` return
 None, and the caller falls back to Werkzeug, which stays the reference.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ def split_files(body: bytes, boundary: str, max_parts: int) -> list[Upload] | No
     delimiter = b"--" + boundary.encode("latin-1")
     if not body.startswith(delimiter + b"\r\n"):
         return None
-    segments = body[len(delimiter):].split(b"\r\n" + delimiter)
+    segments = body[len(delimiter) :].split(b"\r\n" + delimiter)
     if len(segments) - 1 > max_parts or not segments[-1].startswith(b"--"):
         return None
     uploads = []
@@ -54,5 +55,5 @@ def split_files(body: bytes, boundary: str, max_parts: int) -> list[Upload] | No
         kind, options = parse_options_header(disposition)
         if kind != "form-data" or "name" not in options:
             return None
-        uploads.append(Upload(options["name"], options.get("filename"), segment[end + 4:]))
+        uploads.append(Upload(options["name"], options.get("filename"), segment[end + 4 :]))
     return [u for u in uploads if u.filename is not None]

@@ -3,6 +3,7 @@
 Unknown parameters are refused too, so a typo such as ``min_conf=0.9`` is an
 error instead of a silently unfiltered answer.
 """
+
 from __future__ import annotations
 
 import base64
@@ -10,7 +11,8 @@ import binascii
 import datetime as dt
 import math
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from galaxylib.store.database import PredictionFilter
 from serve.errors import ApiError
@@ -30,8 +32,7 @@ def bad(code: str, message: str) -> ApiError:
 def reject_unknown(params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise bad("invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; "
-                                       f"accepted: {', '.join(allowed)}")
+        raise bad("invalid_parameter", f"unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(allowed)}")
 
 
 def single_values(args) -> dict[str, str]:
@@ -75,19 +76,20 @@ def parse_datetime(value: Any, name: str, end_of_day: bool = False) -> dt.dateti
     except ValueError:
         day = None
     if day is not None:
-        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+        start = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
         return start + dt.timedelta(days=1, microseconds=-1) if end_of_day else start
     # "+00:00" in an unencoded query string arrives as " 00:00".
     text = re.sub(r" (\d{2}:?\d{2})$", r"+\1", text)
     try:
         parsed = dt.datetime.fromisoformat(text)
     except ValueError:
-        raise bad("invalid_parameter",
-                  f"{name} must be an ISO 8601 date or date-time such as 2026-11-27T10:00:00Z, "
-                  f"got {value[:40]!r}") from None
+        raise bad(
+            "invalid_parameter",
+            f"{name} must be an ISO 8601 date or date-time such as 2026-11-27T10:00:00Z, got {value[:40]!r}",
+        ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return parsed.astimezone(dt.timezone.utc)
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed.astimezone(dt.UTC)
 
 
 def parse_confidence(value: Any) -> float:
@@ -96,15 +98,19 @@ def parse_confidence(value: Any) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise bad("invalid_parameter", f"min_confidence must be a number between 0 and 1, "
-                                       f"got {str(value)[:40]!r}") from None
+        raise bad(
+            "invalid_parameter", f"min_confidence must be a number between 0 and 1, got {str(value)[:40]!r}"
+        ) from None
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise bad("invalid_parameter", f"min_confidence must be a number between 0 and 1, got {str(value)[:40]!r}")
     return number
 
 
-def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = None,
-                 stored_class: Callable[[str], bool] | None = None) -> PredictionFilter:
+def parse_filter(
+    params: Mapping[str, Any],
+    class_names: Sequence[str] | None = None,
+    stored_class: Callable[[str], bool] | None = None,
+) -> PredictionFilter:
     """The filters shared by GET /predictions and DELETE /predictions/delete.
 
     ``predicted_class`` must be one of the served model's classes, or a class that rows in the table
@@ -115,11 +121,17 @@ def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = 
     if predicted_class is not None:
         if not isinstance(predicted_class, str) or not 0 < len(predicted_class) <= 64:
             raise bad("invalid_parameter", "predicted_class must be a class name of at most 64 characters")
-        if class_names is not None and predicted_class not in class_names and not (
-                stored_class is not None and stored_class(predicted_class)):
-            raise bad("invalid_parameter", f"predicted_class must be one of the served model's classes "
-                                           f"({', '.join(class_names)}) or a class of stored predictions, "
-                                           f"got {predicted_class[:64]!r}")
+        if (
+            class_names is not None
+            and predicted_class not in class_names
+            and not (stored_class is not None and stored_class(predicted_class))
+        ):
+            raise bad(
+                "invalid_parameter",
+                f"predicted_class must be one of the served model's classes "
+                f"({', '.join(class_names)}) or a class of stored predictions, "
+                f"got {predicted_class[:64]!r}",
+            )
     filename = params.get("filename")
     if filename is not None and (not isinstance(filename, str) or len(filename) > 512):
         raise bad("invalid_parameter", "filename must be a string of at most 512 characters")
@@ -127,12 +139,20 @@ def parse_filter(params: Mapping[str, Any], class_names: Sequence[str] | None = 
     until = parse_datetime(params["until"], "until", end_of_day=True) if params.get("until") is not None else None
     if since and until and since > until:
         raise bad("invalid_parameter", "since is after until")
-    min_confidence = (parse_confidence(params["min_confidence"])
-                      if params.get("min_confidence") is not None else None)
-    in_distribution = parse_boolean(params["in_distribution"], "in_distribution") if params.get(
-        "in_distribution") is not None else None
-    return PredictionFilter(predicted_class=predicted_class, min_confidence=min_confidence,
-                            since=since, until=until, filename=filename, in_distribution=in_distribution)
+    min_confidence = parse_confidence(params["min_confidence"]) if params.get("min_confidence") is not None else None
+    in_distribution = (
+        parse_boolean(params["in_distribution"], "in_distribution")
+        if params.get("in_distribution") is not None
+        else None
+    )
+    return PredictionFilter(
+        predicted_class=predicted_class,
+        min_confidence=min_confidence,
+        since=since,
+        until=until,
+        filename=filename,
+        in_distribution=in_distribution,
+    )
 
 
 def parse_boolean(value: Any, name: str) -> bool:
@@ -161,8 +181,8 @@ def parse_ids(value: Any) -> list[int]:
 def encode_cursor(created_at: dt.datetime, row_id: int) -> str:
     """An opaque keyset cursor: the (created_at, id) of the last row of a page."""
     if created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=dt.timezone.utc)
-    raw = f"{created_at.astimezone(dt.timezone.utc).isoformat()}|{row_id}"
+        created_at = created_at.replace(tzinfo=dt.UTC)
+    raw = f"{created_at.astimezone(dt.UTC).isoformat()}|{row_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 

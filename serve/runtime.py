@@ -1,4 +1,5 @@
 """What one worker holds for its lifetime: settings, the loaded model, the database."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,9 +26,13 @@ class Runtime:
 
     def require_model(self) -> Predictor:
         if self.model.predictor is None:
-            raise ApiError(503, "model_unavailable",
-                           "no model is loaded on this server; the operator must fix MODEL_PATH/MODEL_URL "
-                           "(see the server log) and restart", headers={"Retry-After": "30"})
+            raise ApiError(
+                503,
+                "model_unavailable",
+                "no model is loaded on this server; the operator must fix MODEL_PATH/MODEL_URL "
+                "(see the server log) and restart",
+                headers={"Retry-After": "30"},
+            )
         return self.model.predictor
 
 

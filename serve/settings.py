@@ -4,11 +4,12 @@ Everything a deployment changes lives here, so the code has no hard-coded
 credentials, paths or limits. ``Settings`` is a plain dataclass: tests build one
 directly instead of patching the environment.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from galaxylib.config import database_url, user_path
 
@@ -90,7 +91,7 @@ class Settings:
         return self.admin_token is not None
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         """Read the documented variables (see .env.example); raise SettingsError on a bad value."""
         env = os.environ
         kwargs: dict = {

@@ -5,6 +5,7 @@ service starts even when the database does not answer, retries the schema
 upgrade (at most every ``retry_seconds``) until it succeeds, and turns
 "not there yet" into a 503 rather than a crash or a lost row.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ class Database:
             self._store = PredictionStore(engine=make_engine(url), upgrade=False)
         except Exception as exc:  # a malformed DATABASE_URL or a missing driver
             reason = str(exc).replace(url, "<DATABASE_URL>")  # never log a password
-            log.error("DATABASE_URL is not usable (%s: %s); every database call answers 503",
-                      type(exc).__name__, reason)
+            log.error(
+                "DATABASE_URL is not usable (%s: %s); every database call answers 503", type(exc).__name__, reason
+            )
             return
         self.ensure_schema(force=True)
 
@@ -86,7 +88,8 @@ class Database:
         """After a 'no such table' error (the database was recreated), upgrade again at once."""
         text = str(getattr(exc, "orig", exc)).lower()
         if isinstance(exc, (ProgrammingError, OperationalError)) and (
-                "no such table" in text or "does not exist" in text):
+            "no such table" in text or "does not exist" in text
+        ):
             with self._lock:
                 self._schema_ready = False
                 self._last_attempt = float("-inf")

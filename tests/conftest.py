@@ -4,6 +4,7 @@ Every folder the kit generates (data/, models/, reports/, mlruns/) is moved to a
 folder before galaxylib is imported, for this process and the scripts it starts: the tests
 never write into the checkout (./test.sh checks that afterwards).
 """
+
 from __future__ import annotations
 
 import os
@@ -11,24 +12,28 @@ import tempfile
 from pathlib import Path
 
 _scratch = Path(tempfile.mkdtemp(prefix="galaxy-tests-"))
-for _name, _folder in (("GALAXY_DATA_ROOT", "data"), ("GALAXY_MODELS_ROOT", "models"),
-                       ("GALAXY_REPORTS_ROOT", "reports")):
+for _name, _folder in (
+    ("GALAXY_DATA_ROOT", "data"),
+    ("GALAXY_MODELS_ROOT", "models"),
+    ("GALAXY_REPORTS_ROOT", "reports"),
+):
     os.environ.setdefault(_name, str(_scratch / _folder))
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_scratch / 'mlflow.db'}")
 
 import pytest  # noqa: E402
+from support import ADMIN_TOKEN, temporary_postgres_database  # noqa: E402
 
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
-
-from support import ADMIN_TOKEN, temporary_postgres_database
 
 
 @pytest.fixture(scope="session")
 def samples_dir() -> Path:
     """The 40 real Galaxy10 DECaLS cutouts in ../shared (never copied into the repo)."""
     if not (SAMPLES_DIR / "labels.csv").is_file():
-        pytest.fail(f"the real sample cutouts are missing: expected {SAMPLES_DIR}/labels.csv "
-                    "(../shared/galaxy10_samples beside the repository)")
+        pytest.fail(
+            f"the real sample cutouts are missing: expected {SAMPLES_DIR}/labels.csv "
+            "(../shared/galaxy10_samples beside the repository)"
+        )
     return SAMPLES_DIR
 
 
@@ -43,17 +48,25 @@ def tiny_artifact(tmp_path_factory) -> Path:
 
     Untrained is enough for plumbing tests; the training tests train their own.
     """
+    import keras
+
     from galaxylib.modeling.export import save_artifact
     from galaxylib.modeling.model import ModelParams, build_model
 
-    import keras
-
     keras.utils.set_random_seed(0)
-    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False, learning_rate=1e-3))
+    model = build_model(
+        ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False, learning_rate=1e-3)
+    )
     run_dir = tmp_path_factory.mktemp("models") / "tiny"
-    save_artifact(model, run_dir, run_name="tiny", dataset={"name": "none", "sha256": "0" * 64},
-                  split={}, params={"image_size": 32}, synthetic=True)
+    save_artifact(
+        model,
+        run_dir,
+        run_name="tiny",
+        dataset={"name": "none", "sha256": "0" * 64},
+        split={},
+        params={"image_size": 32},
+        synthetic=True,
+    )
     return run_dir
 
 
@@ -66,10 +79,10 @@ def cropped_artifact(tmp_path_factory):
     random last layer makes the probabilities move with the pixels."""
     import keras
     import numpy as np
+    from support import add_trust_check
 
     from galaxylib.modeling.export import save_artifact
     from galaxylib.modeling.model import ModelParams, build_model
-    from support import add_trust_check
 
     keras.utils.set_random_seed(1)
     model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False))
@@ -77,8 +90,9 @@ def cropped_artifact(tmp_path_factory):
     kernel, bias = layer.get_weights()
     layer.set_weights([np.random.default_rng(0).normal(0, 3e5, kernel.shape).astype("float32"), bias])
     path = tmp_path_factory.mktemp("cropped") / "run"
-    save_artifact(model, path, run_name="cropped", dataset={"sha256": "0" * 64}, split={}, params={},
-                  synthetic=True, crop=0.6)
+    save_artifact(
+        model, path, run_name="cropped", dataset={"sha256": "0" * 64}, split={}, params={}, synthetic=True, crop=0.6
+    )
     add_trust_check(path, tmp_path_factory.mktemp("cropped-trust"))  # so every entry point reports the OOD check
     return path
 
@@ -105,6 +119,7 @@ def database_url(request, tmp_path) -> str:
 
 # --- serve/ (the REST API): shared by tests/test_api_*.py and tests/test_serve_*.py ---
 
+
 @pytest.fixture
 def make_app(tiny_artifact):
     """Build the API with test settings; keyword arguments override any Settings field."""
@@ -112,8 +127,13 @@ def make_app(tiny_artifact):
     from serve.settings import Settings
 
     def make(database_url: str, **overrides):
-        values = {"database_url": database_url, "model_path": str(tiny_artifact), "admin_token": ADMIN_TOKEN,
-                  "db_retry_seconds": 0.0, **overrides}
+        values = {
+            "database_url": database_url,
+            "model_path": str(tiny_artifact),
+            "admin_token": ADMIN_TOKEN,
+            "db_retry_seconds": 0.0,
+            **overrides,
+        }
         return create_app(Settings(**values))
 
     return make

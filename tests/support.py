@@ -3,12 +3,13 @@
 Imported as ``from support import ...``: a module named conftest would clash with
 notebooks/conftest.py under pytest's default import mode.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import uuid
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -80,14 +81,20 @@ def trust_check_data(work_dir, n_per_class: int = 4, seed: int = 0):
     return data, make_split(data.labels(), data.fingerprint(), seed, (0.5, 0.25, 0.25))
 
 
-def add_trust_check(run_dir, work_dir, n_per_class: int = 4, seed: int = 0,
-                    methods: tuple[str, ...] = ("mahalanobis", "knn", "max_softmax")) -> dict:
+def add_trust_check(
+    run_dir,
+    work_dir,
+    n_per_class: int = 4,
+    seed: int = 0,
+    methods: tuple[str, ...] = ("mahalanobis", "knn", "max_softmax"),
+) -> dict:
     """Fit calibration and the OOD check of an artifact on a small synthetic set (the real step)."""
     from galaxylib.pipeline.trust import fit_trust
 
     data, split = trust_check_data(work_dir, n_per_class, seed)
-    return fit_trust(data, split, run_dir, work_dir / "cache", seed=seed, n_cases=6, methods=methods,
-                     show_progress=False)
+    return fit_trust(
+        data, split, run_dir, work_dir / "cache", seed=seed, n_cases=6, methods=methods, show_progress=False
+    )
 
 
 def default_ctrl_c() -> None:

@@ -1,5 +1,6 @@
 """Any labelled catalogue: the class table comes from the data, travels in the artifact and
 names the classes at every entry point; pretrained starts and the head/finetune modes train."""
+
 from __future__ import annotations
 
 import csv
@@ -76,8 +77,9 @@ def test_a_folder_of_one_class_is_refused_before_training(tmp_path, sample_files
     from galaxylib.data.galaxy10 import DatasetError
     from galaxylib.data.resolve import resolve_dataset
 
-    folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth"] * 6,
-                             classes_txt=("smooth", "spiral"))  # two classes named, one used
+    folder = labelled_folder(
+        tmp_path / "gz", sample_files, ["smooth"] * 6, classes_txt=("smooth", "spiral")
+    )  # two classes named, one used
     with pytest.raises(DatasetError, match="every image is labelled 'smooth'.*at least two classes"):
         resolve_dataset(str(folder), workdir=tmp_path / "data", label_column="coarse", show_progress=False)
     assert not list((tmp_path / "data").rglob("*.h5"))
@@ -100,19 +102,29 @@ def four_class_artifact(tmp_path_factory):
     from galaxylib.modeling.model import ModelParams, build_model
 
     keras.utils.set_random_seed(3)
-    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False),
-                        n_classes=4)
+    model = build_model(
+        ModelParams(image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False), n_classes=4
+    )
     layer = model.get_layer("probabilities")
     kernel, bias = layer.get_weights()
     layer.set_weights([np.random.default_rng(0).normal(0, 3e5, kernel.shape).astype("float32"), bias])
     path = tmp_path_factory.mktemp("gz1model") / "gz1"
-    save_artifact(model, path, run_name="gz1", class_names=GZ1_NAMES, dataset={"sha256": "0" * 64}, split={},
-                  params={}, synthetic=False)
+    save_artifact(
+        model,
+        path,
+        run_name="gz1",
+        class_names=GZ1_NAMES,
+        dataset={"sha256": "0" * 64},
+        split={},
+        params={},
+        synthetic=False,
+    )
     return path
 
 
-def test_a_four_class_model_names_its_own_classes_at_every_entry_point(four_class_artifact, sample_files,
-                                                                      make_app, sqlite_url, tmp_path):
+def test_a_four_class_model_names_its_own_classes_at_every_entry_point(
+    four_class_artifact, sample_files, make_app, sqlite_url, tmp_path
+):
     from galaxylib.apps.dashboard.app import Dashboard
     from galaxylib.apps.dashboard.sources import ModelChoice
     from galaxylib.apps.dashboard.uploads import Upload
@@ -126,16 +138,24 @@ def test_a_four_class_model_names_its_own_classes_at_every_entry_point(four_clas
 
     out = tmp_path / "out.csv"
     env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url}
-    run = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(four_class_artifact), *map(str, files),
-                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [str(PROJECT_ROOT / "predict.sh"), "--model", str(four_class_artifact), *map(str, files), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     lines = list(csv.DictReader(open(out, newline="")))
     assert [line["predicted_class"] for line in lines] == [p.predicted_class for p in expected]
     assert {line["top2"] for line in lines} <= set(GZ1_NAMES)
 
     client = make_app(sqlite_url, model_path=str(four_class_artifact)).test_client()
-    response = client.post("/predict", data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in files]},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/predict",
+        data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in files]},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 200, response.get_json()
     api = response.get_json()["predictions"]
     assert [a["predicted_class"] for a in api] == [p.predicted_class for p in expected]
@@ -148,12 +168,18 @@ def test_a_four_class_model_names_its_own_classes_at_every_entry_point(four_clas
     spec = client.get("/openapi.json").get_json()
     assert spec["components"]["schemas"]["Prediction"]["properties"]["predicted_class"]["enum"] == list(GZ1_NAMES)
 
-    page = Dashboard(models=[ModelChoice(four_class_artifact, "gz1")], examples=[], db_url=sqlite_url,
-                     log_predictions=True, warm_saliency=False)
+    page = Dashboard(
+        models=[ModelChoice(four_class_artifact, "gz1")],
+        examples=[],
+        db_url=sqlite_url,
+        log_predictions=True,
+        warm_saliency=False,
+    )
     outcomes = page.classify([Upload(f.name, f.read_bytes(), f.stat().st_size) for f in files])
     assert [o.prediction.predicted_class for o in outcomes] == [p.predicted_class for p in expected]
-    assert [row.split('data-class="')[1].split('"')[0] for row in page.history.value.split('class="gc-count-row" ')[1:]] \
-        == list(GZ1_NAMES)  # the history's per-class chart uses the model's classes
+    assert [
+        row.split('data-class="')[1].split('"')[0] for row in page.history.value.split('class="gc-count-row" ')[1:]
+    ] == list(GZ1_NAMES)  # the history's per-class chart uses the model's classes
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +202,25 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
     from galaxylib.pipeline.run_config import load_config
 
     root, base, data, split = tiny_data
-    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {
-        "model.weights": "lite0", "train.mode": "head", "train.head_epochs": 5, "model.dense_units": [],
-        "model.average_orientations": True})
-    result = steps.train(config, data, split, run_name="head", model_dir=root / "models" / "head",
-                         cache_dir=root / "data" / "cache", show_progress=False)
+    config = load_config(
+        PROJECT_ROOT / "configs" / "tiny.yaml",
+        {
+            "model.weights": "lite0",
+            "train.mode": "head",
+            "train.head_epochs": 5,
+            "model.dense_units": [],
+            "model.average_orientations": True,
+        },
+    )
+    result = steps.train(
+        config,
+        data,
+        split,
+        run_name="head",
+        model_dir=root / "models" / "head",
+        cache_dir=root / "data" / "cache",
+        show_progress=False,
+    )
 
     artifact = result["artifact"]
     assert artifact.sidecar["params"]["start"] == "lite0" and "Lite0" in artifact.sidecar["architecture"]
@@ -196,8 +236,9 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
     # the features output is what head mode cached (mean of the 8 views), so the OOD statistics fit on it
     assert predictor.has_ood and features.shape == (3, 1280)
     np.testing.assert_allclose(features, np.load(features_file[0]).mean(axis=0)[split.test[:3]], rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(predictor.predict_arrays(batch),
-                               predictor.trust.calibrate(raw), atol=1e-6)  # what every entry point reports
+    np.testing.assert_allclose(
+        predictor.predict_arrays(batch), predictor.trust.calibrate(raw), atol=1e-6
+    )  # what every entry point reports
     cam = GradCam(loading.load_keras_model(artifact))
     assert cam.layer_name == "head_activation" and cam.heatmaps(batch, [0, 1, 2]).shape == (3, 1, 1)
 
@@ -206,8 +247,15 @@ def test_head_mode_on_a_lite0_start_caches_features_and_saves_a_servable_artifac
 
     monkeypatch.setattr(head, "backbone_of", lambda *a, **k: pytest.fail("features were computed again"))
     config["train"]["mode"] = "head"
-    steps.train(config, data, split, run_name="head2", model_dir=root / "models" / "head2",
-                cache_dir=root / "data" / "cache", show_progress=False)
+    steps.train(
+        config,
+        data,
+        split,
+        run_name="head2",
+        model_dir=root / "models" / "head2",
+        cache_dir=root / "data" / "cache",
+        show_progress=False,
+    )
 
 
 @pytest.mark.slow
@@ -220,11 +268,26 @@ def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_li
     from galaxylib.pipeline.run_config import load_config
 
     root, _, data, split = tiny_data
-    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {
-        "model.weights": "morphology", "train.mode": "head", "train.head_epochs": 5, "model.feature_norm": True,
-        "model.dense_units": [16], "model.average_orientations": False})
-    result = steps.train(config, data, split, run_name="morph", model_dir=root / "models" / "morph",
-                         cache_dir=root / "data" / "cache", show_progress=False)
+    config = load_config(
+        PROJECT_ROOT / "configs" / "tiny.yaml",
+        {
+            "model.weights": "morphology",
+            "train.mode": "head",
+            "train.head_epochs": 5,
+            "model.feature_norm": True,
+            "model.dense_units": [16],
+            "model.average_orientations": False,
+        },
+    )
+    result = steps.train(
+        config,
+        data,
+        split,
+        run_name="morph",
+        model_dir=root / "models" / "morph",
+        cache_dir=root / "data" / "cache",
+        show_progress=False,
+    )
 
     artifact = result["artifact"]
     assert artifact.sidecar["params"]["start"] == "morphology" and "morphology" in artifact.sidecar["architecture"]
@@ -240,8 +303,15 @@ def test_the_morphology_start_trains_a_head_on_one_view_and_serves_it_through_li
 
     config["train"]["mode"] = "finetune"
     with pytest.raises(ValueError, match="morphology start has no weights to train: use train.mode head"):
-        steps.train(config, data, split, run_name="x", model_dir=root / "models" / "x",
-                    cache_dir=root / "data" / "cache", show_progress=False)
+        steps.train(
+            config,
+            data,
+            split,
+            run_name="x",
+            model_dir=root / "models" / "x",
+            cache_dir=root / "data" / "cache",
+            show_progress=False,
+        )
 
 
 @pytest.mark.slow
@@ -254,13 +324,36 @@ def test_finetune_starts_from_a_previous_run_with_a_new_head(tiny_data):
 
     root, _, data, split = tiny_data
     first = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {"model.average_orientations": False})
-    pre = steps.train(first, data, split, run_name="pre", model_dir=root / "models" / "pre",
-                      cache_dir=root / "data" / "cache", show_progress=False)["artifact"]
-    config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {
-        "model.weights": str(pre.path), "train.mode": "finetune", "train.head_epochs": 3, "train.epochs": 1,
-        "model.trainable_layers": 20, "model.freeze_batchnorm": True, "model.average_orientations": False})
-    result = steps.train(config, data, split, run_name="ft", model_dir=root / "models" / "ft",
-                         cache_dir=root / "data" / "cache", show_progress=False)
+    pre = steps.train(
+        first,
+        data,
+        split,
+        run_name="pre",
+        model_dir=root / "models" / "pre",
+        cache_dir=root / "data" / "cache",
+        show_progress=False,
+    )["artifact"]
+    config = load_config(
+        PROJECT_ROOT / "configs" / "tiny.yaml",
+        {
+            "model.weights": str(pre.path),
+            "train.mode": "finetune",
+            "train.head_epochs": 3,
+            "train.epochs": 1,
+            "model.trainable_layers": 20,
+            "model.freeze_batchnorm": True,
+            "model.average_orientations": False,
+        },
+    )
+    result = steps.train(
+        config,
+        data,
+        split,
+        run_name="ft",
+        model_dir=root / "models" / "ft",
+        cache_dir=root / "data" / "cache",
+        show_progress=False,
+    )
 
     assert result["artifact"].sidecar["params"]["start"] == f"run:{pre.model_version}"
     assert "head_loss" in result["history"] and "loss" in result["history"]  # the head first, then fine-tuning
@@ -281,8 +374,15 @@ def test_an_unknown_start_or_mode_is_a_clear_error(tiny_data):
         build_model(ModelParams(image_size=32, weights="lite9"))
     config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {"train.mode": "linear-probe"})
     with pytest.raises(ValueError, match="train.mode must be one of full, head, finetune"):
-        steps.train(config, data, split, run_name="x", model_dir=root / "models" / "x",
-                    cache_dir=root / "data" / "cache", show_progress=False)
+        steps.train(
+            config,
+            data,
+            split,
+            run_name="x",
+            model_dir=root / "models" / "x",
+            cache_dir=root / "data" / "cache",
+            show_progress=False,
+        )
 
 
 def test_the_logit_adjusted_loss_shifts_the_logits_by_the_log_prior():

@@ -4,6 +4,7 @@ The database outage is played with a TCP proxy in front of the real PostgreSQL:
 cutting it drops every connection and refuses new ones, restoring it brings the
 same database back, so the test sees the service recover on its own.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,8 +16,8 @@ import threading
 
 import pytest
 from sqlalchemy.engine import make_url
-
 from support import row_count
+
 from galaxylib.artifact import SIDECAR, TFLITE_FILE
 from galaxylib.files import sha256_file
 
@@ -113,6 +114,7 @@ def cutout(sample_files) -> bytes:
 
 # --- ready ----------------------------------------------------------------------------------
 
+
 def test_health_is_200_with_the_model_version_when_ready(make_app, database_url):
     response = make_app(database_url).test_client().get("/health")
 
@@ -133,6 +135,7 @@ def test_liveness_answers_even_when_not_ready(make_app, sqlite_url, tmp_path):
 
 
 # --- the database down ----------------------------------------------------------------------
+
 
 def test_a_dead_database_port_gives_503s_and_no_detail(make_app, cutout):
     app = make_app("postgresql+psycopg://postgres@127.0.0.1:1/galaxy")  # nothing listens on port 1
@@ -213,6 +216,7 @@ def test_a_recreated_database_gets_its_table_back_without_a_restart(make_app, da
 
 # --- the model missing or broken -----------------------------------------------------------
 
+
 def broken_copy(tiny_artifact, tmp_path, how: str):
     run = tmp_path / f"broken-{how}"
     shutil.copytree(tiny_artifact, run)
@@ -231,15 +235,19 @@ def broken_copy(tiny_artifact, tmp_path, how: str):
     return run
 
 
-@pytest.mark.parametrize("how, logged", [
-    ("missing", "does not exist"),
-    ("tampered", "checksum"),
-    ("not a flatbuffer", "MODEL NOT LOADED"),
-    ("short class table", "4 class names for 10 outputs"),
-    ("no tflite", "missing model.tflite"),
-])
-def test_a_missing_or_broken_model_logs_clearly_and_answers_503(make_app, sqlite_url, tiny_artifact, tmp_path,
-                                                               caplog, cutout, how, logged):
+@pytest.mark.parametrize(
+    "how, logged",
+    [
+        ("missing", "does not exist"),
+        ("tampered", "checksum"),
+        ("not a flatbuffer", "MODEL NOT LOADED"),
+        ("short class table", "4 class names for 10 outputs"),
+        ("no tflite", "missing model.tflite"),
+    ],
+)
+def test_a_missing_or_broken_model_logs_clearly_and_answers_503(
+    make_app, sqlite_url, tiny_artifact, tmp_path, caplog, cutout, how, logged
+):
     path = tmp_path / "nowhere" if how == "missing" else broken_copy(tiny_artifact, tmp_path, how)
     with caplog.at_level(logging.ERROR, logger="serve"):
         client = make_app(sqlite_url, model_path=str(path)).test_client()  # does not raise

@@ -1,11 +1,11 @@
 """The HTTP surface: one JSON error shape everywhere, no internals leaked, documentation in sync."""
+
 from __future__ import annotations
 
 import io
 import logging
 
 import pytest
-
 from support import row_count
 
 
@@ -19,14 +19,17 @@ def client(app):
     return app.test_client()
 
 
-@pytest.mark.parametrize("method, path, status, code", [
-    ("get", "/no/such/page", 404, "not_found"),
-    ("post", "/predictions", 405, "method_not_allowed"),
-    ("put", "/predict", 405, "method_not_allowed"),
-    ("get", "/predictions/delete", 405, "method_not_allowed"),
-    ("post", "/predictions/delete", 405, "method_not_allowed"),
-    ("get", "/reset_db", 405, "method_not_allowed"),
-])
+@pytest.mark.parametrize(
+    "method, path, status, code",
+    [
+        ("get", "/no/such/page", 404, "not_found"),
+        ("post", "/predictions", 405, "method_not_allowed"),
+        ("put", "/predict", 405, "method_not_allowed"),
+        ("get", "/predictions/delete", 405, "method_not_allowed"),
+        ("post", "/predictions/delete", 405, "method_not_allowed"),
+        ("get", "/reset_db", 405, "method_not_allowed"),
+    ],
+)
 def test_routing_errors_are_json(client, method, path, status, code):
     response = getattr(client, method)(path)
 
@@ -41,16 +44,22 @@ def test_routing_errors_are_json(client, method, path, status, code):
 def test_an_oversized_body_is_a_json_413_before_it_is_parsed(make_app, sqlite_url):
     client = make_app(sqlite_url, max_upload_mb=1).test_client()
 
-    response = client.post("/predict", data={"file": (io.BytesIO(b"\xff" * (2 * 1024 * 1024)), "x.jpg")},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/predict",
+        data={"file": (io.BytesIO(b"\xff" * (2 * 1024 * 1024)), "x.jpg")},
+        content_type="multipart/form-data",
+    )
 
     assert response.status_code == 413
-    assert response.json["error"] == {"code": "payload_too_large",
-                                      "message": "the request body is over the upload limit of 1 MB"}
+    assert response.json["error"] == {
+        "code": "payload_too_large",
+        "message": "the request body is over the upload limit of 1 MB",
+    }
 
 
-def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(app, client, sqlite_url, sample_files,
-                                                                          caplog, monkeypatch):
+def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(
+    app, client, sqlite_url, sample_files, caplog, monkeypatch
+):
     predictor = app.extensions["galaxy"].model.predictor
 
     def explode(batch):
@@ -58,12 +67,16 @@ def test_an_unexpected_failure_is_a_generic_500_logged_with_its_traceback(app, c
 
     monkeypatch.setattr(predictor, "forward", explode)  # the LiteRT call every prediction goes through
     with caplog.at_level(logging.ERROR, logger="serve"):
-        response = client.post("/predict", data={"file": (io.BytesIO(sample_files[0].read_bytes()), "g.jpg")},
-                               content_type="multipart/form-data")
+        response = client.post(
+            "/predict",
+            data={"file": (io.BytesIO(sample_files[0].read_bytes()), "g.jpg")},
+            content_type="multipart/form-data",
+        )
 
     assert response.status_code == 500
-    assert response.json == {"error": {"code": "internal_error",
-                                       "message": "an internal error occurred; it has been logged"}}
+    assert response.json == {
+        "error": {"code": "internal_error", "message": "an internal error occurred; it has been logged"}
+    }
     assert "secret" not in response.get_data(as_text=True)
     assert any(r.exc_info and "secret detail" in str(r.exc_info[1]) for r in caplog.records)
     assert row_count(sqlite_url) == 0
@@ -83,9 +96,12 @@ def test_responses_tell_browsers_not_to_sniff_or_cache(client):
 
 def test_the_openapi_document_describes_every_route(app, client):
     spec = client.get("/openapi.json").json
-    routes = {(rule.rule.replace("<raw_id>", "{id}"), method.lower())
-              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
-              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    routes = {
+        (rule.rule.replace("<raw_id>", "{id}"), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
     documented = {(path, method) for path, ops in spec["paths"].items() for method in ops}
 
     assert spec["openapi"].startswith("3.")

@@ -2,18 +2,19 @@
 
 Every refusal is checked against the database: a 4xx must leave the row count as it was.
 """
+
 from __future__ import annotations
 
 import hashlib
 import io
-import zlib
 import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
-
 from support import encode_image, random_rgb, row_count
+
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.inference.predictor import Predictor
 
@@ -24,12 +25,12 @@ def upload(*files: tuple[str, bytes], field: str = "file") -> dict:
 
 
 def post(client, *files: tuple[str, bytes], field: str = "file", **kwargs):
-    return client.post("/predict", data=upload(*files, field=field), content_type="multipart/form-data",
-                       **kwargs)
+    return client.post("/predict", data=upload(*files, field=field), content_type="multipart/form-data", **kwargs)
 
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height, with a tiny (invalid) body."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -40,6 +41,7 @@ def png_header_only(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def png_bomb() -> bytes:
     """A valid 30000x30000 1-bit PNG (900 Mpx) of ~110 kB: must be refused, never decoded."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -68,6 +70,7 @@ def cutout(sample_files) -> tuple[str, bytes]:
 
 
 # --- classification ---------------------------------------------------------------------------
+
 
 def test_a_real_cutout_is_classified_and_stored_with_its_metadata(client, db_url, cutout, tiny_artifact):
     response = post(client, cutout)
@@ -109,8 +112,7 @@ def test_with_server_timing_on_the_response_says_where_its_time_went(make_app, d
     assert durations["app"] >= durations["decode"] + durations["forward"] + durations["store"]
 
 
-def test_the_api_gives_the_same_probabilities_as_the_predictor_on_the_same_file(client, sample_files,
-                                                                                  tiny_artifact):
+def test_the_api_gives_the_same_probabilities_as_the_predictor_on_the_same_file(client, sample_files, tiny_artifact):
     """One preprocessing path: the API and predict.sh/the dashboard see identical tensors."""
     path = sample_files[3]
     direct = Predictor(tiny_artifact).predict(path)
@@ -134,8 +136,9 @@ def test_repeated_file_fields_are_one_batch_answered_in_upload_order(client, db_
     assert client.get(f"/predictions/{predictions[0]['prediction_id']}").json["metadata"]["batch_size"] == 5
 
 
-def test_a_batch_larger_than_the_forward_batch_runs_in_chunks_with_the_same_results(make_app, sqlite_url,
-                                                                                   sample_files, tiny_artifact):
+def test_a_batch_larger_than_the_forward_batch_runs_in_chunks_with_the_same_results(
+    make_app, sqlite_url, sample_files, tiny_artifact
+):
     client = make_app(sqlite_url, forward_batch=2).test_client()
     paths = sample_files[:5]
     direct = Predictor(tiny_artifact).predict_batch(paths)
@@ -165,8 +168,10 @@ def test_png_variants_are_converted_and_classified(client, db_url, kind):
         "palette": lambda: Image.fromarray(rgb).convert("P"),
         "rgb png": lambda: Image.fromarray(rgb),
     }[kind]()
-    assert image.mode == {"greyscale": "L", "rgba": "RGBA", "16-bit greyscale": "I;16", "palette": "P",
-                          "rgb png": "RGB"}[kind]
+    assert (
+        image.mode
+        == {"greyscale": "L", "rgba": "RGBA", "16-bit greyscale": "I;16", "palette": "P", "rgb png": "RGB"}[kind]
+    )
 
     response = post(client, (f"{kind}.png", encode_image(image, "PNG")))
 
@@ -193,14 +198,17 @@ def test_in_a_batch_a_bad_file_gets_its_own_error_and_no_row(client, db_url, cut
 
     assert response.status_code == 200
     first, bad, third = response.json["predictions"]
-    assert bad == {"filename": "notes.txt", "error": {"code": "unsupported_media_type",
-                                                      "message": bad["error"]["message"]}}
+    assert bad == {
+        "filename": "notes.txt",
+        "error": {"code": "unsupported_media_type", "message": bad["error"]["message"]},
+    }
     assert "notes.txt" in bad["error"]["message"]
     assert "prediction_id" in first and "prediction_id" in third
     assert row_count(db_url) == 2
 
 
 # --- refusals: status, error code, and nothing stored ------------------------------------------
+
 
 @pytest.fixture
 def seeded(client, db_url, cutout) -> int:
@@ -210,19 +218,21 @@ def seeded(client, db_url, cutout) -> int:
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # the 72 Mpx header, refused
-@pytest.mark.parametrize("name, make_bytes, status, code", [
-    ("empty.jpg", lambda cut: b"", 400, "empty_file"),
-    ("notes.txt", lambda cut: b"hello, this is text\n" * 20, 415, "unsupported_media_type"),
-    ("half.jpg", lambda cut: cut[: len(cut) // 2], 400, "invalid_image"),
-    ("corrupt.jpg", lambda cut: cut[:200] + bytes(range(256)) * 8, 400, "invalid_image"),
-    ("random.bin", lambda cut: np.random.default_rng(1).bytes(5000), 415, "unsupported_media_type"),
-    ("anim.gif", lambda cut: encode_image(random_rgb(size=32), "GIF"), 415, "unsupported_media_type"),
-    ("pic.bmp", lambda cut: encode_image(random_rgb(size=32), "BMP"), 415, "unsupported_media_type"),
-    ("huge-header.png", lambda cut: png_header_only(9000, 8000), 413, "image_too_large"),
-    ("tiny.png", lambda cut: encode_image(random_rgb(size=4), "PNG"), 400, "invalid_image"),
-])
-def test_a_bad_upload_is_refused_and_nothing_is_stored(client, db_url, seeded, cutout, name, make_bytes,
-                                                       status, code):
+@pytest.mark.parametrize(
+    "name, make_bytes, status, code",
+    [
+        ("empty.jpg", lambda cut: b"", 400, "empty_file"),
+        ("notes.txt", lambda cut: b"hello, this is text\n" * 20, 415, "unsupported_media_type"),
+        ("half.jpg", lambda cut: cut[: len(cut) // 2], 400, "invalid_image"),
+        ("corrupt.jpg", lambda cut: cut[:200] + bytes(range(256)) * 8, 400, "invalid_image"),
+        ("random.bin", lambda cut: np.random.default_rng(1).bytes(5000), 415, "unsupported_media_type"),
+        ("anim.gif", lambda cut: encode_image(random_rgb(size=32), "GIF"), 415, "unsupported_media_type"),
+        ("pic.bmp", lambda cut: encode_image(random_rgb(size=32), "BMP"), 415, "unsupported_media_type"),
+        ("huge-header.png", lambda cut: png_header_only(9000, 8000), 413, "image_too_large"),
+        ("tiny.png", lambda cut: encode_image(random_rgb(size=4), "PNG"), 400, "invalid_image"),
+    ],
+)
+def test_a_bad_upload_is_refused_and_nothing_is_stored(client, db_url, seeded, cutout, name, make_bytes, status, code):
     response = post(client, (name, make_bytes(cutout[1])))
 
     assert response.status_code == status
@@ -262,8 +272,7 @@ def test_more_files_than_max_batch_are_refused_as_a_whole(make_app, db_url, cuto
 
 
 def test_a_multipart_request_without_a_file_is_a_400(client, db_url, seeded):
-    response = client.post("/predict", data={"image": (io.BytesIO(b"x"), "x.jpg")},
-                           content_type="multipart/form-data")
+    response = client.post("/predict", data={"image": (io.BytesIO(b"x"), "x.jpg")}, content_type="multipart/form-data")
 
     assert response.status_code == 400
     assert response.json["error"]["code"] == "no_file"

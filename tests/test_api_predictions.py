@@ -3,6 +3,7 @@
 Rows are written with galaxylib's PredictionStore (the table the API serves), with
 chosen classes, confidences and times, so every filter has a known answer.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,7 +12,7 @@ import pytest
 
 from galaxylib.store.database import PredictionStore
 
-T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)
 ROWS = [  # (filename, class, confidence, minutes after T0, in_distribution: None = a model without the check)
     ("a.jpg", "Round Smooth", 0.91, 0, True),
     ("b.jpg", "Barred Spiral", 0.55, 10, False),
@@ -31,8 +32,19 @@ def store(database_url):
 
 @pytest.fixture
 def client(make_app, database_url, store):
-    store.add_many([{"filename": f, "predicted_class": c, "confidence": p, "metadata": {"seeded": True},
-                     "in_distribution": ood, "created_at": T0 + dt.timedelta(minutes=m)} for f, c, p, m, ood in ROWS])
+    store.add_many(
+        [
+            {
+                "filename": f,
+                "predicted_class": c,
+                "confidence": p,
+                "metadata": {"seeded": True},
+                "in_distribution": ood,
+                "created_at": T0 + dt.timedelta(minutes=m),
+            }
+            for f, c, p, m, ood in ROWS
+        ]
+    )
     return make_app(database_url).test_client()
 
 
@@ -52,9 +64,18 @@ def test_the_listing_is_newest_first_with_the_total(client):
     assert response.status_code == 200
     assert response.json["total"] == 5
     assert [p["created_at"] for p in response.json["predictions"]] == [
-        (T0 + dt.timedelta(minutes=m)).isoformat() for m in (40, 30, 20, 10, 0)]
+        (T0 + dt.timedelta(minutes=m)).isoformat() for m in (40, 30, 20, 10, 0)
+    ]
     first = response.json["predictions"][0]
-    assert set(first) == {"id", "filename", "predicted_class", "confidence", "metadata", "in_distribution", "created_at"}
+    assert set(first) == {
+        "id",
+        "filename",
+        "predicted_class",
+        "confidence",
+        "metadata",
+        "in_distribution",
+        "created_at",
+    }
 
 
 def test_limit_and_offset_page_through_the_rows(client):
@@ -79,12 +100,22 @@ def test_the_cursor_walks_every_row_once(client):
 
 def test_the_cursor_follows_time_order_even_when_ids_do_not(client, store):
     """Concurrent workers can commit a later created_at with a smaller id; no row may be skipped."""
-    later, earlier = store.add_many([
-        {"filename": "late.jpg", "predicted_class": "Merging", "confidence": 0.5,
-         "created_at": T0 + dt.timedelta(minutes=50)},
-        {"filename": "early.jpg", "predicted_class": "Merging", "confidence": 0.5,
-         "created_at": T0 + dt.timedelta(minutes=45)},
-    ])
+    later, earlier = store.add_many(
+        [
+            {
+                "filename": "late.jpg",
+                "predicted_class": "Merging",
+                "confidence": 0.5,
+                "created_at": T0 + dt.timedelta(minutes=50),
+            },
+            {
+                "filename": "early.jpg",
+                "predicted_class": "Merging",
+                "confidence": 0.5,
+                "created_at": T0 + dt.timedelta(minutes=45),
+            },
+        ]
+    )
     assert later.id < earlier.id
 
     first = client.get("/predictions?limit=1").json
@@ -94,28 +125,34 @@ def test_the_cursor_follows_time_order_even_when_ids_do_not(client, store):
     assert second["predictions"][0]["filename"] == "early.jpg"
 
 
-@pytest.mark.parametrize("query, expected", [
-    ("predicted_class=Round Smooth", [("c.jpg", "Round Smooth"), ("a.jpg", "Round Smooth")]),
-    ("min_confidence=0.9", [("d.jpg", "Merging"), ("a.jpg", "Round Smooth")]),
-    ("since=2026-11-01T12:20:00Z", [("a.jpg", "Edge-on with Bulge"), ("d.jpg", "Merging"),
-                                    ("c.jpg", "Round Smooth")]),
-    ("until=2026-11-01T12:10:00%2B00:00", [("b.jpg", "Barred Spiral"), ("a.jpg", "Round Smooth")]),
-    ("until=2026-11-01T12:10:00+00:00", [("b.jpg", "Barred Spiral"), ("a.jpg", "Round Smooth")]),
-    ("since=2026-11-01T13:05:00%2B01:00&until=2026-11-01T12:30:00", [("d.jpg", "Merging"),
-                                                                      ("c.jpg", "Round Smooth"),
-                                                                      ("b.jpg", "Barred Spiral")]),
-    # A plain date is a whole day (UTC): until=2026-11-01 keeps that day's rows, inclusive.
-    ("until=2026-11-01", ALL_NEWEST_FIRST),
-    ("since=2026-11-01&until=2026-11-01", ALL_NEWEST_FIRST),
-    ("until=2026-10-31", []),
-    ("since=2026-11-02", []),
-    ("filename=a.jpg", [("a.jpg", "Edge-on with Bulge"), ("a.jpg", "Round Smooth")]),
-    ("filename=a.jpg&min_confidence=0.8", [("a.jpg", "Round Smooth")]),
-    ("predicted_class=Disturbed", []),
-    ("in_distribution=false", [("a.jpg", "Edge-on with Bulge"), ("b.jpg", "Barred Spiral")]),
-    ("in_distribution=true", [("d.jpg", "Merging"), ("a.jpg", "Round Smooth")]),
-    ("in_distribution=true&predicted_class=Round Smooth", [("a.jpg", "Round Smooth")]),
-])
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("predicted_class=Round Smooth", [("c.jpg", "Round Smooth"), ("a.jpg", "Round Smooth")]),
+        ("min_confidence=0.9", [("d.jpg", "Merging"), ("a.jpg", "Round Smooth")]),
+        (
+            "since=2026-11-01T12:20:00Z",
+            [("a.jpg", "Edge-on with Bulge"), ("d.jpg", "Merging"), ("c.jpg", "Round Smooth")],
+        ),
+        ("until=2026-11-01T12:10:00%2B00:00", [("b.jpg", "Barred Spiral"), ("a.jpg", "Round Smooth")]),
+        ("until=2026-11-01T12:10:00+00:00", [("b.jpg", "Barred Spiral"), ("a.jpg", "Round Smooth")]),
+        (
+            "since=2026-11-01T13:05:00%2B01:00&until=2026-11-01T12:30:00",
+            [("d.jpg", "Merging"), ("c.jpg", "Round Smooth"), ("b.jpg", "Barred Spiral")],
+        ),
+        # A plain date is a whole day (UTC): until=2026-11-01 keeps that day's rows, inclusive.
+        ("until=2026-11-01", ALL_NEWEST_FIRST),
+        ("since=2026-11-01&until=2026-11-01", ALL_NEWEST_FIRST),
+        ("until=2026-10-31", []),
+        ("since=2026-11-02", []),
+        ("filename=a.jpg", [("a.jpg", "Edge-on with Bulge"), ("a.jpg", "Round Smooth")]),
+        ("filename=a.jpg&min_confidence=0.8", [("a.jpg", "Round Smooth")]),
+        ("predicted_class=Disturbed", []),
+        ("in_distribution=false", [("a.jpg", "Edge-on with Bulge"), ("b.jpg", "Barred Spiral")]),
+        ("in_distribution=true", [("d.jpg", "Merging"), ("a.jpg", "Round Smooth")]),
+        ("in_distribution=true&predicted_class=Round Smooth", [("a.jpg", "Round Smooth")]),
+    ],
+)
 def test_filters_select_the_matching_rows_and_the_total_counts_them(client, query, expected):
     response = client.get(f"/predictions?{query}")
 
@@ -137,26 +174,29 @@ def test_limit_zero_returns_only_the_total(client):
     assert (page["predictions"], page["total"], page["next_cursor"]) == ([], 5, None)
 
 
-@pytest.mark.parametrize("query, code", [
-    ("limit=-1", "invalid_parameter"),
-    ("limit=abc", "invalid_parameter"),
-    ("limit=1.5", "invalid_parameter"),
-    ("limit=501", "invalid_parameter"),
-    ("limit=", "invalid_parameter"),
-    ("offset=-3", "invalid_parameter"),
-    ("limit=5&limit=6", "invalid_parameter"),
-    ("since=yesterday", "invalid_parameter"),
-    ("until=2026-13-45", "invalid_parameter"),
-    ("since=2026-11-02&until=2026-11-01", "invalid_parameter"),
-    ("min_confidence=1.5", "invalid_parameter"),
-    ("min_confidence=nan", "invalid_parameter"),
-    ("min_confidence=high", "invalid_parameter"),
-    ("predicted_class=Smooth, Cigar shaped", "invalid_parameter"),  # astroNN's wrong name for class 4
-    ("min_conf=0.9", "invalid_parameter"),
-    ("in_distribution=maybe", "invalid_parameter"),
-    ("cursor=not-a-cursor", "invalid_cursor"),
-    ("offset=1&cursor=MjAyNi0xMS0wMVQxMjowMDowMCswMDowMHwx", "invalid_parameter"),
-])
+@pytest.mark.parametrize(
+    "query, code",
+    [
+        ("limit=-1", "invalid_parameter"),
+        ("limit=abc", "invalid_parameter"),
+        ("limit=1.5", "invalid_parameter"),
+        ("limit=501", "invalid_parameter"),
+        ("limit=", "invalid_parameter"),
+        ("offset=-3", "invalid_parameter"),
+        ("limit=5&limit=6", "invalid_parameter"),
+        ("since=yesterday", "invalid_parameter"),
+        ("until=2026-13-45", "invalid_parameter"),
+        ("since=2026-11-02&until=2026-11-01", "invalid_parameter"),
+        ("min_confidence=1.5", "invalid_parameter"),
+        ("min_confidence=nan", "invalid_parameter"),
+        ("min_confidence=high", "invalid_parameter"),
+        ("predicted_class=Smooth, Cigar shaped", "invalid_parameter"),  # astroNN's wrong name for class 4
+        ("min_conf=0.9", "invalid_parameter"),
+        ("in_distribution=maybe", "invalid_parameter"),
+        ("cursor=not-a-cursor", "invalid_cursor"),
+        ("offset=1&cursor=MjAyNi0xMS0wMVQxMjowMDowMCswMDowMHwx", "invalid_parameter"),
+    ],
+)
 def test_invalid_query_parameters_are_a_400(sqlite_client, query, code):
     response = sqlite_client.get(f"/predictions?{query}")
 
@@ -168,8 +208,16 @@ def test_invalid_query_parameters_are_a_400(sqlite_client, query, code):
 def test_rows_of_an_earlier_model_can_still_be_filtered_by_their_own_class(client, store):
     """The table keeps an earlier model's rows (GZ1's coarse classes, say) after the served model
     changed; its class names still filter, and a name nobody ever predicted is still a typo."""
-    store.add_many([{"filename": "sdss.jpg", "predicted_class": "edge_on", "confidence": 0.8,
-                     "created_at": T0 + dt.timedelta(minutes=5)}])
+    store.add_many(
+        [
+            {
+                "filename": "sdss.jpg",
+                "predicted_class": "edge_on",
+                "confidence": 0.8,
+                "created_at": T0 + dt.timedelta(minutes=5),
+            }
+        ]
+    )
 
     found = client.get("/predictions?predicted_class=edge_on")
     typo = client.get("/predictions?predicted_class=edge-on")

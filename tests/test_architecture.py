@@ -10,6 +10,7 @@
 - The ``serve`` extra alone, in a fresh virtual environment, has no TensorFlow and serves a
   real cutout under gunicorn.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,9 @@ def lint_imports(cwd: Path, pythonpath: Path | None = None) -> subprocess.Comple
     env = {**os.environ}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([str(BIN / "lint-imports"), "--no-cache"], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(BIN / "lint-imports"), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_the_import_contracts_hold():
@@ -56,22 +58,30 @@ def test_the_import_contracts_hold():
 
 SHORTCUTS = {
     "a TensorFlow import on the inference path": (
-        "galaxylib/inference/predictor.py", "\nimport tensorflow  # a shortcut someone might take\n",
-        "Serving never imports TensorFlow or Keras BROKEN", "galaxylib.inference.predictor -> tensorflow"),
+        "galaxylib/inference/predictor.py",
+        "\nimport tensorflow  # a shortcut someone might take\n",
+        "Serving never imports TensorFlow or Keras BROKEN",
+        "galaxylib.inference.predictor -> tensorflow",
+    ),
     "a SciPy fit in the serving package": (
         "galaxylib/inference/calibration.py",
         "\n\ndef refit(probs):\n    from scipy.optimize import minimize_scalar\n\n    return minimize_scalar(len)\n",
         "Serving never imports the fitting libraries (SciPy, scikit-learn) BROKEN",
-        "galaxylib.inference.calibration -> scipy"),
+        "galaxylib.inference.calibration -> scipy",
+    ),
     "the training side's fits called from the Predictor": (
-        "galaxylib/inference/predictor.py", "\nfrom galaxylib.fitting.ood_fit import threshold_for\n",
+        "galaxylib/inference/predictor.py",
+        "\nfrom galaxylib.fitting.ood_fit import threshold_for\n",
         "Serving never imports the fitting libraries (SciPy, scikit-learn) BROKEN",
-        "galaxylib.inference.predictor -> galaxylib.fitting.ood_fit"),
+        "galaxylib.inference.predictor -> galaxylib.fitting.ood_fit",
+    ),
     "an import circle inside modeling": (
         "galaxylib/modeling/loading.py",
         "\n\ndef start_of(path):\n    from galaxylib.modeling.model import describe_weights\n\n"
         "    return describe_weights(path)\n",
-        "No import circles between sibling modules BROKEN", "- .model -> .loading"),
+        "No import circles between sibling modules BROKEN",
+        "- .model -> .loading",
+    ),
 }
 
 
@@ -92,8 +102,9 @@ def test_each_contract_breaks_when_the_shortcut_it_forbids_is_taken(tmp_path, sh
 def test_the_code_passes_ruff_lint_and_format_checks():
     """ruff (pyproject.toml's [tool.ruff]) over the whole checkout: bench, notebooks, tests too."""
     for command in (["check", "--no-cache", "."], ["format", "--check", "--no-cache", "."]):
-        run = subprocess.run([str(BIN / "ruff"), *command], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                             timeout=300)
+        run = subprocess.run(
+            [str(BIN / "ruff"), *command], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+        )
         assert run.returncode == 0, f"ruff {' '.join(command)}:\n{run.stdout}{run.stderr}"
 
 
@@ -111,8 +122,12 @@ def test_the_serve_extra_alone_serves_a_real_cutout_without_tensorflow(tmp_path,
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     py = venv / "bin" / "python"
-    install = subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                              f"{src}[serve]"], capture_output=True, text=True, timeout=900)
+    install = subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", f"{src}[serve]"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     (tmp_path / "src").rename(tmp_path / "src-moved")  # the installed copy must stand alone
 
@@ -123,11 +138,17 @@ def test_the_serve_extra_alone_serves_a_real_cutout_without_tensorflow(tmp_path,
     port = free_port()
     log = tmp_path / "gunicorn.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(MODEL_PATH=str(tiny_artifact), DATABASE_URL=f"sqlite:///{tmp_path / 'predictions.db'}",
-               GALAXY_NUM_THREADS="1")
+    env.update(
+        MODEL_PATH=str(tiny_artifact), DATABASE_URL=f"sqlite:///{tmp_path / 'predictions.db'}", GALAXY_NUM_THREADS="1"
+    )
     with open(log, "wb") as out:
-        server = subprocess.Popen([str(venv / "bin" / "gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{port}",
-                                   "serve.app:app"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [str(venv / "bin" / "gunicorn"), "--workers", "1", "--bind", f"127.0.0.1:{port}", "serve.app:app"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -146,8 +167,13 @@ def test_the_serve_extra_alone_serves_a_real_cutout_without_tensorflow(tmp_path,
         [answer] = response.json()["predictions"]
         assert answer["filename"] == cutout.name and answer["prediction_id"] >= 1
         assert answer["predicted_class"] in answer["probabilities"]
-        served_from = subprocess.run([str(py), "-c", "import serve, galaxylib; print(serve.__file__, galaxylib.__file__)"],
-                                     cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout
+        served_from = subprocess.run(
+            [str(py), "-c", "import serve, galaxylib; print(serve.__file__, galaxylib.__file__)"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
         assert str(venv) in served_from and str(PROJECT_ROOT) not in served_from
     finally:
         server.terminate()

@@ -1,6 +1,7 @@
 """Calibration (applied: galaxylib/inference/calibration.py; fitted: galaxylib/fitting/calibration_fit.py):
 a temperature, and a class bias for a model
 whose training balanced its classes, fitted by NLL on validation; the reported class never changes."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,13 @@ import numpy as np
 import pytest
 
 from galaxylib.evaluation.metrics import ece_noise_floor, evaluate, expected_calibration_error
-from galaxylib.fitting.calibration_fit import (fit_calibration, fit_temperature, fit_temperature_and_bias,
-                                               negative_log_likelihood, one_standard_error_temperature)
+from galaxylib.fitting.calibration_fit import (
+    fit_calibration,
+    fit_temperature,
+    fit_temperature_and_bias,
+    negative_log_likelihood,
+    one_standard_error_temperature,
+)
 from galaxylib.inference.calibration import apply_calibration, apply_temperature, decide, remove_bias
 
 PRIOR = np.array([0.70, 0.16, 0.12, 0.02])  # GZ1's coarse classes are about this lopsided
@@ -34,8 +40,10 @@ def balanced_model(n: int, prior: np.ndarray = PRIOR, overconfidence: float = 1.
 
 def per_class_confidence_and_precision(probs, decisions, labels):
     rows = np.arange(len(labels))
-    return {c: (probs[rows, decisions][decisions == c].mean(), (labels[decisions == c] == c).mean())
-            for c in np.unique(decisions)}
+    return {
+        c: (probs[rows, decisions][decisions == c].mean(), (labels[decisions == c] == c).mean())
+        for c in np.unique(decisions)
+    }
 
 
 def test_the_bias_puts_the_catalogues_class_frequencies_back_and_keeps_every_reported_class():
@@ -62,8 +70,9 @@ def test_with_the_bias_a_rare_class_is_reported_at_the_confidence_it_earns():
     decisions = held_raw.argmax(axis=1)
     t, b = fit_temperature_and_bias(fit_raw, fit_labels)
     with_bias = per_class_confidence_and_precision(apply_calibration(held_raw, t, b), decisions, held_labels)
-    alone = per_class_confidence_and_precision(apply_temperature(held_raw, fit_temperature(fit_raw, fit_labels)),
-                                               decisions, held_labels)
+    alone = per_class_confidence_and_precision(
+        apply_temperature(held_raw, fit_temperature(fit_raw, fit_labels)), decisions, held_labels
+    )
     rare = 3
     assert alone[rare][0] - alone[rare][1] > 0.3
     for c, (confidence, precision) in with_bias.items():
@@ -138,7 +147,7 @@ def test_with_almost_no_validation_errors_the_temperature_stays_1():
     # MIN_ERRORS (5) is the edge: with 5 errors the rule may move T, with 4 it may not
     probs, labels = sharp_model(750, 0.7, seed=0, margin=11.0)
     wrong = np.flatnonzero(probs.argmax(axis=1) != labels)
-    labels[wrong[:len(wrong) - 5]] = probs.argmax(axis=1)[wrong[:len(wrong) - 5]]
+    labels[wrong[: len(wrong) - 5]] = probs.argmax(axis=1)[wrong[: len(wrong) - 5]]
     assert int((probs.argmax(axis=1) != labels).sum()) == 5
     assert one_standard_error_temperature(probs, labels, fit_temperature(probs, labels)) < 0.95
     labels[wrong[-1]] = probs[wrong[-1]].argmax()
@@ -179,9 +188,10 @@ def test_a_class_too_rare_in_validation_to_judge_gets_no_bias():
 
 
 def test_the_predictor_reports_the_models_class_at_its_calibrated_probability(tiny_artifact, tmp_path, sample_files):
+    from support import add_trust_check
+
     from galaxylib.artifact import add_to_artifact
     from galaxylib.inference.predictor import Predictor
-    from support import add_trust_check
 
     run = tmp_path / "biased"
     shutil.copytree(tiny_artifact, run)
@@ -203,4 +213,4 @@ def test_the_predictor_reports_the_models_class_at_its_calibrated_probability(ti
         # the OOD score reads the calibrated probabilities: 1 - the largest, here not the reported class's
         assert prediction.ood_score == pytest.approx(1 - expected[i].max(), rel=1e-4)
         ranked = [predictor.class_names[j] for j in np.argsort(-expected[i])]
-        assert [name for name, _ in prediction.top_classes] == ranked[:len(prediction.top_classes)]
+        assert [name for name, _ in prediction.top_classes] == ranked[: len(prediction.top_classes)]

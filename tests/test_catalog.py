@@ -5,6 +5,7 @@ h5 and WebDataset tars; resuming from the manifest (and distrusting files it doe
 for); SIGKILL at random moments; a real Dask LocalCluster; --to-database idempotency on SQLite
 and PostgreSQL; the provenance in the Parquet schema metadata.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support import add_trust_check, default_ctrl_c, row_count
 
 from galaxylib.artifact import add_to_artifact
 from galaxylib.catalog.run import predict_catalog
@@ -31,7 +33,7 @@ from galaxylib.catalog.shards import read_provenance
 from galaxylib.catalog.sources import CatalogError
 from galaxylib.config import PROJECT_ROOT
 from galaxylib.inference.predictor import Predictor
-from support import add_trust_check, default_ctrl_c, row_count
+
 
 def write_catalog_csv(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as fh:
@@ -55,8 +57,16 @@ def cutouts(tmp_path, sample_files) -> Path:
 @pytest.fixture
 def csv_catalog(cutouts) -> Path:
     """id_str, file_loc relative to the catalogue's folder, ra/dec/mag to pass through, a broken and a missing image."""
-    rows = [{"id_str": f"DESI-{i:03d}", "file_loc": f"images/{p.name}", "ra": 150.0 + i / 10, "dec": 2.0 - i / 20,
-             "mag_r": 17.5 + i / 7} for i, p in enumerate(sorted(p for p in cutouts.glob("*.jpg") if p.name != "broken.jpg"))]
+    rows = [
+        {
+            "id_str": f"DESI-{i:03d}",
+            "file_loc": f"images/{p.name}",
+            "ra": 150.0 + i / 10,
+            "dec": 2.0 - i / 20,
+            "mag_r": 17.5 + i / 7,
+        }
+        for i, p in enumerate(sorted(p for p in cutouts.glob("*.jpg") if p.name != "broken.jpg"))
+    ]
     rows.append({"id_str": "DESI-broken", "file_loc": "images/broken.jpg", "ra": 1.0, "dec": 1.0, "mag_r": 20.0})
     rows.append({"id_str": "DESI-missing", "file_loc": "images/nowhere.jpg", "ra": 2.0, "dec": 2.0, "mag_r": 21.0})
     return write_catalog_csv(cutouts.parent / "catalog.csv", rows)
@@ -98,10 +108,17 @@ def test_a_csv_catalogue_gives_one_row_per_input_with_pass_through_and_errors(ti
 def test_a_parquet_catalogue_with_absolute_paths_and_its_provenance(tiny_artifact, cutouts, tmp_path):
     files = sorted(p for p in cutouts.glob("*.jpg") if p.name != "broken.jpg")
     catalog = tmp_path / "catalog.parquet"
-    pq.write_table(pa.table({"id_str": pa.array([f"g{i}" for i in range(len(files))]),
-                             "file_loc": pa.array([str(p.resolve()) for p in files]),
-                             "ra": pa.array(np.linspace(0, 10, len(files))),
-                             "survey": pa.array(["DECaLS"] * len(files))}), catalog)
+    pq.write_table(
+        pa.table(
+            {
+                "id_str": pa.array([f"g{i}" for i in range(len(files))]),
+                "file_loc": pa.array([str(p.resolve()) for p in files]),
+                "ra": pa.array(np.linspace(0, 10, len(files))),
+                "survey": pa.array(["DECaLS"] * len(files)),
+            }
+        ),
+        catalog,
+    )
     out = tmp_path / "out"
     result = run(tiny_artifact, catalog, out, shard_rows=8)
     assert result.ok and result.shards == 2 and result.errors == 0
@@ -126,8 +143,10 @@ def test_a_parquet_catalogue_with_absolute_paths_and_its_provenance(tiny_artifac
         normalised = next((out / "_plan").glob("input-*.parquet"))
         shard_rows = pq.ParquetFile(normalised).read_row_group(index)
         assert meta["input_checksum"] == canonical_checksum(shard_rows, {"shard": index, "start": index * 8})
-    assert read_provenance(out / "part-00000.parquet")["input_checksum"] != \
-        read_provenance(out / "part-00001.parquet")["input_checksum"]
+    assert (
+        read_provenance(out / "part-00000.parquet")["input_checksum"]
+        != read_provenance(out / "part-00001.parquet")["input_checksum"]
+    )
 
 
 def test_a_folder_an_h5_and_webdataset_tars_are_inputs_too(tiny_artifact, cutouts, sample_files, tmp_path):
@@ -165,7 +184,7 @@ def test_a_folder_an_h5_and_webdataset_tars_are_inputs_too(tiny_artifact, cutout
     shards.mkdir()
     for s in range(2):
         with wds.TarWriter(str(shards / f"shard-{s:03d}.tar")) as sink:
-            for i, p in enumerate(sample_files[s * 4:(s + 1) * 4]):
+            for i, p in enumerate(sample_files[s * 4 : (s + 1) * 4]):
                 sink.write({"__key__": f"wds_{s}_{i}", "image.jpg": p.read_bytes(), "labels.json": '{"label": 1}'})
             sink.write({"__key__": f"wds_{s}_nopic", "labels.json": '{"label": 2}'})
     out = tmp_path / "wds-out"
@@ -175,8 +194,9 @@ def test_a_folder_an_h5_and_webdataset_tars_are_inputs_too(tiny_artifact, cutout
     rows = {r["id_str"]: r for r in table.to_pylist()}
     assert "no .jpg or .png member" in rows["wds_0_nopic"]["error"]
     assert rows["wds_1_2"]["predicted_class"] == predictor.predict(sample_files[6]).predicted_class
-    assert read_provenance(out / "part-00001.parquet")["input_checksum"] == \
-        __import__("galaxylib.files", fromlist=["sha256_file"]).sha256_file(shards / "shard-001.tar")
+    assert read_provenance(out / "part-00001.parquet")["input_checksum"] == __import__(
+        "galaxylib.files", fromlist=["sha256_file"]
+    ).sha256_file(shards / "shard-001.tar")
     # a folder of tars is the same input
     assert run(tiny_artifact, shards, tmp_path / "wds-out2").rows == 10
 
@@ -263,12 +283,39 @@ def test_bad_input_is_a_clear_error(tiny_artifact, cutouts, csv_catalog, tmp_pat
         run(refit, csv_catalog, tmp_path / "o9", shard_rows=4)
 
     env = {**os.environ, "PYTHON": sys.executable}
-    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(csv_catalog),
-                          "--out", str(tmp_path / "o7"), "--shard", "0/4"], capture_output=True, text=True, env=env,
-                         timeout=120)
+    cli = subprocess.run(
+        [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(tiny_artifact),
+            "--catalog",
+            str(csv_catalog),
+            "--out",
+            str(tmp_path / "o7"),
+            "--shard",
+            "0/4",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert cli.returncode == 2 and "1 <= K <= N" in cli.stderr
-    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(no_path),
-                          "--out", str(tmp_path / "o8")], capture_output=True, text=True, env=env, timeout=120)
+    cli = subprocess.run(
+        [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(tiny_artifact),
+            "--catalog",
+            str(no_path),
+            "--out",
+            str(tmp_path / "o8"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert cli.returncode == 2 and "no column 'file_loc'" in cli.stderr and "Traceback" not in cli.stderr
     assert not (tmp_path / "o8").exists()  # a refused run leaves no folder behind, not even its _plan
 
@@ -297,15 +344,18 @@ def test_a_parquet_catalogue_with_floating_point_ids_is_refused(tiny_artifact, s
         run(tiny_artifact, floats, tmp_path / "o1")
     assert not (tmp_path / "o1").exists()
     integers = tmp_path / "int-ids.parquet"  # the same ids as int64 pass, digit for digit
-    pq.write_table(pa.table({"id_str": [1237648720693755918, 1237648720693755919],
-                             "file_loc": [str(sample_files[0])] * 2}), integers)
+    pq.write_table(
+        pa.table({"id_str": [1237648720693755918, 1237648720693755919], "file_loc": [str(sample_files[0])] * 2}),
+        integers,
+    )
     run(tiny_artifact, integers, tmp_path / "o2")
     out = read_out(tmp_path / "o2").column("id_str").to_pylist()
     assert sorted(out) == ["1237648720693755918", "1237648720693755919"]
 
 
-def test_ids_written_from_floating_point_are_refused_in_a_csv_and_as_parquet_strings(tiny_artifact, sample_files,
-                                                                                       tmp_path):
+def test_ids_written_from_floating_point_are_refused_in_a_csv_and_as_parquet_strings(
+    tiny_artifact, sample_files, tmp_path
+):
     # What pandas writes for a float64 objid column: the digits past the 17th are gone.
     rows = [{"id_str": i, "file_loc": str(sample_files[0])} for i in ("g1", "1.2376487206937559e+18")]
     exported = write_catalog_csv(tmp_path / "exported.csv", rows)
@@ -316,8 +366,13 @@ def test_ids_written_from_floating_point_are_refused_in_a_csv_and_as_parquet_str
     with pytest.raises(CatalogError, match="data row 1 .* a number in exponent notation"):
         run(tiny_artifact, strings, tmp_path / "o2")
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
-    names = write_catalog_csv(tmp_path / "names.csv", [{"id_str": i, "file_loc": str(sample_files[0])}
-                                                       for i in ("NGC 1300", "1237648720693755918", "e5", "J1234+5678")])
+    names = write_catalog_csv(
+        tmp_path / "names.csv",
+        [
+            {"id_str": i, "file_loc": str(sample_files[0])}
+            for i in ("NGC 1300", "1237648720693755918", "e5", "J1234+5678")
+        ],
+    )
     assert run(tiny_artifact, names, tmp_path / "o3").rows == 4  # names and integer ids pass
 
 
@@ -341,8 +396,21 @@ def test_an_unwritable_out_folder_is_a_message_not_a_traceback(tiny_artifact, cs
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     env = {**os.environ, "PYTHON": sys.executable}
-    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(csv_catalog),
-                          "--out", str(a_file / "results")], capture_output=True, text=True, env=env, timeout=120)
+    cli = subprocess.run(
+        [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(tiny_artifact),
+            "--catalog",
+            str(csv_catalog),
+            "--out",
+            str(a_file / "results"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert cli.returncode == 2, cli.stderr[-2000:]
     assert f"cannot write to --out {a_file / 'results'}" in cli.stderr and "Traceback" not in cli.stderr
 
@@ -351,13 +419,33 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     rows = [{"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)])} for i in range(600)]
     catalog = write_catalog_csv(tmp_path / "catalog.csv", rows)
     out = tmp_path / "out"
-    command = [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(catalog),
-               "--out", str(out), "--shard-rows", "3", "--batch-size", "2", "--processes", "2", "--no-progress"]
+    command = [
+        str(PROJECT_ROOT / "predict.sh"),
+        "--model",
+        str(tiny_artifact),
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(out),
+        "--shard-rows",
+        "3",
+        "--batch-size",
+        "2",
+        "--processes",
+        "2",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHON": sys.executable}
     # its own process group, as a terminal's foreground job: Ctrl-C signals the run and its workers
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True,
-                            preexec_fn=default_ctrl_c)
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_ctrl_c,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and len(list(out.glob("_manifest/*.json"))) < 5:
         time.sleep(0.005)
@@ -378,7 +466,6 @@ def test_ctrl_c_stops_with_a_message_and_the_same_command_resumes(tiny_artifact,
     assert sorted(ids) == sorted(r["id_str"] for r in rows)
 
 
-
 @pytest.mark.slow
 def test_a_second_ctrl_c_while_stopping_still_ends_the_run_and_its_workers(tiny_artifact, sample_files, tmp_path):
     """An impatient user presses Ctrl-C twice. The second one lands while the run stops its worker
@@ -390,11 +477,31 @@ def test_a_second_ctrl_c_while_stopping_still_ends_the_run_and_its_workers(tiny_
     env = {**os.environ, "PYTHON": sys.executable}
     for attempt, gap in enumerate((0.002, 0.01, 0.03)):
         out = tmp_path / f"out-{attempt}"
-        command = [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog", str(catalog),
-                   "--out", str(out), "--shard-rows", "500", "--batch-size", "64", "--processes", "2",
-                   "--no-progress"]
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, preexec_fn=default_ctrl_c)
+        command = [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(tiny_artifact),
+            "--catalog",
+            str(catalog),
+            "--out",
+            str(out),
+            "--shard-rows",
+            "500",
+            "--batch-size",
+            "64",
+            "--processes",
+            "2",
+            "--no-progress",
+        ]
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            preexec_fn=default_ctrl_c,
+        )
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline and not list(out.glob("_manifest/*.json")):
             time.sleep(0.005)
@@ -412,6 +519,7 @@ def test_a_second_ctrl_c_while_stopping_still_ends_the_run_and_its_workers(tiny_
         assert proc.returncode == 130, stderr[-2000:]
         assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
         assert not wait_gone(workers), "worker processes outlived the interrupted run"
+
 
 def test_a_dask_scheduler_that_does_not_answer_is_a_clear_error(tiny_artifact, csv_catalog, tmp_path):
     import dask
@@ -437,10 +545,13 @@ def test_an_artifact_with_an_ood_check_adds_in_distribution_and_ood_score(tiny_a
     table = read_out(out)
     assert table.column_names[-3:] == ["in_distribution", "ood_score", "error"]
     first = table.to_pylist()[0]  # DESI-000: the first cutout
-    expected = predictor.predict(sorted(p for p in (csv_catalog.parent / "images").glob("*.jpg")
-                                        if p.name != "broken.jpg")[0])
+    expected = predictor.predict(
+        sorted(p for p in (csv_catalog.parent / "images").glob("*.jpg") if p.name != "broken.jpg")[0]
+    )
     assert isinstance(first["in_distribution"], bool) and isinstance(first["ood_score"], float)
-    assert first["ood_score"] == pytest.approx(expected.ood_score) and first["in_distribution"] == expected.in_distribution
+    assert (
+        first["ood_score"] == pytest.approx(expected.ood_score) and first["in_distribution"] == expected.in_distribution
+    )
     broken = next(r for r in table.to_pylist() if r["id_str"] == "DESI-broken")
     assert broken["in_distribution"] is None and broken["ood_score"] is None
 
@@ -459,11 +570,22 @@ def test_to_database_loads_each_shard_once_even_when_resumed(tiny_artifact, csv_
         for r in rows:
             assert r.meta["source"] == "catalog" and set(r.meta) == set(METADATA_TYPES)
         parquet = {r["id_str"]: r for r in read_out(out).to_pylist()}
-        assert all(r.predicted_class == parquet[r.filename]["predicted_class"]
-                   and r.confidence == pytest.approx(parquet[r.filename]["confidence"]) for r in rows)
+        assert all(
+            r.predicted_class == parquet[r.filename]["predicted_class"]
+            and r.confidence == pytest.approx(parquet[r.filename]["confidence"])
+            for r in rows
+        )
         # Another entry point's row with the same name is not touched by a reload.
-        store.add_many([{"filename": "DESI-000", "predicted_class": "Merging", "confidence": 0.5,
-                         "metadata": {"source": "api", "model_version": rows[0].meta["model_version"]}}])
+        store.add_many(
+            [
+                {
+                    "filename": "DESI-000",
+                    "predicted_class": "Merging",
+                    "confidence": 0.5,
+                    "metadata": {"source": "api", "model_version": rows[0].meta["model_version"]},
+                }
+            ]
+        )
     finally:
         store.close()
     # A crash after the database commit and before the manifest entry: the rerun loads the shard again.
@@ -472,13 +594,16 @@ def test_to_database_loads_each_shard_once_even_when_resumed(tiny_artifact, csv_
     again = run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url)
     assert again.processed == 4 and row_count(database_url) == 13
     # Finished for this database: nothing to do; and no duplicates from a plain rerun.
-    assert run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url).processed == 0
+    assert (
+        run(tiny_artifact, csv_catalog, out, shard_rows=4, to_database=True, database_url=database_url).processed == 0
+    )
     assert row_count(database_url) == 13
     # A run that wrote only Parquet first, then --to-database: only the database part is caught up.
     out2 = tmp_path / "out2"
     run(tiny_artifact, csv_catalog, out2, shard_rows=4)
-    assert run(tiny_artifact, csv_catalog, out2, shard_rows=4, to_database=True,
-               database_url=database_url).processed == 4
+    assert (
+        run(tiny_artifact, csv_catalog, out2, shard_rows=4, to_database=True, database_url=database_url).processed == 4
+    )
     assert row_count(database_url) == 13
 
 
@@ -552,8 +677,10 @@ def wait_gone(pids: set[int], seconds: float = 10.0) -> set[int]:
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifact, sample_files, tmp_path):
     """The crash test on a small catalogue: kill -9 three times, rerun, compare with a run never interrupted."""
-    rows = [{"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)]), "ra": float(i)}
-            for i in range(600)]
+    rows = [
+        {"id_str": f"g{i:04d}", "file_loc": str(sample_files[i % len(sample_files)]), "ra": float(i)}
+        for i in range(600)
+    ]
     catalog = write_catalog_csv(tmp_path / "catalog.csv", rows)
     reference = tmp_path / "reference"
     run(tiny_artifact, catalog, reference, shard_rows=3, batch_size=2)
@@ -570,12 +697,14 @@ def test_sigkill_at_random_moments_then_a_rerun_gives_every_row_once(tiny_artifa
         shard = int(point.split(":")[1])
         assert not (manifest / f"part-{shard:05d}.json").exists(), point
         if point.startswith("mid-write"):
-            assert list(out.glob(f".part-{shard:05d}.parquet.tmp-*")) and not (out / f"part-{shard:05d}.parquet").exists()
+            assert (
+                list(out.glob(f".part-{shard:05d}.parquet.tmp-*")) and not (out / f"part-{shard:05d}.parquet").exists()
+            )
         else:
             assert (out / f"part-{shard:05d}.parquet").is_file()
     # Then kill -9 at random moments.
     rng = random.Random(0)
-    for attempt in range(3):
+    for _ in range(3):
         done_before = len(list(manifest.glob("*.json")))
         target = done_before + rng.randint(1, 12)  # a few more shards, then a random instant
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -628,8 +757,13 @@ def test_worker_processes_work_from_a_plain_script_without_a_main_guard(tiny_art
     """Spawned workers would re-run such a script; they are started without importing it."""
     script = tmp_path / "classify_my_survey.py"
     script.write_text(UNGUARDED_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(tiny_artifact), str(csv_catalog), str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tiny_artifact), str(csv_catalog), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("processes 2 rows 14") == 1  # printed once: the workers did not run the script
     assert read_out(tmp_path / "out").num_rows == 14
@@ -641,9 +775,25 @@ def test_a_real_local_cluster_of_two_worker_processes(tiny_artifact, csv_catalog
     run(tiny_artifact, csv_catalog, reference, shard_rows=4)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable}
-    cli = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), "--catalog",
-                          str(csv_catalog), "--out", str(out), "--shard-rows", "4", "--dask", "local:2"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    cli = subprocess.run(
+        [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(tiny_artifact),
+            "--catalog",
+            str(csv_catalog),
+            "--out",
+            str(out),
+            "--shard-rows",
+            "4",
+            "--dask",
+            "local:2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert "4 done now: 14 row(s), 2 unreadable" in cli.stdout
     hosts = {json.loads(p.read_text())["host"] for p in (out / "_manifest").glob("*.json")}
@@ -663,19 +813,35 @@ def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(c
 
     with open(samples_dir / "labels.csv", newline="") as fh:
         labels = list(csv.DictReader(fh))
-    rows = [{"id_str": Path(r["filename"]).stem, "file_loc": str(samples_dir / r["filename"]),
-             "true_class": r["class_name"], "survey": "DECaLS"} for r in labels]
+    rows = [
+        {
+            "id_str": Path(r["filename"]).stem,
+            "file_loc": str(samples_dir / r["filename"]),
+            "true_class": r["class_name"],
+            "survey": "DECaLS",
+        }
+        for r in labels
+    ]
     rows.append({"id_str": "gone", "file_loc": str(tmp_path / "gone.jpg"), "true_class": "", "survey": "DECaLS"})
     catalog = write_catalog_csv(tmp_path / "my_survey.csv", rows)
     reports = tmp_path / "reports"
     executed = tmp_path / "05_executed.ipynb"
     pm.execute_notebook(
-        NOTEBOOKS_DIR / "05_catalog_inference.ipynb", executed, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+        NOTEBOOKS_DIR / "05_catalog_inference.ipynb",
+        executed,
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
         kernel_name="python3",
-        parameters={"run_name": cropped_artifact.name, "models_root": str(cropped_artifact.parent),
-                    "reports_root": str(reports), "data_root": str(tmp_path / "data"),
-                    "config_path": str(PROJECT_ROOT / "configs" / "tiny.yaml"), "catalog": str(catalog),
-                    "show_progress": False})
+        parameters={
+            "run_name": cropped_artifact.name,
+            "models_root": str(cropped_artifact.parent),
+            "reports_root": str(reports),
+            "data_root": str(tmp_path / "data"),
+            "config_path": str(PROJECT_ROOT / "configs" / "tiny.yaml"),
+            "catalog": str(catalog),
+            "show_progress": False,
+        },
+    )
 
     table = pq.read_table(reports / cropped_artifact.name / "catalog-my_survey").sort_by("id_str")
     assert sorted(table.column("id_str").to_pylist()) == sorted(r["id_str"] for r in rows)
@@ -684,8 +850,9 @@ def test_the_catalogue_notebook_runs_the_models_own_run_over_a_users_catalogue(c
     assert all(by_id[r["id_str"]]["predicted_class"] and not by_id[r["id_str"]]["error"] for r in rows[:-1])
     assert set(table.column("survey").to_pylist()) == {"DECaLS"}
     assert not (tmp_path / "data").exists(), "the demo catalogue was written although a catalogue was given"
-    printed = "".join(out.get("text", "") for cell in nbformat.read(executed, as_version=4).cells
-                      for out in cell.get("outputs", []))
+    printed = "".join(
+        out.get("text", "") for cell in nbformat.read(executed, as_version=4).cells for out in cell.get("outputs", [])
+    )
     assert "no ra and dec columns in this catalogue: no sky map" in printed
     assert not list((reports / cropped_artifact.name / "figures").glob("*sky_map*"))
     assert "agreement with the catalogue's true_class: " in printed and "over 40 galaxies" in printed

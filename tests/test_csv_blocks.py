@@ -1,6 +1,7 @@
 """A CSV catalogue is read one block at a time (galaxylib.catalog.csv_blocks) and gives exactly
 what pyarrow's whole-file reader gives: quoted commas and newlines that straddle a block's end,
 Windows line ends, and the types of the first block kept for the rest."""
+
 from __future__ import annotations
 
 import csv
@@ -30,8 +31,9 @@ def tricky_catalogue(path, rows: int, lineterminator: str = "\n"):
         writer.writerow(["id_str", "file_loc", "ra", "dec", "note"])
         for i in range(rows):
             note = rng.choice(["", "plain", 'says "hi", twice', "two\nlines", "a, b\r\nc", '"quoted"'])
-            writer.writerow([f"G{i:05d}", f"images/g{i}.jpg", f"{rng.uniform(0, 360):.5f}",
-                             f"{rng.uniform(-30, 80):.5f}", note])
+            writer.writerow(
+                [f"G{i:05d}", f"images/g{i}.jpg", f"{rng.uniform(0, 360):.5f}", f"{rng.uniform(-30, 80):.5f}", note]
+            )
     return path
 
 

@@ -11,6 +11,7 @@ Screenshots land in a temporary folder (their path is printed).
 Needs Debian's Chromium at /usr/bin/chromium (``apt-get install -y chromium``) and fails,
 never skips, without it: CI must run this test.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,16 +26,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from galaxylib.classes import CLASS_NAMES
 from galaxylib.apps.dashboard.render import format_probability
 from galaxylib.apps.dashboard.uploads import UPLOAD_LIMIT_BYTES
+from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import PROJECT_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DESKTOP = {"width": 1400, "height": 900}
 LAPTOP = {"width": 1280, "height": 720}
 
@@ -52,19 +60,27 @@ def trained_model(tmp_path_factory) -> Path:
     """A 64 px EfficientNetB0 trained for two epochs on synthetic galaxies (a 2x2 Grad-CAM map)."""
     import keras
 
+    from galaxylib.data.synthetic import make_synthetic_arrays
     from galaxylib.modeling.export import save_artifact
     from galaxylib.modeling.model import ModelParams, build_model
-    from galaxylib.data.synthetic import make_synthetic_arrays
 
     keras.utils.set_random_seed(0)
     images, labels = make_synthetic_arrays(2, seed=0, size=64)
-    model = build_model(ModelParams(image_size=64, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False, learning_rate=1e-3))
+    model = build_model(
+        ModelParams(image_size=64, weights="none", trainable_layers="all", freeze_batchnorm=False, learning_rate=1e-3)
+    )
     model.run_eagerly = True  # for four steps, tracing the train step costs more than it saves
     model.fit(images.astype(np.float32), labels, epochs=2, batch_size=10, verbose=0)
     run_dir = tmp_path_factory.mktemp("models") / "dashboard-tiny"
-    save_artifact(model, run_dir, run_name="dashboard-tiny", dataset={"name": "synthetic", "n": len(labels)},
-                  split={}, params={"image_size": 64}, synthetic=True)
+    save_artifact(
+        model,
+        run_dir,
+        run_name="dashboard-tiny",
+        dataset={"name": "synthetic", "n": len(labels)},
+        split={},
+        params={"image_size": 64},
+        synthetic=True,
+    )
     return run_dir
 
 
@@ -97,12 +113,23 @@ def dashboard_url(trained_model, db_url, tmp_path_factory):
     run (a relative MODEL_PATH, though the script changes directory), with DATABASE_URL set."""
     port = free_port()
     log = tmp_path_factory.mktemp("voila") / "dashboard.log"
-    env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": trained_model.name, "DATABASE_URL": db_url,
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "MODEL_PATH": trained_model.name,
+        "DATABASE_URL": db_url,
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("GALAXY_USER_CWD", None)
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)], cwd=trained_model.parent,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)],
+            cwd=trained_model.parent,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for_port(port, proc, log, SERVER_START_S)
         url = f"http://localhost:{port}/"
@@ -124,8 +151,10 @@ def dashboard_url(trained_model, db_url, tmp_path_factory):
 @pytest.fixture(scope="module")
 def chromium():
     if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} is missing: the dashboard's browser test needs Debian's Chromium "
-                    "(apt-get update && apt-get install -y chromium)")
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard's browser test needs Debian's Chromium "
+            "(apt-get update && apt-get install -y chromium)"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -200,8 +229,13 @@ def test_a_real_cutout_gets_the_predictors_answer_and_a_saliency_map(page, train
     assert format_probability(expected.confidence) in answer.locator(".gc-confidence").inner_text()
     rows = answer.locator(".gc-prob-row")
     assert rows.count() == len(CLASS_NAMES)
-    shown = {row.get_attribute("data-class"): (float(row.get_attribute("data-probability")),
-                                               row.locator(".gc-prob-pct").inner_text()) for row in rows.all()}
+    shown = {
+        row.get_attribute("data-class"): (
+            float(row.get_attribute("data-probability")),
+            row.locator(".gc-prob-pct").inner_text(),
+        )
+        for row in rows.all()
+    }
     for name, p in expected.probabilities.items():
         assert shown[name][0] == pytest.approx(p, abs=1e-6), name
         assert shown[name][1] == format_probability(p), name
@@ -221,13 +255,20 @@ def test_a_real_cutout_gets_the_predictors_answer_and_a_saliency_map(page, train
 
 def test_broken_files_get_a_friendly_message_and_no_traceback(page, sample_files, screenshots):
     real = sample_files[1].read_bytes()
-    upload(page, [{"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"observing log, not a galaxy\n"},
-                  {"name": "empty.jpg", "mimeType": "image/jpeg", "buffer": b""},
-                  {"name": "half.jpg", "mimeType": "image/jpeg", "buffer": real[: len(real) // 2]}])
+    upload(
+        page,
+        [
+            {"name": "notes.jpg", "mimeType": "image/jpeg", "buffer": b"observing log, not a galaxy\n"},
+            {"name": "empty.jpg", "mimeType": "image/jpeg", "buffer": b""},
+            {"name": "half.jpg", "mimeType": "image/jpeg", "buffer": real[: len(real) // 2]},
+        ],
+    )
 
-    expected = {"notes.jpg": "notes.jpg: not a JPEG or PNG image",
-                "empty.jpg": "empty.jpg: the file is empty",
-                "half.jpg": "half.jpg: the image data is truncated or corrupt"}
+    expected = {
+        "notes.jpg": "notes.jpg: not a JPEG or PNG image",
+        "empty.jpg": "empty.jpg: the file is empty",
+        "half.jpg": "half.jpg: the image data is truncated or corrupt",
+    }
     for name, message in expected.items():
         error = page.locator(f'.gc-error[data-filename="{name}"]').first
         error.wait_for(timeout=ANSWER_MS)

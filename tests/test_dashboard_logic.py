@@ -3,6 +3,7 @@
 The browser test (test_dashboard.py) shows the same behaviour through voila and Chromium;
 these tests pin down the rules quickly and say why they are what they are.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,8 +29,7 @@ def fake_run(models_dir: Path, name: str, mtime: float, **sidecar) -> Path:
     """A run folder that discovery can list (it reads only the sidecar)."""
     run = models_dir / name
     run.mkdir(parents=True)
-    (run / SIDECAR).write_text(json.dumps({"run_name": name, "created_at": "2025-01-02T03:04:05+00:00",
-                                           **sidecar}))
+    (run / SIDECAR).write_text(json.dumps({"run_name": name, "created_at": "2025-01-02T03:04:05+00:00", **sidecar}))
     os.utime(run / SIDECAR, (mtime, mtime))
     return run
 
@@ -50,8 +50,7 @@ def gradcam64():
     from galaxylib.modeling.saliency import GradCam
 
     keras.utils.set_random_seed(1)
-    model = build_model(ModelParams(image_size=64, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False))
+    model = build_model(ModelParams(image_size=64, weights="none", trainable_layers="all", freeze_batchnorm=False))
     return GradCam(model)
 
 
@@ -139,9 +138,13 @@ def test_broken_files_get_messages_and_the_good_ones_still_get_answers(predictor
     good = sample_files[0].read_bytes()
     gif = io.BytesIO()
     Image.new("RGB", (64, 64)).save(gif, format="GIF")
-    uploads = [upload("notes.jpg", b"dear diary, this is not a galaxy"), upload("empty.png", b""),
-               upload("cut.jpg", good[: len(good) // 2]), upload("anim.gif", gif.getvalue()),
-               upload(sample_files[0].name, good)]
+    uploads = [
+        upload("notes.jpg", b"dear diary, this is not a galaxy"),
+        upload("empty.png", b""),
+        upload("cut.jpg", good[: len(good) // 2]),
+        upload("anim.gif", gif.getvalue()),
+        upload(sample_files[0].name, good),
+    ]
 
     outcomes = dash_uploads.classify_uploads(predictor, uploads)
 
@@ -160,10 +163,13 @@ def test_broken_files_get_messages_and_the_good_ones_still_get_answers(predictor
 def test_the_upload_limit_counts_files_in_order_while_they_fit(predictor, sample_files):
     cutout = sample_files[0].read_bytes()
     limit = 3 * len(cutout)
-    uploads = [upload("huge.png", b"", size=10 * limit),  # over the limit alone: the page sent no bytes
-               upload("a.jpg", cutout), upload("b.jpg", cutout),
-               upload("c.jpg", cutout + cutout),  # does not fit beside a and b
-               upload("d.jpg", cutout)]  # still fits
+    uploads = [
+        upload("huge.png", b"", size=10 * limit),  # over the limit alone: the page sent no bytes
+        upload("a.jpg", cutout),
+        upload("b.jpg", cutout),
+        upload("c.jpg", cutout + cutout),  # does not fit beside a and b
+        upload("d.jpg", cutout),
+    ]  # still fits
 
     outcomes = dash_uploads.classify_uploads(predictor, uploads, limit=limit)
 
@@ -183,7 +189,9 @@ def test_voila_config_makes_the_documented_limit_the_real_one():
     """tornado closes a websocket on a message over websocket_max_message_size (default 10 MiB),
     and one upload is one message: the setting must be the limit plus room for the JSON part."""
     config = json.loads((PROJECT_ROOT / "voila.json").read_text())
-    assert config["Voila"]["tornado_settings"]["websocket_max_message_size"] == dash_uploads.websocket_max_message_size()
+    assert (
+        config["Voila"]["tornado_settings"]["websocket_max_message_size"] == dash_uploads.websocket_max_message_size()
+    )
     assert dash_uploads.websocket_max_message_size() > dash_uploads.UPLOAD_LIMIT_BYTES > 10 * 2**20
     assert f"var LIMIT = {dash_uploads.UPLOAD_LIMIT_BYTES};" in render.upload_guard_js()
     assert config["Voila"]["port_retries"] == 0  # dashboard.sh prints the URL voila really serves
@@ -205,8 +213,7 @@ def test_the_page_shows_every_probability_in_one_format(predictor, sample_files)
 
 def test_user_text_is_escaped():
     name = '<img src=x onerror="alert(1)">.png'
-    for html in (render.error_html(f"{name}: the file is empty", name),
-                 render.card_header_html(upload(name, b""))):
+    for html in (render.error_html(f"{name}: the file is empty", name), render.card_header_html(upload(name, b""))):
         assert "<img" not in html and "&lt;img" in html
 
 
@@ -271,8 +278,13 @@ def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_
     """The whole flow of the page without a browser, logging into a fresh SQLite file."""
     from galaxylib.store.database import PredictionStore
 
-    app = dash_app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny")], examples=sources.list_examples(tmp_path),
-                         db_url=sqlite_url, log_predictions=True, warm_saliency=False)
+    app = dash_app.Dashboard(
+        models=[sources.ModelChoice(tiny_artifact, "tiny")],
+        examples=sources.list_examples(tmp_path),
+        db_url=sqlite_url,
+        log_predictions=True,
+        warm_saliency=False,
+    )
     cutout = sample_files[0]
 
     outcomes = app.classify([upload(cutout.name, cutout.read_bytes()), upload("bad.png", b"nope")])
@@ -291,24 +303,33 @@ def test_the_widgets_classify_log_and_count(tiny_artifact, sample_files, sqlite_
 
 
 def test_without_a_model_the_page_says_how_to_get_one(tmp_path, sqlite_url):
-    app = dash_app.Dashboard(models=[], examples=sources.list_examples(tmp_path), db_url=sqlite_url,
-                         warm_saliency=False)
+    app = dash_app.Dashboard(
+        models=[], examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False
+    )
     assert app.upload.disabled and app.example_button.disabled
     assert "No trained model found" in app.status.value and "MODEL_PATH" in app.status.value
 
 
 def test_a_broken_artifact_is_a_message(tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = dash_app.Dashboard(models=sources.discover_models(tmp_path / "models", model_path=""),
-                         examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
+    app = dash_app.Dashboard(
+        models=sources.discover_models(tmp_path / "models", model_path=""),
+        examples=sources.list_examples(tmp_path),
+        db_url=sqlite_url,
+        warm_saliency=False,
+    )
     assert app.upload.disabled
     assert f"Cannot use the model at {broken}" in app.status.value
 
 
 def test_the_picker_switches_models_and_a_broken_one_is_a_message(tiny_artifact, tmp_path, sqlite_url):
     broken = fake_run(tmp_path / "models", "broken", 1_000)
-    app = dash_app.Dashboard(models=[sources.ModelChoice(tiny_artifact, "tiny"), sources.ModelChoice(broken, "broken")],
-                         examples=sources.list_examples(tmp_path), db_url=sqlite_url, warm_saliency=False)
+    app = dash_app.Dashboard(
+        models=[sources.ModelChoice(tiny_artifact, "tiny"), sources.ModelChoice(broken, "broken")],
+        examples=sources.list_examples(tmp_path),
+        db_url=sqlite_url,
+        warm_saliency=False,
+    )
     assert app.model_picker.layout.display != "none"  # two models: the picker shows
 
     app.model_picker.value = str(broken)
@@ -328,19 +349,35 @@ def test_a_flagged_image_gets_a_warning_on_its_card_and_keeps_its_class():
     from galaxylib.inference.predictor import Prediction
 
     def card(in_distribution):
-        p = Prediction(class_index=0, predicted_class="smooth", confidence=0.8,
-                       probabilities={"smooth": 0.8, "merger": 0.2}, model_version="m", top_classes=[("smooth", 0.8)],
-                       ood_score=None if in_distribution is None else (9.0 if not in_distribution else 0.1),
-                       in_distribution=in_distribution)
-        return prediction_html(Outcome(upload=Upload("cat.jpg", b"", 0), result=Classified(name="cat.jpg", prediction=p)))
+        p = Prediction(
+            class_index=0,
+            predicted_class="smooth",
+            confidence=0.8,
+            probabilities={"smooth": 0.8, "merger": 0.2},
+            model_version="m",
+            top_classes=[("smooth", 0.8)],
+            ood_score=None if in_distribution is None else (9.0 if not in_distribution else 0.1),
+            in_distribution=in_distribution,
+        )
+        return prediction_html(
+            Outcome(upload=Upload("cat.jpg", b"", 0), result=Classified(name="cat.jpg", prediction=p))
+        )
 
     flagged, passed, unchecked = card(False), card(True), card(None)
     assert "does not look like the galaxy cutouts the model was trained on" in flagged
     assert 'data-in-distribution="false"' in flagged and ">smooth<" in flagged  # the class is still shown
     assert "does not look like" not in passed and 'data-in-distribution="true"' in passed
     assert "does not look like" not in unchecked and 'data-in-distribution=""' in unchecked
-    rows = [{"filename": "cat.jpg", "predicted_class": "smooth", "confidence": 0.8, "created_at": None,
-             "metadata": {"source": "api"}, "in_distribution": False}]
+    rows = [
+        {
+            "filename": "cat.jpg",
+            "predicted_class": "smooth",
+            "confidence": 0.8,
+            "created_at": None,
+            "metadata": {"source": "api"},
+            "in_distribution": False,
+        }
+    ]
     assert "not like the training cutouts" in history_html(rows, 1, {"smooth": 1}, "sqlite", ["smooth", "merger"])
 
 
@@ -351,8 +388,14 @@ def test_a_balanced_call_that_is_not_the_most_probable_class_says_so_on_its_card
     from galaxylib.inference.predictor import Prediction
 
     def card(probabilities, predicted):
-        p = Prediction(class_index=0, predicted_class=predicted, confidence=probabilities[predicted],
-                       probabilities=probabilities, model_version="m", top_classes=[])
+        p = Prediction(
+            class_index=0,
+            predicted_class=predicted,
+            confidence=probabilities[predicted],
+            probabilities=probabilities,
+            model_version="m",
+            top_classes=[],
+        )
         return prediction_html(Outcome(upload=Upload("g.jpg", b"", 0), result=Classified(name="g.jpg", prediction=p)))
 
     page = card({"smooth": 0.7, "merger": 0.17, "spiral": 0.13}, "merger")

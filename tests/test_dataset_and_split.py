@@ -1,4 +1,5 @@
 """The Galaxy10 h5 reader, folder conversion, and the stratified split."""
+
 import json
 
 import h5py
@@ -6,15 +7,14 @@ import numpy as np
 import pytest
 
 from galaxylib.data.galaxy10 import DatasetError, folder_to_h5, open_galaxy10, resized_cache
-from galaxylib.preprocessing import load_image
 from galaxylib.data.split import SplitError, load_split, make_split, save_split
+from galaxylib.preprocessing import load_image
 
 
 def write_real_format_h5(path, n=20, seed=0):
     rng = np.random.default_rng(seed)
     with h5py.File(path, "w") as f:
-        f.create_dataset("images", data=rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8),
-                         chunks=(1, 256, 256, 3))
+        f.create_dataset("images", data=rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8), chunks=(1, 256, 256, 3))
         f.create_dataset("ans", data=(np.arange(n) % 10).astype(np.uint8))
         for key in ("ra", "dec", "redshift"):
             f.create_dataset(key, data=rng.random(n))

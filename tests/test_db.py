@@ -1,4 +1,5 @@
 """The predictions table on PostgreSQL and SQLite: migrations, writes, queries."""
+
 import datetime as dt
 import subprocess
 import sys
@@ -11,8 +12,15 @@ from galaxylib.store.database import PredictionFilter, PredictionStore
 
 
 def rows(n, cls="Round Smooth", conf=0.9):
-    return [{"filename": f"g{i}.jpg", "predicted_class": cls, "confidence": conf,
-             "metadata": {"model_version": "m1", "probabilities": {"Round Smooth": conf}}} for i in range(n)]
+    return [
+        {
+            "filename": f"g{i}.jpg",
+            "predicted_class": cls,
+            "confidence": conf,
+            "metadata": {"model_version": "m1", "probabilities": {"Round Smooth": conf}},
+        }
+        for i in range(n)
+    ]
 
 
 def test_the_schema_is_created_by_alembic_and_upgrading_twice_is_harmless(database_url):
@@ -55,8 +63,9 @@ def test_workers_creating_one_fresh_sqlite_file_at_once_all_get_the_schema(tmp_p
     """Without the lock, most attempts had a worker fail with "table predictions already exists"."""
     script = tmp_path / "race.py"
     script.write_text(RACE_SCRIPT)
-    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300,
-                          cwd=PROJECT_ROOT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=PROJECT_ROOT
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("[")]
     assert lines == ["['ok', 'ok', 'ok']"] * 8, done.stdout
@@ -76,8 +85,10 @@ def test_a_table_from_before_the_ood_check_upgrades_in_place_and_keeps_its_rows(
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.exec_driver_sql("INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
-                             "VALUES ('old.jpg', 'Merging', 0.5, '{}', CURRENT_TIMESTAMP)")
+        conn.exec_driver_sql(
+            "INSERT INTO predictions (filename, predicted_class, confidence, metadata, created_at) "
+            "VALUES ('old.jpg', 'Merging', 0.5, '{}', CURRENT_TIMESTAMP)"
+        )
     engine.dispose()
     store = PredictionStore(database_url)
     store.add_many([{**rows(1)[0], "in_distribution": False}])
@@ -111,8 +122,9 @@ def test_one_row_and_a_batch_store_the_same_fields(database_url):
 
     for record, row in zip(written, expected, strict=True):
         stored = store.get(record.id).as_dict()
-        assert {k: stored[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")} == \
-            {k: row[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")}
+        assert {k: stored[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")} == {
+            k: row[k] for k in ("filename", "predicted_class", "confidence", "in_distribution")
+        }
         assert stored["metadata"] == row["metadata"]
         assert dt.datetime.fromisoformat(stored["created_at"]) == record.created_at
 
@@ -180,8 +192,12 @@ def _kill_other_backends(url: str) -> None:
 
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
     engine.dispose()
 
 

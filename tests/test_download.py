@@ -3,6 +3,7 @@
 The server below serves a small file in the real Galaxy10 DECaLS layout. It supports
 ``Range: bytes=N-`` like Zenodo does, and it can drop a connection partway through.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -127,6 +128,7 @@ def fetch(url: str, dest: Path, sha256: str | None, **kwargs) -> Path:
 
 # download_file
 
+
 def test_download_verifies_checksum_and_yields_galaxy10_file(galaxy10, tmp_path):
     url, payload, sha = galaxy10
     dest = tmp_path / "raw" / "Galaxy10_DECals.h5"
@@ -205,6 +207,7 @@ def test_http_error_is_reported_as_unavailable(server, tmp_path):
 
 # ensure_galaxy10
 
+
 def test_unreachable_url_explains_how_to_get_the_file(tmp_path):
     url = closed_port_url()
     dest = tmp_path / "raw" / "Galaxy10_DECals.h5"
@@ -275,7 +278,8 @@ def test_existing_corrupt_file_raises_and_is_kept(server, galaxy10, tmp_path):
 
 
 def test_the_real_file_is_hashed_once_then_trusted_by_the_download_check_and_the_dataset(
-        galaxy10, tmp_path, monkeypatch):
+    galaxy10, tmp_path, monkeypatch
+):
     from galaxylib import files
     from galaxylib.data.galaxy10 import dataset_fingerprint
 

@@ -70,8 +70,16 @@ def test_backbone_outputs_pooled_1280_features_and_named_layers() -> None:
     model = el.build_lite("lite0", 96)
     assert model.output_shape == (None, 1280)
     names = [layer.name for layer in model.layers]
-    for name in ("input_scaling", "stem_conv", "block1a_dwconv", "block3b_project_bn", "block7a_project_bn",
-                 "head_conv", "head_activation", "avg_pool"):
+    for name in (
+        "input_scaling",
+        "stem_conv",
+        "block1a_dwconv",
+        "block3b_project_bn",
+        "block7a_project_bn",
+        "head_conv",
+        "head_activation",
+        "avg_pool",
+    ):
         assert name in names
     assert model.get_layer("head_activation").output.shape == (None, 3, 3, 1280)  # 96 / 32
     lite2 = el.build_lite("lite2", 64)
@@ -111,12 +119,14 @@ class _Global:
 class _Tensor:
     """A tensor as torch pickles it: a strided view on a (possibly shared) storage."""
 
-    def __init__(self, storage: "_StorageBytes", offset: int, size: tuple, stride: tuple) -> None:
+    def __init__(self, storage: _StorageBytes, offset: int, size: tuple, stride: tuple) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def __reduce__(self) -> tuple:
-        return (_Global("torch._utils", "_rebuild_tensor_v2"),
-                (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()))
+        return (
+            _Global("torch._utils", "_rebuild_tensor_v2"),
+            (self.storage, self.offset, self.size, self.stride, False, collections.OrderedDict()),
+        )
 
 
 class _StorageBytes:
@@ -155,8 +165,11 @@ def _write_fake_pth(path: Path, state: dict[str, _Tensor], legacy: bool) -> None
                 zf.writestr(f"archive/data/{st.key}", st.array.tobytes())
         return
     with open(path, "wb") as f:
-        for header in (torch_pickle.LEGACY_MAGIC_NUMBER, torch_pickle.LEGACY_PROTOCOL_VERSION,
-                       {"protocol_version": 1001, "little_endian": True}):
+        for header in (
+            torch_pickle.LEGACY_MAGIC_NUMBER,
+            torch_pickle.LEGACY_PROTOCOL_VERSION,
+            {"protocol_version": 1001, "little_endian": True},
+        ):
             pickle.dump(header, f, protocol=2)
         f.write(graph.getvalue())
         pickle.dump([st.key for st in storages], f, protocol=2)
@@ -237,8 +250,9 @@ def test_missing_weights_package_names_the_pip_package(monkeypatch: pytest.Monke
 # --------------------------------------------------------------------------- #
 
 
-def test_converted_weights_are_cached_and_reused_at_another_size(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_converted_weights_are_cached_and_reused_at_another_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = el.load_lite_weights(el.build_lite("lite0", 64), "lite0", tmp_path)
     cached = tmp_path / "efficientnet_lite0.weights.h5"
     assert cached.is_file()
@@ -257,8 +271,9 @@ def test_custom_head_gets_pretrained_backbone_and_fresh_classifier(cache_dir: Pa
     """num_classes != 1000: backbone from ImageNet, classifier left to be trained."""
     model = el.load_lite_weights(el.build_lite("lite0", 64, include_top=True, num_classes=3), "lite0", cache_dir)
     reference = el.load_lite_weights(el.build_lite("lite0", 64), "lite0", cache_dir)
-    np.testing.assert_array_equal(model.get_layer("head_bn").get_weights()[2],
-                                  reference.get_layer("head_bn").get_weights()[2])
+    np.testing.assert_array_equal(
+        model.get_layer("head_bn").get_weights()[2], reference.get_layer("head_bn").get_weights()[2]
+    )
     assert model.output_shape == (None, 3)
 
 
@@ -279,10 +294,12 @@ def test_keras_same_padding_equals_the_torch_ports_static_padding(size: int, ker
     same = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False)
     same.build(x.shape)
     weights = same.get_weights()
-    torch_style = keras.Sequential([
-        keras.layers.ZeroPadding2D(((pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2))),
-        keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="valid", use_bias=False),
-    ])
+    torch_style = keras.Sequential(
+        [
+            keras.layers.ZeroPadding2D(((pad // 2, pad - pad // 2), (pad // 2, pad - pad // 2))),
+            keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="valid", use_bias=False),
+        ]
+    )
     torch_style.build(x.shape)
     torch_style.layers[-1].set_weights(weights)
     np.testing.assert_allclose(same(x).numpy(), torch_style(x).numpy(), atol=1e-5)

@@ -3,6 +3,7 @@
 The artifact here records a centre crop in its preprocessing contract, so the test
 also proves that every entry point applies the artifact's contract, not its own.
 """
+
 import csv
 import io
 import os
@@ -16,7 +17,8 @@ from galaxylib.inference.predictor import Predictor
 
 
 def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
-        cropped_artifact, sample_files, make_app, sqlite_url, tmp_path):
+    cropped_artifact, sample_files, make_app, sqlite_url, tmp_path
+):
     from galaxylib.apps.dashboard.uploads import Upload, classify_uploads
 
     files = sample_files[:3]
@@ -30,15 +32,23 @@ def test_predictor_predict_sh_api_and_dashboard_give_identical_probabilities(
 
     out = tmp_path / "out.csv"
     env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url}
-    run = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(cropped_artifact), *map(str, files),
-                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [str(PROJECT_ROOT / "predict.sh"), "--model", str(cropped_artifact), *map(str, files), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     with open(out, newline="") as fh:
         lines = list(csv.DictReader(fh))
 
     client = make_app(sqlite_url, model_path=str(cropped_artifact)).test_client()
-    response = client.post("/predict", data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in files]},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/predict",
+        data={"file": [(io.BytesIO(f.read_bytes()), f.name) for f in files]},
+        content_type="multipart/form-data",
+    )
     assert response.status_code == 200, response.get_json()
     api = response.get_json()["predictions"]
 
@@ -71,15 +81,33 @@ def test_the_three_entry_points_store_the_same_record(cropped_artifact, sample_f
 
     cutout = sample_files[0]
     env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url}
-    run = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(cropped_artifact), str(cutout),
-                          "--out", str(tmp_path / "out.csv")], capture_output=True, text=True, env=env, timeout=300)
+    run = subprocess.run(
+        [
+            str(PROJECT_ROOT / "predict.sh"),
+            "--model",
+            str(cropped_artifact),
+            str(cutout),
+            "--out",
+            str(tmp_path / "out.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     client = make_app(sqlite_url, model_path=str(cropped_artifact)).test_client()
-    response = client.post("/predict", data={"file": [(io.BytesIO(cutout.read_bytes()), cutout.name)]},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/predict", data={"file": [(io.BytesIO(cutout.read_bytes()), cutout.name)]}, content_type="multipart/form-data"
+    )
     assert response.status_code == 200, response.get_json()
-    page = Dashboard(models=[ModelChoice(cropped_artifact, "cropped")], examples=[], db_url=sqlite_url,
-                     log_predictions=True, warm_saliency=False)
+    page = Dashboard(
+        models=[ModelChoice(cropped_artifact, "cropped")],
+        examples=[],
+        db_url=sqlite_url,
+        log_predictions=True,
+        warm_saliency=False,
+    )
     page.classify([Upload(cutout.name, cutout.read_bytes(), cutout.stat().st_size)])
 
     rows, total = PredictionStore(sqlite_url).list(limit=10)

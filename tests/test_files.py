@@ -1,4 +1,5 @@
 """galaxylib.files: a file is replaced whole or not at all, and a hash is remembered beside it."""
+
 import json
 import os
 

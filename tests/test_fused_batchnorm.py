@@ -1,4 +1,5 @@
 """The fused BatchNormalization used in training steps computes what Keras' own layer computes."""
+
 import numpy as np
 import pytest
 

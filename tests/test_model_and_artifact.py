@@ -1,4 +1,5 @@
 """The EfficientNetB0 model, the artifact round trip, and TFLite agreeing with Keras."""
+
 import json
 import shutil
 
@@ -6,10 +7,10 @@ import numpy as np
 import pytest
 
 from galaxylib.artifact import ArtifactError, read_artifact
-from galaxylib.modeling.loading import load_keras_model
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.modeling.model import ModelParams, WeightsError, build_model
 from galaxylib.inference.predictor import Predictor
+from galaxylib.modeling.loading import load_keras_model
+from galaxylib.modeling.model import ModelParams, WeightsError, build_model
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +19,8 @@ def design_model():
 
 
 def test_the_head_is_dense_256_128_64_then_softmax_10(design_model):
-    dense = [l for l in design_model.layers if l.name.startswith(("head_dense", "probabilities"))]
-    assert [l.units for l in dense] == [256, 128, 64, 10]
+    dense = [layer for layer in design_model.layers if layer.name.startswith(("head_dense", "probabilities"))]
+    assert [layer.units for layer in dense] == [256, 128, 64, 10]
     assert design_model.get_layer("head_dropout").rate == 0.3
     assert design_model.output_shape == (None, 10)
 
@@ -27,11 +28,11 @@ def test_the_head_is_dense_256_128_64_then_softmax_10(design_model):
 def test_only_the_last_100_base_layers_train_and_batchnorm_stays_frozen(design_model):
     import keras
 
-    base = [l for l in design_model.layers if not l.name.startswith(("head_", "probabilities"))]
-    assert not any(l.trainable for l in base[:-100])
+    base = [layer for layer in design_model.layers if not layer.name.startswith(("head_", "probabilities"))]
+    assert not any(layer.trainable for layer in base[:-100])
     tail = base[-100:]
-    assert all(l.trainable for l in tail if not isinstance(l, keras.layers.BatchNormalization))
-    assert not any(l.trainable for l in tail if isinstance(l, keras.layers.BatchNormalization))
+    assert all(layer.trainable for layer in tail if not isinstance(layer, keras.layers.BatchNormalization))
+    assert not any(layer.trainable for layer in tail if isinstance(layer, keras.layers.BatchNormalization))
 
 
 def test_the_design_optimiser_is_adam_at_1e_5_with_sparse_crossentropy(design_model):
@@ -47,7 +48,9 @@ def test_a_local_weights_file_is_loaded(tmp_path):
     path = tmp_path / "efficientnetb0_notop.weights.h5"
     donor.save_weights(path)
     model = build_model(ModelParams(image_size=32, weights=str(path)))
-    np.testing.assert_array_equal(model.get_layer("stem_conv").get_weights()[0], donor.get_layer("stem_conv").get_weights()[0])
+    np.testing.assert_array_equal(
+        model.get_layer("stem_conv").get_weights()[0], donor.get_layer("stem_conv").get_weights()[0]
+    )
 
 
 def test_a_missing_weights_file_is_a_clear_error(tmp_path):
@@ -59,8 +62,11 @@ def test_zero_init_residual_starts_every_residual_block_as_the_identity():
     """From scratch, each block that adds its input back starts with its branch switched off."""
     import keras
 
-    model = build_model(ModelParams(image_size=32, weights="none", trainable_layers="all",
-                                    freeze_batchnorm=False, zero_init_residual=True))
+    model = build_model(
+        ModelParams(
+            image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False, zero_init_residual=True
+        )
+    )
     adds = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Add)]
     last_bn_of_branch = [model.get_layer(name.replace("_add", "_project_bn")) for name in adds]
 
@@ -102,13 +108,23 @@ def test_an_artifact_readers_would_refuse_is_never_moved_into_place(tmp_path):
     from galaxylib.modeling.export import save_artifact
 
     inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)))
+    model = keras.Model(
+        inputs, keras.layers.Dense(1, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    )
     run_dir = tmp_path / "models" / "one-class"
     run_dir.mkdir(parents=True)
     (run_dir / "earlier.txt").write_text("what was here before")
     with pytest.raises(ArtifactError, match="two or more distinct names"):
-        save_artifact(model, run_dir, run_name="one-class", class_names=("smooth",), dataset={"sha256": "0" * 64},
-                      split={}, params={}, synthetic=True)
+        save_artifact(
+            model,
+            run_dir,
+            run_name="one-class",
+            class_names=("smooth",),
+            dataset={"sha256": "0" * 64},
+            split={},
+            params={},
+            synthetic=True,
+        )
     assert [p.name for p in run_dir.iterdir()] == ["earlier.txt"]  # untouched
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["one-class"]  # no temporary folder left
 
@@ -129,14 +145,17 @@ def test_one_image_and_a_batch_give_the_same_answer(tiny_artifact, sample_files)
     assert single.probabilities == pytest.approx(batch[2].probabilities, abs=1e-6)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("delete_sidecar", "no model.json"),
-    ("delete_tflite", "missing model.tflite"),
-    ("corrupt_tflite", "checksum"),
-    ("drop_key", "incomplete"),
-    ("duplicate_classes", "distinct names"),
-    ("other_contract", "preprocessing contract"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("delete_sidecar", "no model.json"),
+        ("delete_tflite", "missing model.tflite"),
+        ("corrupt_tflite", "checksum"),
+        ("drop_key", "incomplete"),
+        ("duplicate_classes", "distinct names"),
+        ("other_contract", "preprocessing contract"),
+    ],
+)
 def test_a_broken_artifact_is_refused_with_a_clear_error(tiny_artifact, tmp_path, damage, message):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_artifact, broken)

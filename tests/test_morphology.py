@@ -4,6 +4,7 @@ Drawn galaxies with a known shape check that each measurement means what its nam
 real Galaxy10 cutouts check the invariance under the 8 orientations and that LiteRT
 computes the same numbers as Keras.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_a_symmetric_galaxy_has_no_asymmetry_and_a_companion_adds_it(measure):
     assert alone["asymmetry180_r0.6"] < 0.01
     assert merging["asymmetry180_r0.6"] > 0.3
     # the brightest point 12-24 px out, against the centre's: the profile (0.33) or a companion's peak
-    assert alone["ring_max_r0.25-0.5"] == pytest.approx(np.exp(-0.5 * 1.5 ** 2), abs=0.05)
+    assert alone["ring_max_r0.25-0.5"] == pytest.approx(np.exp(-0.5 * 1.5**2), abs=0.05)
     assert merging["ring_max_r0.25-0.5"] > 0.6
     assert merging["centroid_offset_t0"] > alone["centroid_offset_t0"]
 

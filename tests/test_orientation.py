@@ -1,21 +1,30 @@
 """Orientation averaging: the saved model answers for the 8 rotations and flips of a cutout."""
+
 import numpy as np
 import pytest
 
 from galaxylib.artifact import read_artifact
+from galaxylib.inference.predictor import Predictor
 from galaxylib.modeling.export import save_artifact
 from galaxylib.modeling.loading import load_keras_model
-from galaxylib.modeling.orientation import (N_VIEWS, VIEWS, inner_network, orient, view_maps_back,
-                                   with_orientation_average)
-from galaxylib.inference.predictor import Predictor
+from galaxylib.modeling.orientation import (
+    N_VIEWS,
+    VIEWS,
+    inner_network,
+    orient,
+    view_maps_back,
+    with_orientation_average,
+)
 from galaxylib.preprocessing import load_image
 
 
 def numpy_views(x: np.ndarray) -> list[np.ndarray]:
     """The 8 orientations of (N, s, s, C) images, written out independently of the layer."""
     t = x.transpose(0, 2, 1, 3)
-    return [np.ascontiguousarray(v) for v in (
-        x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1], t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1])]
+    return [
+        np.ascontiguousarray(v)
+        for v in (x, x[:, :, ::-1], x[:, ::-1], x[:, ::-1, ::-1], t, t[:, :, ::-1], t[:, ::-1], t[:, ::-1, ::-1])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +38,9 @@ def network():
     x = keras.layers.Rescaling(1 / 25)(inputs)
     x = keras.layers.Conv2D(8, 5, strides=2, padding="same")(x)
     x = keras.layers.Flatten()(keras.layers.Activation("relu", name="top_activation")(x))
-    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="probabilities")(x),
-                       name="galaxy10_small_cnn")
+    return keras.Model(
+        inputs, keras.layers.Dense(10, activation="softmax", name="probabilities")(x), name="galaxy10_small_cnn"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +72,16 @@ def test_the_network_alone_is_not_orientation_invariant(network, cutouts):
 
 
 def test_an_averaged_artifact_loads_and_its_tflite_agrees_with_keras(averaged, cutouts, tmp_path):
-    save_artifact(averaged, tmp_path / "avg", run_name="avg", dataset={"sha256": "0" * 64}, split={},
-                  params={}, synthetic=True, crop=0.6)
+    save_artifact(
+        averaged,
+        tmp_path / "avg",
+        run_name="avg",
+        dataset={"sha256": "0" * 64},
+        split={},
+        params={},
+        synthetic=True,
+        crop=0.6,
+    )
     model = load_keras_model(read_artifact(tmp_path / "avg"))
     assert inner_network(model) is not None
     keras_probs = model.predict(cutouts, verbose=0)

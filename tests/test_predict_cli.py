@@ -1,4 +1,5 @@
 """./predict.sh as a user runs it: real cutouts plus broken files in one folder."""
+
 import csv
 import os
 import subprocess
@@ -8,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from support import default_ctrl_c
 
 from galaxylib.config import PROJECT_ROOT
-from galaxylib.store.database import PredictionStore
 from galaxylib.inference.predictor import Predictor
-from support import default_ctrl_c
+from galaxylib.store.database import PredictionStore
 
 
 @pytest.fixture
@@ -33,8 +34,9 @@ def run_predict(*args, env_db=None):
     env = {**os.environ, "PYTHON": sys.executable}
     if env_db:
         env["DATABASE_URL"] = env_db
-    return subprocess.run([str(PROJECT_ROOT / "predict.sh"), *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [str(PROJECT_ROOT / "predict.sh"), *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def read_csv(path):
@@ -42,25 +44,30 @@ def read_csv(path):
         return list(csv.DictReader(fh))
 
 
-def test_every_real_image_gets_one_line_and_one_row_and_broken_files_none(tiny_artifact, mixed_folder, tmp_path, database_url):
+def test_every_real_image_gets_one_line_and_one_row_and_broken_files_none(
+    tiny_artifact, mixed_folder, tmp_path, database_url
+):
     out = tmp_path / "out.csv"
     result = run_predict("--model", tiny_artifact, mixed_folder, "--out", out, env_db=database_url)
     assert result.returncode == 0, result.stderr
     lines = read_csv(out)
-    good = [l for l in lines if not l["error"]]
-    bad = {Path(l["filename"]).name: l["error"] for l in lines if l["error"]}
+    good = [line for line in lines if not line["error"]]
+    bad = {Path(line["filename"]).name: line["error"] for line in lines if line["error"]}
     assert len(good) == 6 and len(lines) == 9
     assert set(bad) == {"empty.jpg", "notes.jpg", "truncated.jpg"}
-    assert "empty" in bad["empty.jpg"] and "not a JPEG or PNG" in bad["notes.jpg"] and "truncated" in bad["truncated.jpg"]
+    assert (
+        "empty" in bad["empty.jpg"] and "not a JPEG or PNG" in bad["notes.jpg"] and "truncated" in bad["truncated.jpg"]
+    )
     for name in bad:
         assert name in result.stderr  # each broken file is reported by name
     store = PredictionStore(database_url)
     assert store.count() == 6
-    assert {Path(r.filename).name for r in store.list(limit=50)[0]} == {Path(l["filename"]).name for l in good}
+    assert {Path(r.filename).name for r in store.list(limit=50)[0]} == {Path(line["filename"]).name for line in good}
 
 
-def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error_line(tiny_artifact, sample_files,
-                                                                                      tmp_path):
+def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error_line(
+    tiny_artifact, sample_files, tmp_path
+):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
     (empty / "notes.txt").write_text("no images here")
@@ -74,12 +81,12 @@ def test_a_folder_with_no_images_is_a_clear_error_and_a_dead_link_gets_its_error
     (folder / "gone.jpg").symlink_to(tmp_path / "moved-away.jpg")
     result = run_predict("--model", tiny_artifact, folder, empty, "--out", out, "--no-db")
     assert result.returncode == 0, result.stderr
-    lines = {Path(l["filename"]).name: l for l in read_csv(out)}
+    lines = {Path(line["filename"]).name: line for line in read_csv(out)}
     assert set(lines) == {"real.jpg", "gone.jpg"} and lines["real.jpg"]["predicted_class"]
     assert lines["gone.jpg"]["error"] and "gone.jpg" in result.stderr and "holds no images" in result.stderr
     result = run_predict("--model", tiny_artifact, folder / "gone.jpg", "--out", out, "--no-db")
     assert result.returncode == 1  # every input failed: the CSV holds their error lines
-    assert [l["error"] != "" for l in read_csv(out)] == [True]
+    assert [line["error"] != "" for line in read_csv(out)] == [True]
 
 
 def test_the_csv_has_the_class_confidence_top3_and_model_version(tiny_artifact, sample_files, tmp_path, sqlite_url):
@@ -102,7 +109,7 @@ def test_a_galaxy10_h5_is_classified_row_by_row(tiny_artifact, tmp_path, sqlite_
         f.create_dataset("ans", data=np.arange(5, dtype=np.uint8))
     out = tmp_path / "h5.csv"
     assert run_predict("--model", tiny_artifact, h5, "--out", out, env_db=sqlite_url).returncode == 0
-    assert [l["filename"] for l in read_csv(out)] == [f"{h5}[{i}]" for i in range(5)]
+    assert [line["filename"] for line in read_csv(out)] == [f"{h5}[{i}]" for i in range(5)]
 
 
 def test_ctrl_c_writes_no_csv_and_says_where_the_logged_predictions_are(tiny_artifact, sample_files, tmp_path):
@@ -117,10 +124,15 @@ def test_ctrl_c_writes_no_csv_and_says_where_the_logged_predictions_are(tiny_art
     db = tmp_path / "predictions.db"
     out = tmp_path / "out.csv"
     env = {**os.environ, "PYTHON": sys.executable, "DATABASE_URL": f"sqlite:///{db}"}
-    proc = subprocess.Popen([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(folder),
-                             "--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True,
-                            preexec_fn=default_ctrl_c)
+    proc = subprocess.Popen(
+        [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(folder), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_ctrl_c,
+    )
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and not (db.exists() and _rows(db) >= 64):
         time.sleep(0.01)
@@ -150,20 +162,29 @@ def test_a_missing_model_is_a_clear_error(tmp_path, sample_files):
     assert not (tmp_path / "x.csv").exists()
 
 
-@pytest.mark.parametrize("out, says", [
-    ("existing-folder", "names a folder"),
-    ("existing-folder/", "names a folder"),
-    ("missing-folder/", "names a folder"),
-    ("a-file.csv/predictions.csv", "is a file, not a folder"),
-])
+@pytest.mark.parametrize(
+    "out, says",
+    [
+        ("existing-folder", "names a folder"),
+        ("existing-folder/", "names a folder"),
+        ("missing-folder/", "names a folder"),
+        ("a-file.csv/predictions.csv", "is a file, not a folder"),
+    ],
+)
 def test_an_out_that_cannot_take_the_csv_is_refused_before_anything_is_classified_or_logged(
-        tiny_artifact, sample_files, tmp_path, sqlite_url, out, says):
+    tiny_artifact, sample_files, tmp_path, sqlite_url, out, says
+):
     """A late failure would leave every prediction logged and no CSV, and a rerun would log them twice."""
     (tmp_path / "existing-folder").mkdir()
     (tmp_path / "a-file.csv").write_text("not a folder")
-    result = subprocess.run([str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(sample_files[0]),
-                             "--out", out], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url})
+    result = subprocess.run(
+        [str(PROJECT_ROOT / "predict.sh"), "--model", str(tiny_artifact), str(sample_files[0]), "--out", out],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHON": sys.executable, "DATABASE_URL": sqlite_url},
+    )
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Traceback" not in result.stderr
     assert PredictionStore(sqlite_url).count() == 0

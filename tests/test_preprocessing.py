@@ -1,12 +1,21 @@
 """The one preprocessing path: every entry point gives the same model input."""
+
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from galaxylib.preprocessing import (EmptyImageError, ImageError, ImageTooLargeError, UnsupportedImageError,
-                                     decode_image, load_image, preprocess_image, preprocessing_contract)
+from galaxylib.preprocessing import (
+    EmptyImageError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+    load_image,
+    preprocess_image,
+    preprocessing_contract,
+)
 
 
 def test_a_real_cutout_becomes_float32_in_0_255_at_the_model_size(sample_files):
@@ -69,8 +78,12 @@ def test_a_png_bomb_is_refused_from_its_header_without_decoding(tmp_path):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     # A valid 30000x30000 PNG header with almost no data: decoding it would need 2.7 GB.
-    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 1000))
+        + chunk(b"IEND", b"")
+    )
     with pytest.raises(ImageTooLargeError, match="over the limit"):
         decode_image(bomb)
 
@@ -112,8 +125,7 @@ def test_a_centre_crop_keeps_the_middle_of_the_cutout_before_resizing(sample_fil
     assert cropped.size == (128, 128)
     np.testing.assert_array_equal(np.asarray(cropped), np.asarray(img)[64:192, 64:192])
     raw = sample_files[0].read_bytes()
-    np.testing.assert_array_equal(load_image(raw, 64, crop=0.65),
-                                  preprocess_image(np.asarray(img), 64, crop=0.65))
+    np.testing.assert_array_equal(load_image(raw, 64, crop=0.65), preprocess_image(np.asarray(img), 64, crop=0.65))
 
 
 def test_the_production_crop_feeds_the_central_224_pixels_of_a_cutout_unresampled(sample_files):

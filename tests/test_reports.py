@@ -1,4 +1,5 @@
 """The HTML copy of an executed notebook, as train.sh writes it next to the .ipynb."""
+
 import nbformat
 
 from galaxylib.pipeline.runner import export_html

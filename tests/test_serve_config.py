@@ -1,4 +1,5 @@
 """Configuration and start-up: the environment, the entry point, the schema, MODEL_URL, storage."""
+
 from __future__ import annotations
 
 import http.server
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-
 from support import row_count
+
 from galaxylib.artifact import SIDECAR
 from serve.settings import Settings, SettingsError
 
@@ -23,10 +24,21 @@ REPO = Path(__file__).resolve().parent.parent
 
 # --- the environment ------------------------------------------------------------------------
 
+
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL", "MODEL_SHA256", "ADMIN_TOKEN",
-                 "MAX_UPLOAD_MB", "MAX_BATCH", "GALAXY_NUM_THREADS", "GALAXY_FORWARD_BATCH", "DB_RETRY_SECONDS"):
+    for name in (
+        "DATABASE_URL",
+        "MODEL_PATH",
+        "MODEL_URL",
+        "MODEL_SHA256",
+        "ADMIN_TOKEN",
+        "MAX_UPLOAD_MB",
+        "MAX_BATCH",
+        "GALAXY_NUM_THREADS",
+        "GALAXY_FORWARD_BATCH",
+        "DB_RETRY_SECONDS",
+    ):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -58,8 +70,16 @@ def test_the_defaults_need_nothing_configured(env):
     assert s.server_timing is False
 
 
-@pytest.mark.parametrize("name, value", [("MAX_BATCH", "many"), ("MAX_BATCH", "0"), ("MAX_UPLOAD_MB", "-1"),
-                                         ("GALAXY_NUM_THREADS", "two"), ("SERVER_TIMING", "maybe")])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("MAX_BATCH", "many"),
+        ("MAX_BATCH", "0"),
+        ("MAX_UPLOAD_MB", "-1"),
+        ("GALAXY_NUM_THREADS", "two"),
+        ("SERVER_TIMING", "maybe"),
+    ],
+)
 def test_a_malformed_setting_is_refused_naming_the_variable(env, name, value):
     env.setenv(name, value)
 
@@ -69,23 +89,26 @@ def test_a_malformed_setting_is_refused_naming_the_variable(env, name, value):
 
 # --- the real entry point -------------------------------------------------------------------
 
+
 def test_the_entry_point_builds_from_the_environment_without_tensorflow(tiny_artifact, tmp_path):
     """A fresh process, as a gunicorn worker: no TensorFlow, single-threaded native libraries."""
-    code = ("import os, sys; import serve.app as m; c = m.app.test_client(); "
-            "print(c.get('/health').status_code, 'tensorflow' in sys.modules, 'keras' in sys.modules, "
-            "os.environ['OMP_NUM_THREADS'], os.environ['TF_NUM_INTRAOP_THREADS'])")
+    code = (
+        "import os, sys; import serve.app as m; c = m.app.test_client(); "
+        "print(c.get('/health').status_code, 'tensorflow' in sys.modules, 'keras' in sys.modules, "
+        "os.environ['OMP_NUM_THREADS'], os.environ['TF_NUM_INTRAOP_THREADS'])"
+    )
     env = {**os.environ, "MODEL_PATH": str(tiny_artifact), "DATABASE_URL": f"sqlite:///{tmp_path / 'p.db'}"}
     for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         env.pop(name, None)
 
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["200", "False", "False", "1", "1"]
 
 
 # --- the schema -----------------------------------------------------------------------------
+
 
 def head_revision() -> str:
     from alembic.config import Config
@@ -102,8 +125,11 @@ def test_starting_twice_upgrades_the_schema_once_and_keeps_the_rows(make_app, da
     import io
 
     first = make_app(database_url).test_client()
-    first.post("/predict", data={"file": (io.BytesIO(sample_files[0].read_bytes()), "g.jpg")},
-               content_type="multipart/form-data")
+    first.post(
+        "/predict",
+        data={"file": (io.BytesIO(sample_files[0].read_bytes()), "g.jpg")},
+        content_type="multipart/form-data",
+    )
 
     second = make_app(database_url).test_client()
 
@@ -117,6 +143,7 @@ def test_starting_twice_upgrades_the_schema_once_and_keeps_the_rows(make_app, da
 
 
 # --- MODEL_URL ------------------------------------------------------------------------------
+
 
 class _Files(http.server.SimpleHTTPRequestHandler):
     requests_seen: list[str] = []
@@ -155,8 +182,9 @@ def pack(artifact: Path, archive: Path) -> Path:
 
 
 @pytest.mark.parametrize("archive_name", ["model.tar.gz", "model.zip"])
-def test_model_url_is_downloaded_into_model_path_once(make_app, sqlite_url, tiny_artifact, tmp_path, file_server,
-                                                      archive_name):
+def test_model_url_is_downloaded_into_model_path_once(
+    make_app, sqlite_url, tiny_artifact, tmp_path, file_server, archive_name
+):
     root, base = file_server
     pack(tiny_artifact, root / archive_name)
     target = tmp_path / "downloaded-run"
@@ -189,8 +217,9 @@ def test_a_model_url_with_a_wrong_checksum_is_not_served(make_app, sqlite_url, t
     pack(tiny_artifact, root / "model.tar.gz")
     target = tmp_path / "downloaded-run"
 
-    client = make_app(sqlite_url, model_path=str(target), model_url=f"{base}/model.tar.gz",
-                      model_sha256="0" * 64).test_client()
+    client = make_app(
+        sqlite_url, model_path=str(target), model_url=f"{base}/model.tar.gz", model_sha256="0" * 64
+    ).test_client()
 
     assert client.get("/health").json["model"]["loaded"] is False
     assert not target.exists()
@@ -207,6 +236,7 @@ def test_an_existing_model_path_wins_over_model_url(make_app, sqlite_url, tiny_a
 
 # --- storage ---------------------------------------------------------------------------------
 
+
 def test_a_batch_of_predictions_is_stored_all_or_nothing_on_postgresql(postgres_url):
     """The PostgreSQL writer sends a batch as one autocommit INSERT, which must be atomic."""
     from sqlalchemy.exc import DBAPIError
@@ -214,8 +244,10 @@ def test_a_batch_of_predictions_is_stored_all_or_nothing_on_postgresql(postgres_
     from serve.storage import Database
 
     db = Database(postgres_url)
-    rows = [{"filename": "fine.jpg", "predicted_class": "Merging", "confidence": 0.5},
-            {"filename": "x" * 600, "predicted_class": "Merging", "confidence": 0.5}]  # over VARCHAR(512)
+    rows = [
+        {"filename": "fine.jpg", "predicted_class": "Merging", "confidence": 0.5},
+        {"filename": "x" * 600, "predicted_class": "Merging", "confidence": 0.5},
+    ]  # over VARCHAR(512)
 
     with pytest.raises(DBAPIError):
         db.store().add_many(rows)

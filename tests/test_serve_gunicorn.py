@@ -3,6 +3,7 @@
 Concurrency: 4 workers, 8 parallel clients, 240 requests mixing single images,
 batches and bad files; no 5xx, and exactly one row per successful prediction.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from support import ADMIN_TOKEN, encode_image, random_rgb, row_count, temporary_postgres_database
 
 pytestmark = pytest.mark.slow  # starts gunicorn servers
@@ -34,14 +34,21 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = open(log_path, "w")
-        full_env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL",
-                                                                      "ADMIN_TOKEN", "WEB_CONCURRENCY",
-                                                                      "GUNICORN_CMD_ARGS")}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL", "ADMIN_TOKEN", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
+        }
         full_env.update(env)
         self.proc = subprocess.Popen(
-            [str(GUNICORN), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket",
-             "serve.app:app"], cwd=REPO, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [str(GUNICORN), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "serve.app:app"],
+            cwd=REPO,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_until_serving(self, workers: int, timeout: float = 120) -> None:
         """Until every worker has logged that it finished starting (ready or not)."""
@@ -84,16 +91,26 @@ def module_postgres_url():
 def server(tiny_artifact, module_postgres_url, tmp_path_factory):
     """gunicorn -w 4 on PostgreSQL, with the environment a user would set."""
     tmp = tmp_path_factory.mktemp("gunicorn")
-    server = Gunicorn({"DATABASE_URL": module_postgres_url, "MODEL_PATH": str(tiny_artifact),
-                       "ADMIN_TOKEN": ADMIN_TOKEN, "MAX_UPLOAD_MB": "1", "MAX_BATCH": "8",
-                       "GALAXY_NUM_THREADS": str(INTERPRETER_THREADS)}, workers=4, log_path=tmp / "log")
+    server = Gunicorn(
+        {
+            "DATABASE_URL": module_postgres_url,
+            "MODEL_PATH": str(tiny_artifact),
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "MAX_UPLOAD_MB": "1",
+            "MAX_BATCH": "8",
+            "GALAXY_NUM_THREADS": str(INTERPRETER_THREADS),
+        },
+        workers=4,
+        log_path=tmp / "log",
+    )
     server.wait_until_serving(4)
     yield server
     server.stop()
 
 
 def test_four_workers_answer_eight_parallel_clients_without_a_5xx_and_store_each_success(
-        server, module_postgres_url, sample_files):
+    server, module_postgres_url, sample_files
+):
     real = [(p.name, p.read_bytes()) for p in sample_files]
     generated = [(f"gen-{i}.png", encode_image(random_rgb(seed=i, size=64))) for i in range(10)]
     bad = ("notes.txt", b"this is not an image")
@@ -165,8 +182,9 @@ def _listening_fds(pid: int, port: int) -> set[int]:
             fields = line.split()
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(fields[9])
-    return {int(fd.name) for fd in Path(f"/proc/{pid}/fd").iterdir()
-            if os.readlink(fd) in {f"socket:[{i}]" for i in inodes}}
+    return {
+        int(fd.name) for fd in Path(f"/proc/{pid}/fd").iterdir() if os.readlink(fd) in {f"socket:[{i}]" for i in inodes}
+    }
 
 
 def test_each_idle_worker_waits_on_the_listener_with_epollexclusive(server):
@@ -183,8 +201,9 @@ def test_each_idle_worker_waits_on_the_listener_with_epollexclusive(server):
 def test_an_oversized_upload_gets_a_json_413_over_a_real_socket(server, module_postgres_url):
     before = row_count(module_postgres_url)
 
-    response = requests.post(f"{server.url}/predict", files={"file": ("big.jpg", os.urandom(3 * 1024 * 1024))},
-                             timeout=60)
+    response = requests.post(
+        f"{server.url}/predict", files={"file": ("big.jpg", os.urandom(3 * 1024 * 1024))}, timeout=60
+    )
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
@@ -204,15 +223,17 @@ def test_admin_endpoints_work_through_gunicorn_only_with_the_token(server, modul
 
 
 def test_a_missing_model_keeps_gunicorn_up_answering_503_without_restarting_workers(tmp_path, sqlite_url):
-    server = Gunicorn({"DATABASE_URL": sqlite_url, "MODEL_PATH": str(tmp_path / "no-such-run")}, workers=2,
-                      log_path=tmp_path / "log")
+    server = Gunicorn(
+        {"DATABASE_URL": sqlite_url, "MODEL_PATH": str(tmp_path / "no-such-run")}, workers=2, log_path=tmp_path / "log"
+    )
     try:
         server.wait_until_serving(2)
         pids = server.worker_pids()
 
         health = requests.get(f"{server.url}/health", timeout=30)
-        predicted = requests.post(f"{server.url}/predict", files={"file": ("a.png", encode_image(random_rgb()))},
-                                  timeout=30)
+        predicted = requests.post(
+            f"{server.url}/predict", files={"file": ("a.png", encode_image(random_rgb()))}, timeout=30
+        )
 
         # Both workers booted (the model's absence is found at boot), answered, and are the same processes:
         # gunicorn restarts a worker that fails to boot, which would show as a third "Booting worker".
@@ -247,9 +268,15 @@ def test_model_url_is_fetched_once_before_the_workers_start(tiny_artifact, tmp_p
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     target = tmp_path / "models" / "served"
-    server = Gunicorn({"DATABASE_URL": sqlite_url, "MODEL_PATH": str(target),
-                       "MODEL_URL": f"http://127.0.0.1:{httpd.server_address[1]}/model.tar.gz"}, workers=2,
-                      log_path=tmp_path / "log")
+    server = Gunicorn(
+        {
+            "DATABASE_URL": sqlite_url,
+            "MODEL_PATH": str(target),
+            "MODEL_URL": f"http://127.0.0.1:{httpd.server_address[1]}/model.tar.gz",
+        },
+        workers=2,
+        log_path=tmp_path / "log",
+    )
     try:
         server.wait_until_serving(2)
 

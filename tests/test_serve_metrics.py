@@ -3,6 +3,7 @@ summed over gunicorn's workers (serve/metrics.py, gunicorn.conf.py, docs/monitor
 
 Every scrape is parsed with prometheus_client's own parser, as Prometheus would read it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-
 from support import ADMIN_TOKEN, temporary_postgres_database
 from test_serve_gunicorn import Gunicorn
 
@@ -42,11 +42,15 @@ def scrape(client) -> list:
 
 
 def post(client, *files: tuple[str, bytes]):
-    return client.post("/predict", data={"file": [(io.BytesIO(data), name) for name, data in files]},
-                       content_type="multipart/form-data")
+    return client.post(
+        "/predict",
+        data={"file": [(io.BytesIO(data), name) for name, data in files]},
+        content_type="multipart/form-data",
+    )
 
 
 # --- one process: the Flask test client ---------------------------------------------------------
+
 
 def test_predictions_and_refusals_move_the_counters_by_exactly_their_amounts(make_app, sqlite_url, sample_files):
     client = make_app(sqlite_url).test_client()
@@ -67,8 +71,11 @@ def test_predictions_and_refusals_move_the_counters_by_exactly_their_amounts(mak
     assert len(predicted) == 3
     verdict = {True: "true", False: "false", None: "unknown"}
     answered = collections.Counter((p["predicted_class"], verdict[p.get("in_distribution")]) for p in predicted)
-    counted = {(s.labels["predicted_class"], s.labels["in_distribution"]): s.value
-               for s in scraped if s.name == "galaxy_predictions_total"}
+    counted = {
+        (s.labels["predicted_class"], s.labels["in_distribution"]): s.value
+        for s in scraped
+        if s.name == "galaxy_predictions_total"
+    }
     assert counted == answered
 
     requests_total = "galaxy_http_requests_total"
@@ -81,8 +88,11 @@ def test_predictions_and_refusals_move_the_counters_by_exactly_their_amounts(mak
     assert value(scraped, requests_total) == 6  # the scrape itself is not counted
     assert not [s for s in scraped if s.labels.get("route") in ("/metrics", stored_path, "/no/such/page")]
 
-    latency = [s for s in scraped if s.name == "galaxy_http_request_duration_seconds_bucket"
-               and s.labels["route"] == "/predict"]
+    latency = [
+        s
+        for s in scraped
+        if s.name == "galaxy_http_request_duration_seconds_bucket" and s.labels["route"] == "/predict"
+    ]
     assert value(scraped, "galaxy_http_request_duration_seconds_count", route="/predict") == 3
     assert [s.value for s in latency] == sorted(s.value for s in latency)  # cumulative buckets
     assert latency[-1].labels["le"] == "+Inf" and latency[-1].value == 3
@@ -91,7 +101,18 @@ def test_predictions_and_refusals_move_the_counters_by_exactly_their_amounts(mak
     assert value(scraped, "galaxy_prediction_confidence_sum") == pytest.approx(sum(p["confidence"] for p in predicted))
     assert value(scraped, "galaxy_prediction_confidence_bucket", le="1.0") == 3
     assert {s.labels["le"] for s in scraped if s.name == "galaxy_prediction_confidence_bucket"} == {
-        "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0", "+Inf"}
+        "0.1",
+        "0.2",
+        "0.3",
+        "0.4",
+        "0.5",
+        "0.6",
+        "0.7",
+        "0.8",
+        "0.9",
+        "1.0",
+        "+Inf",
+    }
 
     [info] = [s for s in scraped if s.name == "galaxy_model_info"]
     assert info.labels == {"model_version": single.json["predictions"][0]["model_version"]} and info.value == 1
@@ -106,17 +127,32 @@ def test_the_hook_labels_each_prediction_by_its_out_of_distribution_verdict(make
 
     app = make_app(sqlite_url)
 
-    def classified(name: str, cls: str, confidence: float, in_distribution: bool | None,
-                   others: dict[str, float] | None = None) -> Classified:
-        return Classified(name, Prediction(class_index=0, predicted_class=cls, confidence=confidence,
-                                           probabilities={cls: confidence, **(others or {})}, model_version="v-test",
-                                           ood_score=None if in_distribution is None else 1.0,
-                                           in_distribution=in_distribution))
+    def classified(
+        name: str, cls: str, confidence: float, in_distribution: bool | None, others: dict[str, float] | None = None
+    ) -> Classified:
+        return Classified(
+            name,
+            Prediction(
+                class_index=0,
+                predicted_class=cls,
+                confidence=confidence,
+                probabilities={cls: confidence, **(others or {})},
+                model_version="v-test",
+                ood_score=None if in_distribution is None else 1.0,
+                in_distribution=in_distribution,
+            ),
+        )
 
     with app.app_context():
-        observe_predictions([classified("a", "Merging", 0.95, True), classified("b", "Merging", 0.55, False),
-                             classified("c", "Disturbed", 0.15, False, {"Round Smooth": 0.85}), classified("d", "Disturbed", 0.35, None),
-                             Classified("broken.jpg")])  # no prediction: not counted
+        observe_predictions(
+            [
+                classified("a", "Merging", 0.95, True),
+                classified("b", "Merging", 0.55, False),
+                classified("c", "Disturbed", 0.15, False, {"Round Smooth": 0.85}),
+                classified("d", "Disturbed", 0.35, None),
+                Classified("broken.jpg"),
+            ]
+        )  # no prediction: not counted
     scraped = scrape(app.test_client())
 
     total = "galaxy_predictions_total"
@@ -132,10 +168,18 @@ def test_the_hook_labels_each_prediction_by_its_out_of_distribution_verdict(make
     buckets = {s.labels["le"]: s.value for s in scraped if s.name == "galaxy_prediction_confidence_bucket"}
     assert value(scraped, "galaxy_prediction_confidence_sum") == pytest.approx(0.95 + 0.55 + 0.15 + 0.35)
     assert (buckets["0.1"], buckets["0.2"], buckets["0.4"], buckets["0.6"], buckets["0.9"], buckets["1.0"]) == (
-        0, 1, 2, 3, 3, 4)
+        0,
+        1,
+        2,
+        3,
+        3,
+        4,
+    )
 
 
-def test_each_app_counts_alone_unknown_methods_share_one_label_and_no_model_still_answers(make_app, sqlite_url, tmp_path):
+def test_each_app_counts_alone_unknown_methods_share_one_label_and_no_model_still_answers(
+    make_app, sqlite_url, tmp_path
+):
     first = make_app(sqlite_url).test_client()
     assert first.get("/health").status_code == 200
     second = make_app(sqlite_url, model_path=str(tmp_path / "no-such-run")).test_client()  # no duplicate names
@@ -157,15 +201,19 @@ ACCESS_FORMAT = "worker=%(p)s %(m)s %(U)s %(s)s"
 
 def answered_by(server: Gunicorn, path: str) -> list[str]:
     """The worker of each access-log line for ``path`` (gunicorn writes it just after the response)."""
-    return [line.split()[0] for line in server.log().splitlines()
-            if line.startswith("worker=<") and line.split()[2] == path]
+    return [
+        line.split()[0] for line in server.log().splitlines() if line.startswith("worker=<") and line.split()[2] == path
+    ]
 
 
 def start_gunicorn(env: dict[str, str], workers: int, log_path: Path) -> Gunicorn:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)  # unless the test sets it: gunicorn.conf.py's own
-        server = Gunicorn({"GUNICORN_ACCESS_LOG": "-", "GUNICORN_CMD_ARGS": f"--access-logformat '{ACCESS_FORMAT}'",
-                           **env}, workers=workers, log_path=log_path)
+        server = Gunicorn(
+            {"GUNICORN_ACCESS_LOG": "-", "GUNICORN_CMD_ARGS": f"--access-logformat '{ACCESS_FORMAT}'", **env},
+            workers=workers,
+            log_path=log_path,
+        )
     server.wait_until_serving(workers)
     return server
 
@@ -182,8 +230,11 @@ def worker_metrics_dir(server: Gunicorn) -> Path:
 
     dirs = {}
     for pid in server.worker_pids():
-        dirs[pid] = {Path(f.path).parent for f in psutil.Process(pid).open_files()
-                     if Path(f.path).name == f"gauge_livemax_{pid}.db"}
+        dirs[pid] = {
+            Path(f.path).parent
+            for f in psutil.Process(pid).open_files()
+            if Path(f.path).name == f"gauge_livemax_{pid}.db"
+        }
     assert all(len(d) == 1 for d in dirs.values()) and len(set.union(*dirs.values())) == 1, dirs
     return next(iter(dirs.values())).pop()
 
@@ -196,10 +247,18 @@ def metrics_postgres_url():
 
 @pytest.mark.slow
 def test_four_gunicorn_workers_report_one_sum_whichever_answers_the_scrape(
-        tiny_artifact, metrics_postgres_url, sample_files, tmp_path):
-    server = start_gunicorn({"DATABASE_URL": metrics_postgres_url, "MODEL_PATH": str(tiny_artifact),
-                             "ADMIN_TOKEN": ADMIN_TOKEN, "GALAXY_NUM_THREADS": "1"}, workers=4,
-                            log_path=tmp_path / "log")
+    tiny_artifact, metrics_postgres_url, sample_files, tmp_path
+):
+    server = start_gunicorn(
+        {
+            "DATABASE_URL": metrics_postgres_url,
+            "MODEL_PATH": str(tiny_artifact),
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "GALAXY_NUM_THREADS": "1",
+        },
+        workers=4,
+        log_path=tmp_path / "log",
+    )
     try:
         folder = worker_metrics_dir(server)
         assert folder.is_dir() and folder.name.startswith("galaxy-prometheus-")
@@ -216,8 +275,9 @@ def test_four_gunicorn_workers_report_one_sum_whichever_answers_the_scrape(
             results = list(pool.map(send, range(sent)))
         statuses = collections.Counter(status for status, _ in results)
         assert statuses == {200: 35, 415: 5}, statuses
-        by_class = collections.Counter(body["predictions"][0]["predicted_class"]
-                                       for status, body in results if status == 200)
+        by_class = collections.Counter(
+            body["predictions"][0]["predicted_class"] for status, body in results if status == 200
+        )
 
         deadline = time.monotonic() + 10
         while len(answered_by(server, "/predict")) < sent and time.monotonic() < deadline:
@@ -265,20 +325,33 @@ def test_four_gunicorn_workers_report_one_sum_whichever_answers_the_scrape(
 
 
 @pytest.mark.slow
-def test_an_operators_metrics_folder_is_used_and_emptied_of_an_earlier_runs_files(
-        tiny_artifact, sqlite_url, tmp_path):
+def test_an_operators_metrics_folder_is_used_and_emptied_of_an_earlier_runs_files(tiny_artifact, sqlite_url, tmp_path):
     folder = tmp_path / "prometheus"
     folder.mkdir()
     # A file as a previous run's worker would have left it, written by prometheus_client itself.
-    subprocess.run([sys.executable, "-c",
-                    "from prometheus_client import Counter; Counter('galaxy_http_requests', 'old', "
-                    "['route', 'method', 'status']).labels('/predict', 'POST', '200').inc(1000)"],
-                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}, check=True, timeout=60)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from prometheus_client import Counter; Counter('galaxy_http_requests', 'old', "
+            "['route', 'method', 'status']).labels('/predict', 'POST', '200').inc(1000)",
+        ],
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        check=True,
+        timeout=60,
+    )
     assert list(folder.glob("counter_*.db"))
 
-    server = start_gunicorn({"DATABASE_URL": sqlite_url, "MODEL_PATH": str(tiny_artifact),
-                             "GALAXY_NUM_THREADS": "1", "PROMETHEUS_MULTIPROC_DIR": str(folder)}, workers=2,
-                            log_path=tmp_path / "log")
+    server = start_gunicorn(
+        {
+            "DATABASE_URL": sqlite_url,
+            "MODEL_PATH": str(tiny_artifact),
+            "GALAXY_NUM_THREADS": "1",
+            "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        },
+        workers=2,
+        log_path=tmp_path / "log",
+    )
     try:
         assert worker_metrics_dir(server) == folder
         assert requests.get(f"{server.url}/health", timeout=30).status_code == 200

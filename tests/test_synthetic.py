@@ -1,4 +1,5 @@
 """The synthetic Galaxy10 renderer: reproducible, shaped like the real file, and morphologically honest."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from galaxylib.data import synthetic
 from galaxylib.classes import NUM_CLASSES
+from galaxylib.data import synthetic
 from galaxylib.data.synthetic import make_synthetic_arrays, render_galaxy, write_synthetic_h5
 
 ROUND_SMOOTH, CIGAR_SMOOTH = 2, 4
@@ -38,8 +39,9 @@ def full_size_set() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def h5_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_h5(tmp_path_factory.mktemp("h5") / "Galaxy10_DECals.h5", n_per_class=1, seed=3,
-                              show_progress=False)
+    return write_synthetic_h5(
+        tmp_path_factory.mktemp("h5") / "Galaxy10_DECals.h5", n_per_class=1, seed=3, show_progress=False
+    )
 
 
 def _axis_ratio(image: np.ndarray, level: float) -> float:
@@ -58,8 +60,11 @@ def _axis_ratio(image: np.ndarray, level: float) -> float:
 
 
 def _median_axis_ratio(class_index: int, level: float, n: int = 6) -> float:
-    return float(np.median([_axis_ratio(render_galaxy(class_index, np.random.default_rng([class_index, i])), level)
-                            for i in range(n)]))
+    return float(
+        np.median(
+            [_axis_ratio(render_galaxy(class_index, np.random.default_rng([class_index, i])), level) for i in range(n)]
+        )
+    )
 
 
 def test_render_galaxy_returns_uint8_rgb_of_the_requested_size() -> None:

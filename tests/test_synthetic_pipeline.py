@@ -1,4 +1,5 @@
 """./train.sh end to end on a tiny synthetic config: the report and the artifact it leaves."""
+
 import json
 import os
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import pytest
 
 from galaxylib.artifact import read_artifact
-from galaxylib.modeling.loading import load_keras_model
 from galaxylib.config import PROJECT_ROOT
+from galaxylib.modeling.loading import load_keras_model
 from galaxylib.modeling.orientation import inner_network
 
 pytestmark = pytest.mark.slow  # runs train.sh end to end
@@ -17,10 +18,28 @@ pytestmark = pytest.mark.slow  # runs train.sh end to end
 def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifact(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     result = subprocess.run(
-        [str(PROJECT_ROOT / "train.sh"), "--config", "configs/tiny.yaml", "--dataset", "synthetic",
-         "--run-name", "pytest-tiny", "--reports-root", str(tmp_path / "reports"),
-         "--models-root", str(tmp_path / "models"), "-p", "train.epochs", "1"],
-        capture_output=True, text=True, env=env, timeout=900, cwd=PROJECT_ROOT)
+        [
+            str(PROJECT_ROOT / "train.sh"),
+            "--config",
+            "configs/tiny.yaml",
+            "--dataset",
+            "synthetic",
+            "--run-name",
+            "pytest-tiny",
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--models-root",
+            str(tmp_path / "models"),
+            "-p",
+            "train.epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=PROJECT_ROOT,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = tmp_path / "reports" / "pytest-tiny"
     for name in ("01_prepare_data", "02_train", "03_evaluate", "04_inference_tests"):
@@ -28,7 +47,8 @@ def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifac
     metrics = json.loads((reports / "metrics.json").read_text())
     assert {"test_accuracy", "test_macro_f1", "val_accuracy"} <= set(metrics) and metrics["synthetic"] is True
     assert {"confusion_matrix.png", "learning_curves.png", "reliability.png", "class_counts.png"} <= {
-        p.name for p in (reports / "figures").iterdir()}
+        p.name for p in (reports / "figures").iterdir()
+    }
     model = tmp_path / "models" / "pytest-tiny"
     assert {"model.keras", "model.tflite", "model.json"} <= {p.name for p in model.iterdir()}
     artifact = read_artifact(model)
@@ -40,17 +60,37 @@ def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifac
 def test_train_sh_names_the_failing_notebook(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
-        [str(PROJECT_ROOT / "train.sh"), "--config", "configs/tiny.yaml", "--dataset", str(tmp_path / "missing.h5"),
-         "--run-name", "pytest-fail", "--reports-root", str(tmp_path / "reports"),
-         "--models-root", str(tmp_path / "models")],
-        capture_output=True, text=True, env=env, timeout=300, cwd=PROJECT_ROOT)
+        [
+            str(PROJECT_ROOT / "train.sh"),
+            "--config",
+            "configs/tiny.yaml",
+            "--dataset",
+            str(tmp_path / "missing.h5"),
+            "--run-name",
+            "pytest-fail",
+            "--reports-root",
+            str(tmp_path / "reports"),
+            "--models-root",
+            str(tmp_path / "models"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=PROJECT_ROOT,
+    )
     assert result.returncode == 1
     assert "FAILED in notebook 01_prepare_data" in result.stderr and "DatasetError" in result.stderr
     assert not (tmp_path / "models" / "pytest-fail").exists()
 
 
 def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path):
-    result = subprocess.run([str(PROJECT_ROOT / "train.sh"), "--config", "configs/tiny.yaml", "-p", "learnin_rate", "1"],
-                            capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable},
-                            cwd=PROJECT_ROOT, timeout=60)
+    result = subprocess.run(
+        [str(PROJECT_ROOT / "train.sh"), "--config", "configs/tiny.yaml", "-p", "learnin_rate", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        cwd=PROJECT_ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2 and "unknown parameter 'learnin_rate'" in result.stderr

@@ -1,4 +1,5 @@
 """Training's sample order, class balance and time-budgeted schedule, on tiny data."""
+
 import numpy as np
 import pytest
 
@@ -30,8 +31,7 @@ def _tiny_model(size: int):
     x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
@@ -41,8 +41,15 @@ def test_the_budget_schedule_decays_the_learning_rate_to_zero_and_stops():
     labels = np.repeat(np.arange(10), 20)
     split = make_split(labels, "0" * 64, seed=0)
     model = _tiny_model(16)
-    params = TrainParams(epochs=100_000, batch_size=8, patience=100_000, lr_schedule="cosine_budget",
-                         max_train_minutes=0.2, augment_zoom=0, augment_brightness=0)
+    params = TrainParams(
+        epochs=100_000,
+        batch_size=8,
+        patience=100_000,
+        lr_schedule="cosine_budget",
+        max_train_minutes=0.2,
+        augment_zoom=0,
+        augment_brightness=0,
+    )
 
     history = train_model(model, images, labels, split, params, 10)
 
@@ -54,5 +61,11 @@ def test_the_budget_schedule_needs_a_budget():
     labels = np.repeat(np.arange(10), 20)
     split = make_split(labels, "0" * 64, seed=0)
     with pytest.raises(ValueError, match="max_train_minutes"):
-        train_model(_tiny_model(16), np.zeros((200, 16, 16, 3), np.uint8), labels, split,
-                    TrainParams(lr_schedule="cosine_budget", max_train_minutes=0), 10)
+        train_model(
+            _tiny_model(16),
+            np.zeros((200, 16, 16, 3), np.uint8),
+            labels,
+            split,
+            TrainParams(lr_schedule="cosine_budget", max_train_minutes=0),
+            10,
+        )

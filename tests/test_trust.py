@@ -1,5 +1,6 @@
 """The out-of-distribution check: its scorers as served (galaxylib/inference/ood.py, trust_check.py) and
 their fits (galaxylib/fitting/ood_fit.py), and the temperature fit seen from a scorer's side."""
+
 from __future__ import annotations
 
 import shutil
@@ -45,7 +46,9 @@ def test_fitted_temperature_recovers_how_overconfident_a_model_is():
         probs, labels = overconfident_model(true_t)
         fitted = fit_temperature(probs, labels)
         assert fitted == pytest.approx(true_t, rel=0.06)
-        assert negative_log_likelihood(apply_temperature(probs, fitted), labels) < negative_log_likelihood(probs, labels)
+        assert negative_log_likelihood(apply_temperature(probs, fitted), labels) < negative_log_likelihood(
+            probs, labels
+        )
 
 
 def test_the_ece_noise_floor_is_what_a_perfectly_calibrated_model_measures_on_that_many_cutouts():
@@ -173,8 +176,10 @@ def test_scorers_round_trip_through_the_artifacts_npz(tmp_path):
         np.testing.assert_allclose(loaded.score(queries, None), scorer.score(queries, None), rtol=1e-4, atol=1e-6)
     pixels = fit_pixels(features[:, :17])
     np.savez(tmp_path / "pixels.npz", **pixels.arrays())
-    np.testing.assert_allclose(load_scorer("pixels", tmp_path / "pixels.npz").score(None, None, queries[:, :17]),
-                               pixels.score(None, None, queries[:, :17]))
+    np.testing.assert_allclose(
+        load_scorer("pixels", tmp_path / "pixels.npz").score(None, None, queries[:, :17]),
+        pixels.score(None, None, queries[:, :17]),
+    )
     assert isinstance(load_scorer("max_softmax", None), MaxSoftmax)
     with pytest.raises(FileNotFoundError, match="ood.npz"):
         load_scorer("knn", tmp_path / "missing.npz")
@@ -222,9 +227,10 @@ def test_an_artifact_from_before_the_check_still_loads_and_serves_without_the_fl
 
 
 def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, tmp_path, sample_files):
+    from support import add_trust_check
+
     from galaxylib.artifact import ArtifactError, read_sidecar
     from galaxylib.inference.predictor import Predictor
-    from support import add_trust_check
 
     run = tmp_path / "run"
     shutil.copytree(tiny_artifact, run)
@@ -236,7 +242,10 @@ def test_a_fitted_check_travels_in_the_artifact_and_is_verified(tiny_artifact, t
     prediction = predictor.predict(sample_files[0])
     assert isinstance(prediction.in_distribution, bool) and isinstance(prediction.ood_score, float)
     assert prediction.in_distribution == (prediction.ood_score <= sidecar["ood"]["threshold"])
-    threshold, probs = predictor.trust.threshold, predictor.predict_arrays(predictor.preprocess(sample_files[0])[None])[0]
+    threshold, probs = (
+        predictor.trust.threshold,
+        predictor.predict_arrays(predictor.preprocess(sample_files[0])[None])[0],
+    )
     assert predictor.to_prediction(probs, threshold).in_distribution is True  # a score at the threshold is kept
     assert predictor.to_prediction(probs, np.nextafter(threshold, np.inf)).in_distribution is False
     pixels = tmp_path / "pixels"  # the pixel check: the Predictor computes the statistics itself
@@ -261,30 +270,43 @@ def test_the_scorer_kept_is_the_one_that_flags_most_at_its_threshold_with_auroc_
     from galaxylib.fitting.ood_fit import choose_method
 
     # The 3 December fresh clone's selection half: by AUROC alone mahalanobis would win by 0.0006
-    quick = {"mahalanobis": {"auroc": 0.99933, "flagged_fraction": 0.99375},
-             "knn": {"auroc": 0.98318, "flagged_fraction": 0.925},
-             "max_softmax": {"auroc": 0.93946, "flagged_fraction": 0.6375},
-             "pixels": {"auroc": 0.99869, "flagged_fraction": 1.0}}
+    quick = {
+        "mahalanobis": {"auroc": 0.99933, "flagged_fraction": 0.99375},
+        "knn": {"auroc": 0.98318, "flagged_fraction": 0.925},
+        "max_softmax": {"auroc": 0.93946, "flagged_fraction": 0.6375},
+        "pixels": {"auroc": 0.99869, "flagged_fraction": 1.0},
+    }
     assert choose_method(quick) == "pixels"
-    gz1 = {"mahalanobis": {"auroc": 0.99989, "flagged_fraction": 1.0},  # all flag every case: AUROC decides
-           "knn": {"auroc": 0.99981, "flagged_fraction": 1.0},
-           "pixels": {"auroc": 0.99963, "flagged_fraction": 1.0}}
+    gz1 = {
+        "mahalanobis": {"auroc": 0.99989, "flagged_fraction": 1.0},  # all flag every case: AUROC decides
+        "knn": {"auroc": 0.99981, "flagged_fraction": 1.0},
+        "pixels": {"auroc": 0.99963, "flagged_fraction": 1.0},
+    }
     assert choose_method(gz1) == "mahalanobis"
     # the union of the features' and the pixels' checks is kept when it flags as many as the best
-    assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.99990, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
+    assert (
+        choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.99990, "flagged_fraction": 1.0}})
+        == "mahalanobis+pixels"
+    )
     assert choose_method({**quick, "mahalanobis+pixels": {"auroc": 0.9999, "flagged_fraction": 0.99}}) == "pixels"
     # ... even when a part has the higher AUROC: flagging as many is enough
-    assert choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.999, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
+    assert (
+        choose_method({**gz1, "mahalanobis+pixels": {"auroc": 0.999, "flagged_fraction": 1.0}}) == "mahalanobis+pixels"
+    )
     nan = {"auroc": float("nan"), "flagged_fraction": float("nan")}  # no cases to judge on never wins
-    assert choose_method({"knn": nan, **quick}) == "pixels" and choose_method({"mahalanobis+pixels": nan, **gz1}) == "mahalanobis"
+    assert (
+        choose_method({"knn": nan, **quick}) == "pixels"
+        and choose_method({"mahalanobis+pixels": nan, **gz1}) == "mahalanobis"
+    )
     with pytest.raises(ValueError, match="no OOD scorer"):
         choose_method({})
 
 
 def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(tiny_artifact, tmp_path, sample_files):
+    from support import add_trust_check, trust_check_data
+
     from galaxylib.artifact import read_sidecar
     from galaxylib.inference.predictor import Predictor
-    from support import add_trust_check, trust_check_data
 
     features, labels, _ = clusters(n=200)
     part_f, part_p = fit_mahalanobis(features, labels), fit_pixels(features[:, :17])
@@ -294,8 +316,9 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
     np.testing.assert_allclose(union.score(queries, None, queries[:, :17]), np.maximum(f_score, p_score), rtol=1e-6)
     np.savez(tmp_path / "union.npz", **union.arrays())
     loaded = load_scorer("mahalanobis+pixels", tmp_path / "union.npz")
-    np.testing.assert_allclose(loaded.score(queries, None, queries[:, :17]), union.score(queries, None, queries[:, :17]),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        loaded.score(queries, None, queries[:, :17]), union.score(queries, None, queries[:, :17]), rtol=1e-4
+    )
     with pytest.raises(ValueError, match="two positive, finite scales"):
         UnionScorer(part_f, part_p, scales=np.array([0.0, 4.0]))
     # fitted by the real step (pinned here), beside its parts, and served: the Predictor computes both inputs
@@ -305,7 +328,11 @@ def test_the_union_flags_what_either_part_flags_and_is_served_from_the_artifact(
         shutil.copytree(tiny_artifact, runs[methods[0]])
         add_trust_check(runs[methods[0]], tmp_path / f"work-{methods[0]}", methods=methods)
     ood = read_sidecar(runs["mahalanobis+pixels"])["ood"]
-    assert ood["method"] == "mahalanobis+pixels" and set(ood["selection"]) == {"mahalanobis", "pixels", "mahalanobis+pixels"}
+    assert ood["method"] == "mahalanobis+pixels" and set(ood["selection"]) == {
+        "mahalanobis",
+        "pixels",
+        "mahalanobis+pixels",
+    }
     assert ood["pixel_statistics_dim"] == 17
     served = Predictor(runs["mahalanobis+pixels"])
     assert served.trust.needs_pixels and served.trust.needs_features
@@ -326,14 +353,23 @@ def test_the_check_is_fitted_and_judged_on_the_calibrated_probabilities(cropped_
     """A temperature far from 1 reaches everything the check reads: the validation scores its
     threshold is set on, the selection cases, and the test evaluation. (The small set's own fit keeps
     T at 1, where raw and calibrated agree, so the fit is made to return 0.5 here.)"""
+    from support import add_trust_check, trust_check_data
+
     import galaxylib.pipeline.trust as pipeline
     from galaxylib.inference.calibration import apply_calibration
     from galaxylib.inference.predictor import Predictor
-    from support import add_trust_check, trust_check_data
 
     real_fit = pipeline.fit_calibration
-    monkeypatch.setattr(pipeline, "fit_calibration", lambda probs, labels, seed=0: {
-        **real_fit(probs, labels, seed=seed), "method": "temperature", "temperature": 0.5, "bias": None})
+    monkeypatch.setattr(
+        pipeline,
+        "fit_calibration",
+        lambda probs, labels, seed=0: {
+            **real_fit(probs, labels, seed=seed),
+            "method": "temperature",
+            "temperature": 0.5,
+            "bias": None,
+        },
+    )
     run, work = tmp_path / "run", tmp_path / "work"
     shutil.copytree(cropped_artifact, run)
     report = add_trust_check(run, work, methods=("max_softmax",))
@@ -360,9 +396,13 @@ def test_the_check_is_fitted_and_judged_on_the_calibrated_probabilities(cropped_
     np.testing.assert_allclose(judged["probs"], apply_calibration(judged["raw_probs"], 0.5, None), rtol=1e-6)
     y_test = data.labels()[split.test]
     assert judged["calibration"]["ece_after"] == pytest.approx(
-        expected_calibration_error(y_test, judged["probs"], decisions=judged["decisions"])[0])
-    assert judged["calibration"]["ece_before"] == pytest.approx(expected_calibration_error(y_test, judged["raw_probs"])[0])
+        expected_calibration_error(y_test, judged["probs"], decisions=judged["decisions"])[0]
+    )
+    assert judged["calibration"]["ece_before"] == pytest.approx(
+        expected_calibration_error(y_test, judged["raw_probs"])[0]
+    )
     np.testing.assert_allclose(judged["ood"]["scores"]["test"], 1 - judged["probs"].max(axis=1), rtol=1e-6)
     for name, images in far_ood_cases(6, 0, "evaluation").items():
-        np.testing.assert_allclose(judged["ood"]["scores"][name], 1 - calibrated_of(images)[1].max(axis=1),
-                                   rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            judged["ood"]["scores"][name], 1 - calibrated_of(images)[1].max(axis=1), rtol=1e-5, err_msg=name
+        )

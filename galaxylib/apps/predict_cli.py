@@ -11,6 +11,7 @@ A broken file gets a CSV line with an ``error`` and no database row; it never st
 batch. Rows go to the database one transaction per batch, and the CSV appears (atomically)
 only when the whole run has finished.
 """
+
 from __future__ import annotations
 
 if __name__ == "__main__":  # run as predict.sh; importing this module changes nothing
@@ -25,8 +26,8 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
 
 from tqdm import tqdm  # noqa: E402
 
@@ -38,12 +39,16 @@ from galaxylib.inference.predictor import TOP_K  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 H5_SUFFIXES = {".h5", ".hdf5"}
-CSV_FIELDS = (["filename", "predicted_class", "class_index", "confidence"]
-              + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
-              + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"])
+CSV_FIELDS = (
+    ["filename", "predicted_class", "class_index", "confidence"]
+    + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
+    + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"]
+)
 
-SYNTHETIC_NOTE = ("predict.sh: note: {model} was trained on synthetic galaxies (the offline quick start): "
-                  "it shows the plumbing; its classes and confidences mean little on real cutouts")
+SYNTHETIC_NOTE = (
+    "predict.sh: note: {model} was trained on synthetic galaxies (the offline quick start): "
+    "it shows the plumbing; its classes and confidences mean little on real cutouts"
+)
 
 
 def exiting_on_ctrl_c() -> None:
@@ -59,8 +64,11 @@ def _is_h5(path: Path) -> bool:
 def _walk_images(folder: Path) -> Iterator[Path]:
     """The images under a folder, by suffix, in walk order; a link whose target is gone is kept,
     so that it gets its error line rather than vanishing from the output."""
-    return (p for p in folder.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists())))
+    return (
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))
+    )
 
 
 def folder_images(folder: Path) -> list[Path]:
@@ -103,24 +111,28 @@ def count_inputs(inputs: list[Path]) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="predict.sh", description="Classify galaxy cutouts with a trained model.",
+        prog="predict.sh",
+        description="Classify galaxy cutouts with a trained model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.fill("The CSV, one line per input: " + ", ".join(CSV_FIELDS) + ".", 86,
-                             subsequent_indent="  ") + "\n"
-               "  confidence and topK_p are calibrated probabilities; in_distribution is false when\n"
-               "  ood_score is above the model's threshold (model.json: ood.threshold); both are empty\n"
-               "  for a model without the check; error is set, and the rest empty, for a file that\n"
-               "  could not be read.\n"
-               "Exit status: 0 when at least one image was classified, 1 when every input failed,\n"
-               "  2 for bad arguments, an unusable model or database, or nothing to classify,\n"
-               "  130 after Ctrl-C (the CSV is then not written).\n"
-               "For a whole survey catalogue (Parquet dataset out, sharded, resumable, Slurm or\n"
-               "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).")
+        epilog=textwrap.fill("The CSV, one line per input: " + ", ".join(CSV_FIELDS) + ".", 86, subsequent_indent="  ")
+        + "\n"
+        "  confidence and topK_p are calibrated probabilities; in_distribution is false when\n"
+        "  ood_score is above the model's threshold (model.json: ood.threshold); both are empty\n"
+        "  for a model without the check; error is set, and the rest empty, for a file that\n"
+        "  could not be read.\n"
+        "Exit status: 0 when at least one image was classified, 1 when every input failed,\n"
+        "  2 for bad arguments, an unusable model or database, or nothing to classify,\n"
+        "  130 after Ctrl-C (the CSV is then not written).\n"
+        "For a whole survey catalogue (Parquet dataset out, sharded, resumable, Slurm or\n"
+        "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).",
+    )
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
     parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
+    parser.add_argument(
+        "--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)"
+    )
     parser.add_argument("--no-db", action="store_true", help="do not log predictions to the database")
     args = parser.parse_args(argv)
     named_as_folder = args.out.endswith(("/", os.sep))  # Path() would drop the slash
@@ -160,12 +172,18 @@ def csv_line(item: Classified, model_version: str, prediction_id: int | None) ->
     if not item.ok:
         return {"filename": item.name, "model_version": model_version, "error": str(item.error)}
     p = item.prediction
-    line = {"filename": item.name, "predicted_class": p.predicted_class, "class_index": str(p.class_index),
-            "confidence": f"{p.confidence:.6f}", "model_version": p.model_version,
-            "prediction_id": "" if prediction_id is None else str(prediction_id), "error": "",
-            # empty for a model without an out-of-distribution check
-            "in_distribution": "" if p.in_distribution is None else str(p.in_distribution).lower(),
-            "ood_score": "" if p.ood_score is None else f"{p.ood_score:.6g}"}
+    line = {
+        "filename": item.name,
+        "predicted_class": p.predicted_class,
+        "class_index": str(p.class_index),
+        "confidence": f"{p.confidence:.6f}",
+        "model_version": p.model_version,
+        "prediction_id": "" if prediction_id is None else str(prediction_id),
+        "error": "",
+        # empty for a model without an out-of-distribution check
+        "in_distribution": "" if p.in_distribution is None else str(p.in_distribution).lower(),
+        "ood_score": "" if p.ood_score is None else f"{p.ood_score:.6g}",
+    }
     for k, (name, prob) in enumerate(p.top_classes, start=1):
         line[f"top{k}"], line[f"top{k}_p"] = name, f"{prob:.6f}"
     return line
@@ -173,27 +191,53 @@ def csv_line(item: Classified, model_version: str, prediction_id: int | None) ->
 
 def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="predict.sh --catalog", description="Classify a whole catalogue into a Parquet dataset, one file per "
-        "work shard; resumable (see docs/catalog.md).")
+        prog="predict.sh --catalog",
+        description="Classify a whole catalogue into a Parquet dataset, one file per "
+        "work shard; resumable (see docs/catalog.md).",
+    )
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
-    parser.add_argument("--catalog", required=True,
-                        help="a .parquet or .csv with id_str and file_loc, a folder of cutouts, a Galaxy10 .h5, or "
-                             "WebDataset .tar shards (a tar, a folder of them, or a pattern like s-{000..009}.tar)")
+    parser.add_argument(
+        "--catalog",
+        required=True,
+        help="a .parquet or .csv with id_str and file_loc, a folder of cutouts, a Galaxy10 .h5, or "
+        "WebDataset .tar shards (a tar, a folder of them, or a pattern like s-{000..009}.tar)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="the output folder (a Parquet dataset)")
-    parser.add_argument("--shard", default=None, metavar="K/N",
-                        help="do only task K of N (1-based), e.g. --shard ${SLURM_ARRAY_TASK_ID}/N")
-    parser.add_argument("--dask", default=None, metavar="local:N|tcp://HOST:PORT",
-                        help="run the shards on Dask: N local worker processes, or an existing scheduler")
-    parser.add_argument("--to-database", action="store_true",
-                        help="also bulk-load the predictions into the predictions table (idempotent per shard)")
-    parser.add_argument("--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)")
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="do only task K of N (1-based), e.g. --shard ${SLURM_ARRAY_TASK_ID}/N",
+    )
+    parser.add_argument(
+        "--dask",
+        default=None,
+        metavar="local:N|tcp://HOST:PORT",
+        help="run the shards on Dask: N local worker processes, or an existing scheduler",
+    )
+    parser.add_argument(
+        "--to-database",
+        action="store_true",
+        help="also bulk-load the predictions into the predictions table (idempotent per shard)",
+    )
+    parser.add_argument(
+        "--database-url", default=None, help="overrides DATABASE_URL (default: an SQLite file in data/)"
+    )
     parser.add_argument("--shard-rows", type=int, default=None, help="rows per work shard (default 2048)")
     parser.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default 8)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="LiteRT threads in all (default: all cores; 1 per worker with --dask local:N)")
-    parser.add_argument("--processes", type=int, default=None,
-                        help="worker processes sharing --threads (default: one per thread; 1 = this process only, "
-                             "which a catalogue under 512 rows uses anyway)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="LiteRT threads in all (default: all cores; 1 per worker with --dask local:N)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="worker processes sharing --threads (default: one per thread; 1 = this process only, "
+        "which a catalogue under 512 rows uses anyway)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -225,12 +269,21 @@ def catalog_main(argv: list[str]) -> int:
     from galaxylib.catalog.sources import CatalogError
 
     try:
-        result = predict_catalog(args.model, args.catalog, args.out, shard=args.shard_k_n, dask=args.dask,
-                                 to_database=args.to_database, database_url=args.database_url,
-                                 shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS,
-                                 batch_size=args.batch_size or DEFAULT_BATCH, threads=args.threads,
-                                 processes=args.processes,
-                                 overwrite=args.overwrite, show_progress=not args.no_progress)
+        result = predict_catalog(
+            args.model,
+            args.catalog,
+            args.out,
+            shard=args.shard_k_n,
+            dask=args.dask,
+            to_database=args.to_database,
+            database_url=args.database_url,
+            shard_rows=args.shard_rows or DEFAULT_SHARD_ROWS,
+            batch_size=args.batch_size or DEFAULT_BATCH,
+            threads=args.threads,
+            processes=args.processes,
+            overwrite=args.overwrite,
+            show_progress=not args.no_progress,
+        )
     except ArtifactError as exc:
         print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
         return 2
@@ -239,12 +292,18 @@ def catalog_main(argv: list[str]) -> int:
         return 2
     except KeyboardInterrupt:
         exiting_on_ctrl_c()
-        print(f"\npredict.sh: interrupted. The shards finished so far are kept in {args.out}; run the same "
-              "command again to do the rest.", file=sys.stderr)
+        print(
+            f"\npredict.sh: interrupted. The shards finished so far are kept in {args.out}; run the same "
+            "command again to do the rest.",
+            file=sys.stderr,
+        )
         return 130
     except OSError as exc:  # a full disk, a folder gone read-only, an input that vanished mid-run
-        print(f"predict.sh: stopped by an I/O error: {exc}. The shards finished so far are kept in {args.out}; "
-              "fix the cause and run the same command again.", file=sys.stderr)
+        print(
+            f"predict.sh: stopped by an I/O error: {exc}. The shards finished so far are kept in {args.out}; "
+            "fix the cause and run the same command again.",
+            file=sys.stderr,
+        )
         return 2
     for line in result.failed:
         print(f"  FAILED {line}", file=sys.stderr)
@@ -252,14 +311,19 @@ def catalog_main(argv: list[str]) -> int:
         print(SYNTHETIC_NOTE.format(model=args.model), file=sys.stderr)
     workers = f" on {result.processes} worker processes" if result.processes > 1 else ""
     task = f" (task {args.shard_k_n[0]}/{args.shard_k_n[1]}: {result.selected} shards)" if args.shard else ""
-    print(f"Catalogue: {result.shards} shard(s){task}; {result.skipped} already finished, {result.processed} done now: "
-          f"{result.rows} row(s), {result.errors} unreadable; {result.seconds:.1f} s{workers}. Parquet dataset: {args.out}")
+    print(
+        f"Catalogue: {result.shards} shard(s){task}; {result.skipped} already finished, {result.processed} done now: "
+        f"{result.rows} row(s), {result.errors} unreadable; {result.seconds:.1f} s{workers}. Parquet dataset: {args.out}"
+    )
     if result.failed:
         print(f"{len(result.failed)} shard(s) failed; run the same command again to redo them.", file=sys.stderr)
         return 1
     if result.rows and result.errors == result.rows:
-        print("predict.sh: no image could be read (see the error column): is file_loc relative to the "
-              "catalogue's folder?", file=sys.stderr)
+        print(
+            "predict.sh: no image could be read (see the error column): is file_loc relative to the "
+            "catalogue's folder?",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -271,9 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     empty = [src for src in args.inputs if src.is_dir() and next(_walk_images(src), None) is None]  # stops at one
     if empty and len(empty) == len(args.inputs):
-        print(f"predict.sh: nothing to classify: {', '.join(map(str, empty))} holds no "
-              f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} images (searched with subfolders)",
-              file=sys.stderr)
+        print(
+            f"predict.sh: nothing to classify: {', '.join(map(str, empty))} holds no "
+            f"{'/'.join(sorted(s.lstrip('.') for s in IMAGE_SUFFIXES))} images (searched with subfolders)",
+            file=sys.stderr,
+        )
         return 2
     for src in empty:
         print(f"predict.sh: {src} holds no images; going on with the other inputs", file=sys.stderr)
@@ -293,8 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             store = PredictionStore(args.database_url)
         except Exception as exc:
-            print(f"predict.sh: cannot open the predictions database: {exc}\n"
-                  "  (set DATABASE_URL, pass --database-url, or use --no-db)", file=sys.stderr)
+            print(
+                f"predict.sh: cannot open the predictions database: {exc}\n"
+                "  (set DATABASE_URL, pass --database-url, or use --no-db)",
+                file=sys.stderr,
+            )
             return 2
     try:
         n_ok, n_err, errors = _classify_into_csv(args, predictor, store)
@@ -335,8 +404,9 @@ def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int,
             n_err += len(results) - len(good)
             pending.clear()
 
-        for item in tqdm(iter_inputs(args.inputs), total=count_inputs(args.inputs), desc="Classifying",
-                         unit="img", file=sys.stderr):
+        for item in tqdm(
+            iter_inputs(args.inputs), total=count_inputs(args.inputs), desc="Classifying", unit="img", file=sys.stderr
+        ):
             pending.append(item)
             if len(pending) >= args.batch_size:
                 flush()

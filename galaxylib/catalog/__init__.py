@@ -4,6 +4,7 @@
 ``./predict.sh --catalog`` the command line; docs/catalog.md has the recipes. The package
 runs on LiteRT through the one classify path and never imports TensorFlow.
 """
+
 from galaxylib.catalog.sources import CatalogError
 
 __all__ = ["CatalogError", "predict_catalog"]

@@ -7,10 +7,12 @@ hundreds of megabytes, so this reader cuts the file itself, at line ends outside
 and parses each block on its own with the types the first block inferred (what the streaming
 reader does too). Its peak is one block, whatever the catalogue's size.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Any, BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 INFER_BYTES = 1024 * 1024  # the first block, that the types are inferred from (~10k rows of a typical catalogue)
 BLOCK_BYTES = 256 * 1024  # every later block: the peak stays near the first block's
@@ -34,8 +36,12 @@ def _read_block(fh: BinaryIO, block_bytes: int) -> bytes:
     return block
 
 
-def iter_csv_batches(path: str | os.PathLike, column_types: dict[str, Any], block_bytes: int = BLOCK_BYTES,
-                     infer_bytes: int = INFER_BYTES) -> Iterator[Any]:
+def iter_csv_batches(
+    path: str | os.PathLike,
+    column_types: dict[str, Any],
+    block_bytes: int = BLOCK_BYTES,
+    infer_bytes: int = INFER_BYTES,
+) -> Iterator[Any]:
     """Record batches of the CSV at ``path``; ``column_types`` pins some columns (the rest are
     inferred from the first block and kept for every later one). The first item is the schema,
     so a caller can check the columns before any batch."""
@@ -57,19 +63,21 @@ def iter_csv_batches(path: str | os.PathLike, column_types: dict[str, Any], bloc
             block = _read_block(fh, infer_bytes if first else block_bytes)
             if not block and not first:
                 return
-            table = pcsv.read_csv(pa.py_buffer(header + block),
-                                  read_options=pcsv.ReadOptions(use_threads=False, block_size=len(header + block) + 1),
-                                  convert_options=pcsv.ConvertOptions(column_types=types))
+            table = pcsv.read_csv(
+                pa.py_buffer(header + block),
+                read_options=pcsv.ReadOptions(use_threads=False, block_size=len(header + block) + 1),
+                convert_options=pcsv.ConvertOptions(column_types=types),
+            )
             if first:
                 # A column empty throughout the first block is read as text, not as Arrow's null
                 # type, which no later value could be converted to.
-                schema = pa.schema([pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
-                                    for f in table.schema])
+                schema = pa.schema(
+                    [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f for f in table.schema]
+                )
                 table = table.cast(schema)
                 types = {field.name: field.type for field in schema}
                 yield schema
                 first = False
-            for batch in table.to_batches():
-                yield batch
+            yield from table.to_batches()
             if not block:
                 return

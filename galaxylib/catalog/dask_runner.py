@@ -4,6 +4,7 @@ Each shard is one Dask task running :func:`galaxylib.catalog.shard_runner.run_sh
 process loads its Predictor once and keeps it. A failed shard is reported and the others go on;
 a rerun redoes it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,8 +30,15 @@ def _worker_threads() -> int:
         return 1
 
 
-def dask_task(out_dir: str, model_dir: str, index: int, batch_size: int, threads: int | None,
-              database_url: str | None, to_database: bool) -> dict[str, Any]:
+def dask_task(
+    out_dir: str,
+    model_dir: str,
+    index: int,
+    batch_size: int,
+    threads: int | None,
+    database_url: str | None,
+    to_database: bool,
+) -> dict[str, Any]:
     """One shard on a Dask worker; its Predictor is loaded once per worker process and kept."""
     n = threads or _worker_threads()
     key = (model_dir, n)
@@ -39,8 +47,15 @@ def dask_task(out_dir: str, model_dir: str, index: int, batch_size: int, threads
     plan = Plan.load(out_dir)
     plan.model_dir = Path(model_dir)
     spec = next(s for s in plan.shards if s.index == index)
-    return run_shard(_WORKER_PREDICTORS[key], plan, spec, batch_size=batch_size, workers=n + 1,
-                     database_url=database_url, to_database=to_database)
+    return run_shard(
+        _WORKER_PREDICTORS[key],
+        plan,
+        spec,
+        batch_size=batch_size,
+        workers=n + 1,
+        database_url=database_url,
+        to_database=to_database,
+    )
 
 
 def parse_dask(text: str) -> tuple[int | None, str | None]:
@@ -48,7 +63,7 @@ def parse_dask(text: str) -> tuple[int | None, str | None]:
     text = str(text).strip()
     if text.startswith("local:"):
         try:
-            n = int(text[len("local:"):])
+            n = int(text[len("local:") :])
         except ValueError:
             n = 0
         if n < 1:
@@ -56,13 +71,23 @@ def parse_dask(text: str) -> tuple[int | None, str | None]:
         return n, None
     if "://" in text:
         return None, text
-    raise CatalogError(f"--dask must be local:N (start N worker processes) or a scheduler address such as "
-                       f"tcp://host:8786, got {text!r}")
+    raise CatalogError(
+        f"--dask must be local:N (start N worker processes) or a scheduler address such as "
+        f"tcp://host:8786, got {text!r}"
+    )
 
 
-def run_on_dask(plan: Plan, todo: list[ShardSpec], spec_text: str, *, threads: int | None, batch_size: int,
-              database_url: str | None, to_database: bool, show_progress: bool
-              ) -> tuple[list[dict[str, Any]], list[str]]:
+def run_on_dask(
+    plan: Plan,
+    todo: list[ShardSpec],
+    spec_text: str,
+    *,
+    threads: int | None,
+    batch_size: int,
+    database_url: str | None,
+    to_database: bool,
+    show_progress: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:
     import logging
 
     from distributed import Client, LocalCluster, as_completed
@@ -71,24 +96,44 @@ def run_on_dask(plan: Plan, todo: list[ShardSpec], spec_text: str, *, threads: i
     n_local, address = parse_dask(spec_text)
     cluster = None
     if n_local is not None:
-        cluster = LocalCluster(n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
+        cluster = LocalCluster(
+            n_workers=n_local, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR
+        )
         threads = threads or 1
     try:
         client = Client(cluster if cluster is not None else address)
     except OSError as exc:  # distributed raises OSError (a TimeoutError) for a scheduler it cannot reach
         if cluster is not None:
             cluster.close()
-        raise CatalogError(f"cannot reach the Dask scheduler at {spec_text} ({exc}); start one there "
-                           "(`dask scheduler`), or run on this machine with --dask local:N") from exc
+        raise CatalogError(
+            f"cannot reach the Dask scheduler at {spec_text} ({exc}); start one there "
+            "(`dask scheduler`), or run on this machine with --dask local:N"
+        ) from exc
     entries, failed = [], []
     try:
         token = uuid.uuid4().hex[:8]  # a long-lived scheduler may still hold an earlier run's keys
-        futures = {client.submit(dask_task, str(plan.out_dir), str(plan.model_dir), s.index, batch_size, threads,
-                                 database_url, to_database, key=f"galaxy-shard-{plan.key[:12]}-{s.index}-{token}",
-                                 pure=False): s.index for s in todo}
-        with tqdm(total=len(futures), desc=f"Classifying catalogue on Dask ({spec_text})", unit="shard",
-                  file=sys.stderr, disable=not show_progress) as bar:
+        futures = {
+            client.submit(
+                dask_task,
+                str(plan.out_dir),
+                str(plan.model_dir),
+                s.index,
+                batch_size,
+                threads,
+                database_url,
+                to_database,
+                key=f"galaxy-shard-{plan.key[:12]}-{s.index}-{token}",
+                pure=False,
+            ): s.index
+            for s in todo
+        }
+        with tqdm(
+            total=len(futures),
+            desc=f"Classifying catalogue on Dask ({spec_text})",
+            unit="shard",
+            file=sys.stderr,
+            disable=not show_progress,
+        ) as bar:
             for future in as_completed(futures):
                 try:
                     entries.append(future.result())

@@ -4,12 +4,14 @@ notebooks/05_catalog_inference.ipynb runs a catalogue end to end without a surve
 cutouts of a (synthetic or real) h5 written as PNG files, with made-up sky positions on a
 DECaLS-like patch, listed in a Parquet catalogue as a survey would hand it over.
 """
+
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,9 @@ from galaxylib.files import atomic_path
 SKY_PATCH = ((150.0, 160.0), (0.0, 8.0))  # ra, dec ranges in degrees
 
 
-def write_demo_catalog(data: Galaxy10File, folder: str | os.PathLike, n: int | None = None, seed: int = 0,
-                       missing: int = 1) -> Path:
+def write_demo_catalog(
+    data: Galaxy10File, folder: str | os.PathLike, n: int | None = None, seed: int = 0, missing: int = 1
+) -> Path:
     """PNG cutouts in ``folder/cutouts/`` and ``folder/catalog.parquet`` (id_str, file_loc relative to
     the catalogue, ra, dec uniform on the sphere within :data:`SKY_PATCH`, true_class). ``missing``
     extra rows name files that do not exist, to show what an unreadable image gives."""

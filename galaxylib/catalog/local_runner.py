@@ -4,12 +4,14 @@ A catalogue of more than ``PROCESS_MIN_ROWS`` rows is classified by worker proce
 core (``galaxylib.catalog.worker_pool``). A small run stays in this process, where a pool of
 threads decodes the next chunks while the interpreter runs the current one.
 """
+
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from galaxylib.catalog.process_memory import peak_rss_mb
 from galaxylib.catalog.shard_runner import run_shard
@@ -27,9 +29,17 @@ def local_processes(todo: Sequence[ShardSpec], total_threads: int, shard_rows: i
     return total_threads if total_threads > 1 and rows >= PROCESS_MIN_ROWS else 1
 
 
-def run_locally(plan: Plan, todo: list[ShardSpec], *, threads: int | None, processes: int | None, batch_size: int,
-               database_url: str | None, to_database: bool, show_progress: bool
-               ) -> tuple[list[dict[str, Any]], int, float | None]:
+def run_locally(
+    plan: Plan,
+    todo: list[ShardSpec],
+    *,
+    threads: int | None,
+    processes: int | None,
+    batch_size: int,
+    database_url: str | None,
+    to_database: bool,
+    show_progress: bool,
+) -> tuple[list[dict[str, Any]], int, float | None]:
     from tqdm import tqdm
 
     total_threads = threads or default_threads()
@@ -44,13 +54,31 @@ def run_locally(plan: Plan, todo: list[ShardSpec], *, threads: int | None, proce
         else:
             pool, predictor = None, Predictor(plan.model_dir, num_threads=total_threads)
             ahead = predictor.num_threads + 1
-        bar = stack.enter_context(tqdm(total=total, desc="Classifying catalogue", unit="img", file=sys.stderr,
-                                       disable=not show_progress, smoothing=0.05))
+        bar = stack.enter_context(
+            tqdm(
+                total=total,
+                desc="Classifying catalogue",
+                unit="img",
+                file=sys.stderr,
+                disable=not show_progress,
+                smoothing=0.05,
+            )
+        )
         bar.set_postfix(processes=n_proc)
         for spec in todo:
-            entries.append(run_shard(predictor, plan, spec, batch_size=batch_size, workers=ahead,
-                                     database_url=database_url, to_database=to_database, progress=bar.update,
-                                     pool=pool))
+            entries.append(
+                run_shard(
+                    predictor,
+                    plan,
+                    spec,
+                    batch_size=batch_size,
+                    workers=ahead,
+                    database_url=database_url,
+                    to_database=to_database,
+                    progress=bar.update,
+                    pool=pool,
+                )
+            )
             bar.set_postfix(shards=f"{len(entries)}/{len(todo)}", processes=n_proc)
         if pool is not None:
             peaks = [peak_rss_mb(p.pid) for p in multiprocessing.active_children() if p.pid is not None]

@@ -1,8 +1,10 @@
 """A shard's output table and the provenance every shard file carries."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from galaxylib.catalog.shards import output_columns
 from galaxylib.inference.classify import Classified
@@ -19,15 +21,16 @@ def build_output(inputs: Any, results: Sequence[Classified], class_names: Sequen
     columns["predicted_class"] = pa.array([p.predicted_class if p else None for p in preds], pa.string())
     columns["confidence"] = pa.array([p.confidence if p else None for p in preds], pa.float64())
     mask = np.array([p is None for p in preds], dtype=bool)
-    probs = np.array([[p.probabilities[n] for n in class_names] if p else [0.0] * len(class_names) for p in preds],
-                     dtype=np.float64).reshape(len(preds), len(class_names))
+    probs = np.array(
+        [[p.probabilities[n] for n in class_names] if p else [0.0] * len(class_names) for p in preds], dtype=np.float64
+    ).reshape(len(preds), len(class_names))
     for j, name in enumerate(class_names):
         columns[name] = pa.array(probs[:, j], pa.float64(), mask=mask)
     if has_ood:
         columns["in_distribution"] = pa.array([p.in_distribution if p else None for p in preds], pa.bool_())
         columns["ood_score"] = pa.array([p.ood_score if p else None for p in preds], pa.float64())
     columns["error"] = pa.array([None if r.ok else str(r.error) for r in results], pa.string())
-    assert list(columns)[inputs.num_columns:] == output_columns(class_names, has_ood)
+    assert list(columns)[inputs.num_columns :] == output_columns(class_names, has_ood)
     return pa.table(columns)
 
 

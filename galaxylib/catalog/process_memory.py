@@ -1,4 +1,5 @@
 """A process's peak resident memory: what the catalogue run reports for its workers."""
+
 from __future__ import annotations
 
 from pathlib import Path

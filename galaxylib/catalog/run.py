@@ -5,6 +5,7 @@ work shards (``galaxylib.catalog.shards``), leaves out the ones already finished
 rest to a runner: ``local_runner`` (worker processes on this machine) or ``dask_runner``. Every
 runner does each shard with ``shard_runner.run_shard``.
 """
+
 from __future__ import annotations
 
 import os
@@ -44,11 +45,22 @@ class CatalogResult:
         return not self.failed
 
 
-def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: str | os.PathLike, *,
-                    shard: str | tuple[int, int] | None = None, dask: str | None = None, to_database: bool = False,
-                    database_url: str | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
-                    batch_size: int = DEFAULT_BATCH, threads: int | None = None, processes: int | None = None,
-                    overwrite: bool = False, show_progress: bool = True) -> CatalogResult:
+def predict_catalog(
+    model: str | os.PathLike,
+    catalog: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    shard: str | tuple[int, int] | None = None,
+    dask: str | None = None,
+    to_database: bool = False,
+    database_url: str | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    batch_size: int = DEFAULT_BATCH,
+    threads: int | None = None,
+    processes: int | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> CatalogResult:
     """Classify every row of ``catalog`` into the Parquet dataset ``out``; what ``./predict.sh --catalog`` runs.
 
     Resumable: shards the manifest records as finished (for this input, model and shard size)
@@ -83,14 +95,38 @@ def predict_catalog(model: str | os.PathLike, catalog: str | os.PathLike, out: s
     if not todo:
         entries: list[dict[str, Any]] = []
     elif dask is None:
-        entries, n_proc, peak = run_locally(plan, todo, threads=threads, processes=processes, batch_size=batch_size,
-                                           database_url=database_url, to_database=to_database,
-                                           show_progress=show_progress)
+        entries, n_proc, peak = run_locally(
+            plan,
+            todo,
+            threads=threads,
+            processes=processes,
+            batch_size=batch_size,
+            database_url=database_url,
+            to_database=to_database,
+            show_progress=show_progress,
+        )
     else:
-        entries, failed = run_on_dask(plan, todo, dask, threads=threads, batch_size=batch_size,
-                                    database_url=database_url, to_database=to_database, show_progress=show_progress)
-    return CatalogResult(out_dir=Path(out), shards=len(plan.shards), selected=len(selected),
-                         skipped=len(selected) - len(todo), processed=len(entries),
-                         rows=sum(e["rows"] for e in entries), errors=sum(e["errors"] for e in entries),
-                         failed=failed, seconds=time.perf_counter() - started, processes=n_proc,
-                         worker_peak_rss_mb=peak, trained_on_synthetic=artifact.synthetic)
+        entries, failed = run_on_dask(
+            plan,
+            todo,
+            dask,
+            threads=threads,
+            batch_size=batch_size,
+            database_url=database_url,
+            to_database=to_database,
+            show_progress=show_progress,
+        )
+    return CatalogResult(
+        out_dir=Path(out),
+        shards=len(plan.shards),
+        selected=len(selected),
+        skipped=len(selected) - len(todo),
+        processed=len(entries),
+        rows=sum(e["rows"] for e in entries),
+        errors=sum(e["errors"] for e in entries),
+        failed=failed,
+        seconds=time.perf_counter() - started,
+        processes=n_proc,
+        worker_peak_rss_mb=peak,
+        trained_on_synthetic=artifact.synthetic,
+    )

@@ -8,6 +8,7 @@ atomically, loads the database if asked, then records the shard in the manifest.
 finished, or it is redone from scratch by the next run. At most ``workers + 1`` chunks are in
 flight, so memory does not grow with the shard.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,8 +16,9 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from galaxylib.catalog.output import build_output, kit_provenance
 from galaxylib.catalog.shards import Plan, remove_stale_temporaries, write_parquet
@@ -31,8 +33,9 @@ DEFAULT_BATCH = 8  # per forward pass: 8 kept each worker's activations in cache
 ChunkSubmitter = Callable[[list[ImageInput]], "Future[list[Classified]]"]
 
 
-def classify_stream(submit: ChunkSubmitter, chunks: Iterator[tuple[Any, list[ImageInput]]], ahead: int
-                    ) -> Iterator[tuple[Any, list[Classified]]]:
+def classify_stream(
+    submit: ChunkSubmitter, chunks: Iterator[tuple[Any, list[ImageInput]]], ahead: int
+) -> Iterator[tuple[Any, list[Classified]]]:
     """Classify chunks in input order, with up to ``ahead + 1`` of them submitted at once."""
     pending: collections.deque = collections.deque()
     for table, items in chunks:
@@ -45,17 +48,25 @@ def classify_stream(submit: ChunkSubmitter, chunks: Iterator[tuple[Any, list[Ima
         yield table0, future.result()
 
 
-def run_shard(predictor: Predictor | None, plan: Plan, spec: ShardSpec, *, batch_size: int = DEFAULT_BATCH,
-              workers: int = 2, database_url: str | None = None, to_database: bool = False,
-              progress: Callable[[int], None] | None = None, pool: Executor | None = None) -> dict[str, Any]:
+def run_shard(
+    predictor: Predictor | None,
+    plan: Plan,
+    spec: ShardSpec,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    workers: int = 2,
+    database_url: str | None = None,
+    to_database: bool = False,
+    progress: Callable[[int], None] | None = None,
+    pool: Executor | None = None,
+) -> dict[str, Any]:
     """Classify one work shard and put it in place: Parquet file, database rows, manifest entry.
 
     With ``pool`` (a :func:`worker_pool`), its processes classify the chunks, ``workers`` of them
     queued ahead; otherwise ``predictor`` does, with ``workers`` decoding threads."""
     import pyarrow as pa
 
-    if predictor is not None and (predictor.has_ood != plan.has_ood
-                                  or list(predictor.class_names) != plan.class_names):
+    if predictor is not None and (predictor.has_ood != plan.has_ood or list(predictor.class_names) != plan.class_names):
         raise CatalogError(f"the model at {predictor.path} is not the one this plan was made for")
     remove_stale_temporaries(plan, spec.index)
     started = time.perf_counter()
@@ -63,6 +74,7 @@ def run_shard(predictor: Predictor | None, plan: Plan, spec: ShardSpec, *, batch
     tables, results = [], []
     with contextlib.ExitStack() as stack:
         if pool is not None:
+
             def submit(items: list[ImageInput]) -> Future:
                 return pool.submit(worker_classify, items, batch_size)
         elif predictor is not None:
@@ -101,8 +113,15 @@ def run_shard(predictor: Predictor | None, plan: Plan, spec: ShardSpec, *, batch
         store = store_for(database_url)
         load_shard(store, inputs.column(ID_COLUMN).to_pylist(), results, plan.model_version)
         databases = sorted(set(databases) | {store.url})
-    entry = {"file": plan.part_path(spec.index).name, "rows": out.num_rows, "errors": errors, "bytes": size,
-             "input_checksum": shard_input.checksum, "databases": databases,
-             "seconds": round(time.perf_counter() - started, 3), "host": os.uname().nodename}
+    entry = {
+        "file": plan.part_path(spec.index).name,
+        "rows": out.num_rows,
+        "errors": errors,
+        "bytes": size,
+        "input_checksum": shard_input.checksum,
+        "databases": databases,
+        "seconds": round(time.perf_counter() - started, 3),
+        "host": os.uname().nodename,
+    }
     plan.write_entry(spec.index, entry)  # last: the shard counts as finished only now
     return {"shard": spec.index, **entry}

@@ -12,6 +12,7 @@ ignored by Parquet readers because of the leading underscore:
 One small file per shard, not one shared manifest, so that Slurm tasks and Dask workers on
 different machines never write the same file.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,9 +20,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from galaxylib.artifact import TFLITE_FILE, Artifact
 from galaxylib.catalog.sources import (
@@ -63,9 +65,13 @@ def trust_sha256(artifact: Artifact) -> str:
     OOD check (method, threshold, statistics). A refit of either is another run's results."""
     calibration = artifact.sidecar.get("calibration") or {}
     ood = artifact.sidecar.get("ood") or {}
-    fields = {"temperature": calibration.get("temperature"), "bias": calibration.get("bias"),
-              "ood_method": ood.get("method"), "ood_threshold": ood.get("threshold"),
-              "ood_file": artifact.sidecar["files"].get(ood["file"]) if ood.get("file") else None}
+    fields = {
+        "temperature": calibration.get("temperature"),
+        "bias": calibration.get("bias"),
+        "ood_method": ood.get("method"),
+        "ood_threshold": ood.get("threshold"),
+        "ood_file": artifact.sidecar["files"].get(ood["file"]) if ood.get("file") else None,
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
@@ -80,8 +86,10 @@ def parse_shard(text: str | None) -> tuple[int, int]:
         return 1, 1
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match or not 1 <= int(match.group(1)) <= int(match.group(2)):
-        raise CatalogError(f"--shard must be K/N with 1 <= K <= N, e.g. 3/10 (K is 1-based, as "
-                           f"sbatch --array=1-N numbers tasks); got {text!r}")
+        raise CatalogError(
+            f"--shard must be K/N with 1 <= K <= N, e.g. 3/10 (K is 1-based, as "
+            f"sbatch --array=1-N numbers tasks); got {text!r}"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -136,28 +144,51 @@ class Plan:
         atomic_write_json(self.manifest_path(index), {"plan": self.key, "shard": index, **entry})
 
     def as_dict(self) -> dict[str, Any]:
-        return {"format": PLAN_FORMAT, "key": self.key, "source": self.source.describe(),
-                "shards": [s.as_dict() for s in self.shards], "model_dir": str(self.model_dir),
-                "model_version": self.model_version, "model_sha256": self.model_sha256,
-                "class_names": self.class_names, "has_ood": self.has_ood, "shard_rows": self.shard_rows,
-                **self.extra}
+        return {
+            "format": PLAN_FORMAT,
+            "key": self.key,
+            "source": self.source.describe(),
+            "shards": [s.as_dict() for s in self.shards],
+            "model_dir": str(self.model_dir),
+            "model_version": self.model_version,
+            "model_sha256": self.model_sha256,
+            "class_names": self.class_names,
+            "has_ood": self.has_ood,
+            "shard_rows": self.shard_rows,
+            **self.extra,
+        }
 
     @classmethod
-    def load(cls, out_dir: str | os.PathLike) -> "Plan":
+    def load(cls, out_dir: str | os.PathLike) -> Plan:
         out_dir = Path(out_dir)
         try:
             d = json.loads((out_dir / PLAN_DIR / "plan.json").read_text())
         except (OSError, ValueError) as exc:
             raise CatalogError(f"{out_dir} holds no readable plan ({exc})") from exc
-        return cls(out_dir=out_dir, key=d["key"], source=reopen_source(d["source"]),
-                   shards=[ShardSpec(**s) for s in d["shards"]], model_dir=Path(d["model_dir"]),
-                   model_version=d["model_version"], model_sha256=d["model_sha256"],
-                   class_names=list(d["class_names"]), has_ood=bool(d["has_ood"]), shard_rows=int(d["shard_rows"]),
-                   extra={k: d[k] for k in ("orientation_views", "preprocessing", "created_at") if k in d})
+        return cls(
+            out_dir=out_dir,
+            key=d["key"],
+            source=reopen_source(d["source"]),
+            shards=[ShardSpec(**s) for s in d["shards"]],
+            model_dir=Path(d["model_dir"]),
+            model_version=d["model_version"],
+            model_sha256=d["model_sha256"],
+            class_names=list(d["class_names"]),
+            has_ood=bool(d["has_ood"]),
+            shard_rows=int(d["shard_rows"]),
+            extra={k: d[k] for k in ("orientation_views", "preprocessing", "created_at") if k in d},
+        )
 
 
-def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.PathLike, *, shard_rows: int,
-              overwrite: bool = False, show_progress: bool = False) -> Plan:
+def make_plan(
+    catalog: str | os.PathLike,
+    artifact: Artifact,
+    out_dir: str | os.PathLike,
+    *,
+    shard_rows: int,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> Plan:
     """Open the input, cut it into shards and record the plan in ``OUT_DIR/_plan``.
 
     A rerun with the same input, model and shard size finds the same plan key, so the
@@ -171,9 +202,15 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
     source = open_source(catalog)
     names = list(artifact.class_names)
     has_ood = bool(artifact.sidecar.get("ood"))
-    key_fields = {"format": PLAN_FORMAT, "source": source.kind, "fingerprint": source.fingerprint(),
-                  "shard_rows": int(shard_rows), "model_sha256": model_sha256(artifact), "classes": names,
-                  "trust_sha256": trust_sha256(artifact)}
+    key_fields = {
+        "format": PLAN_FORMAT,
+        "source": source.kind,
+        "fingerprint": source.fingerprint(),
+        "shard_rows": int(shard_rows),
+        "model_sha256": model_sha256(artifact),
+        "classes": names,
+        "trust_sha256": trust_sha256(artifact),
+    }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()
     plan_file = out_dir / PLAN_DIR / "plan.json"
     reuse = False
@@ -185,8 +222,10 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
         reuse = old.get("key") == key
         if not reuse:
             if not overwrite:
-                raise CatalogError(f"{out_dir} holds the results of another run (a different catalogue, model, "
-                                   "calibration or shard size): pass another --out, or --overwrite to replace them")
+                raise CatalogError(
+                    f"{out_dir} holds the results of another run (a different catalogue, model, "
+                    "calibration or shard size): pass another --out, or --overwrite to replace them"
+                )
             clear_results(out_dir)
     elif any(PART_RE.match(p.name) for p in out_dir.glob("part-*.parquet")):
         if not overwrite:
@@ -201,8 +240,10 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
         specs = source.plan(int(shard_rows), out_dir / PLAN_DIR, show_progress=show_progress)
         clash = sorted(set(source.passthrough_columns()) & set(output_columns(names, has_ood) + [ID_COLUMN]))
         if clash:
-            raise CatalogError(f"the catalogue's column(s) {', '.join(map(repr, clash))} would clash with the "
-                               "output's own columns (the prediction and one per class): rename them")
+            raise CatalogError(
+                f"the catalogue's column(s) {', '.join(map(repr, clash))} would clash with the "
+                "output's own columns (the prediction and one per class): rename them"
+            )
     except (CatalogError, OSError) as exc:
         # A refused run leaves no OUT_DIR or _plan of its own behind: the normalised copy it made of
         # a catalogue that is then refused (a clashing column) goes, and only empty folders are removed,
@@ -217,12 +258,23 @@ def make_plan(catalog: str | os.PathLike, artifact: Artifact, out_dir: str | os.
         if isinstance(exc, OSError):
             raise CatalogError(f"cannot plan the run in {out_dir / PLAN_DIR}: {exc}") from exc
         raise
-    plan = Plan(out_dir=out_dir, key=key, source=source, shards=specs, model_dir=artifact.path,
-                model_version=artifact.model_version, model_sha256=model_sha256(artifact), class_names=names,
-                has_ood=has_ood, shard_rows=int(shard_rows),
-                extra={"orientation_views": orientation_views(artifact),
-                       "preprocessing": artifact.sidecar.get("preprocessing", {}),
-                       "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    plan = Plan(
+        out_dir=out_dir,
+        key=key,
+        source=source,
+        shards=specs,
+        model_dir=artifact.path,
+        model_version=artifact.model_version,
+        model_sha256=model_sha256(artifact),
+        class_names=names,
+        has_ood=has_ood,
+        shard_rows=int(shard_rows),
+        extra={
+            "orientation_views": orientation_views(artifact),
+            "preprocessing": artifact.sidecar.get("preprocessing", {}),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
     if not reuse:
         atomic_write_json(plan_file, plan.as_dict())
     return plan
@@ -239,8 +291,10 @@ def _make_writable_folder(folder: Path) -> None:
         os.close(handle)
         os.unlink(probe)
     except OSError as exc:
-        raise CatalogError(f"cannot write to --out {folder.parent}: {exc.strerror or exc}"
-                           f"{f' ({exc.filename})' if exc.filename else ''}") from exc
+        raise CatalogError(
+            f"cannot write to --out {folder.parent}: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}"
+        ) from exc
 
 
 def clear_results(out_dir: Path) -> None:

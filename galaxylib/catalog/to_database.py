@@ -7,10 +7,11 @@ ids), so loading it again after a resume leaves exactly one row per prediction. 
 keyed by ``id_str`` per model: keep ids unique across a catalogue (a survey's ids are).
 Unreadable images get no row, as with predict.sh.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from galaxylib.inference.classify import Classified
 from galaxylib.store.database import PredictionStore
@@ -32,9 +33,9 @@ def database_key(url: str | None) -> str:
     return store_for(url).url
 
 
-def load_shard(store: PredictionStore, ids: Sequence[str], results: Sequence[Classified],
-               model_version: str) -> tuple[int, int]:
+def load_shard(
+    store: PredictionStore, ids: Sequence[str], results: Sequence[Classified], model_version: str
+) -> tuple[int, int]:
     """Replace this shard's catalogue rows for this model; returns (deleted, inserted)."""
-    rows = [prediction_row(dataclasses.replace(item, name=str(i)), SOURCE)
-            for i, item in zip(ids, results) if item.ok]
+    rows = [prediction_row(dataclasses.replace(item, name=str(i)), SOURCE) for i, item in zip(ids, results) if item.ok]
     return store.replace_many(rows, source=SOURCE, model_version=model_version, filenames=[str(i) for i in ids])

@@ -7,6 +7,7 @@ The parent alone writes files and the manifest. This module owns the processes' 
 ignoring Ctrl-C, killed with the run that started them (``PR_SET_PDEATHSIG``), and ended at once
 when a run stops.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,9 @@ import multiprocessing
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Iterator
 
 from galaxylib.catalog.sources import CatalogError
 from galaxylib.inference.classify import Classified, ImageInput, classify
@@ -66,8 +67,12 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
     threads), each loading the model once with ``threads`` LiteRT threads and every other
     native library on one thread. They are started here, so a model that fails to load fails
     now, and the environment they start with is this function's."""
-    pool = ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init, initargs=(str(model_dir), threads, os.getpid()))
+    pool = ProcessPoolExecutor(
+        max_workers=processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(str(model_dir), threads, os.getpid()),
+    )
     try:
         # Each submit starts a process while none is idle yet, so all of them start inside the block.
         with single_threaded_children(), _without_main_module(), _ctrl_c_ignored():
@@ -77,8 +82,10 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
     except BaseException as exc:
         stop_workers(pool)
         if isinstance(exc, BrokenProcessPool):
-            raise CatalogError(f"the catalogue's worker processes could not start ({exc}); "
-                               "processes=1 (--processes 1) runs in this process") from exc
+            raise CatalogError(
+                f"the catalogue's worker processes could not start ({exc}); "
+                "processes=1 (--processes 1) runs in this process"
+            ) from exc
         raise
     return pool
 

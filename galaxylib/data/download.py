@@ -5,6 +5,7 @@ resumes from where it stopped instead of starting over. It is written to a ``.pa
 file and moved to its final path only after its SHA-256 matches, so the data loader
 never opens a truncated or wrong file.
 """
+
 from __future__ import annotations
 
 import os
@@ -82,9 +83,7 @@ def download_file(
                 continue
             failures += 1
             if failures > retries:
-                raise DatasetUnavailableError(
-                    f"could not download {url} (tried {retries + 1} times): {exc}"
-                ) from exc
+                raise DatasetUnavailableError(f"could not download {url} (tried {retries + 1} times): {exc}") from exc
             time.sleep(retry_wait * 2 ** (failures - 1))
 
     if sha256 is not None:
@@ -165,10 +164,18 @@ def _fetch_into(url: str, part: Path, *, chunk_size: int, timeout: float, show_p
             mode, offset = "wb", 0  # the server ignored the Range header and sent the whole file
         length = resp.headers.get("Content-Length")
         total = offset + int(length) if length else None
-        with open(part, mode) as f, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=part.name.removesuffix(".part"), disable=not show_progress,
-        ) as bar:
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name.removesuffix(".part"),
+                disable=not show_progress,
+            ) as bar,
+        ):
             for chunk in resp.iter_content(chunk_size):
                 f.write(chunk)
                 bar.update(len(chunk))

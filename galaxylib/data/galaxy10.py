@@ -4,22 +4,21 @@ Everything downstream reads one format (the Galaxy10 DECaLS h5 layout), so a
 folder of cutouts is converted once into that layout. The 2.5 GB real file is
 never loaded whole: images are read in chunks and resized into a uint8 cache.
 """
+
 from __future__ import annotations
 
-import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np
 from tqdm import tqdm
 
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.config import GALAXY10_FILENAME, user_path
 from galaxylib.data.labels import LabelsError, read_labelled_folder
-from galaxylib.files import file_sha256, sha256_file
+from galaxylib.files import file_sha256
 from galaxylib.preprocessing import decode_image, preprocess_uint8
 
 CUTOUT_SIZE = 256
@@ -56,7 +55,7 @@ class Galaxy10File:
         with h5py.File(self.path, "r") as f:
             images = f["images"]
             for start in range(0, self.n_images, chunk):
-                yield start, images[start:start + chunk]
+                yield start, images[start : start + chunk]
 
     def fingerprint(self) -> str:
         """A content hash that identifies the data a split or model was made from."""
@@ -75,8 +74,7 @@ def open_galaxy10(path: str | os.PathLike) -> Galaxy10File:
                 raise DatasetError(f"{path} is not in the Galaxy10 layout: missing {missing}")
             images, ans = f["images"], f["ans"]
             if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-                raise DatasetError(
-                    f"{path}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
+                raise DatasetError(f"{path}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
             if ans.shape != (images.shape[0],):
                 raise DatasetError(f"{path}: 'ans' has {ans.shape[0]} labels for {images.shape[0]} images")
             names = f.attrs.get("class_names")
@@ -85,8 +83,7 @@ def open_galaxy10(path: str | os.PathLike) -> Galaxy10File:
             if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
                 raise DatasetError(f"{path}: labels must be 0..{len(class_names) - 1} (its {len(class_names)} classes)")
             synthetic = bool(f.attrs.get("synthetic", False))
-            return Galaxy10File(path=path, n_images=int(images.shape[0]), synthetic=synthetic,
-                                class_names=class_names)
+            return Galaxy10File(path=path, n_images=int(images.shape[0]), synthetic=synthetic, class_names=class_names)
     except OSError as exc:
         raise DatasetError(f"{path} is not a readable HDF5 file: {exc}") from exc
 
@@ -96,8 +93,9 @@ def dataset_fingerprint(path: str | os.PathLike) -> str:
     return file_sha256(path, show_progress=Path(path).stat().st_size > 256 * 1024 * 1024)
 
 
-def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_progress: bool = True,
-                 label_column: str = "label") -> Path:
+def folder_to_h5(
+    folder: str | os.PathLike, out_path: str | os.PathLike, show_progress: bool = True, label_column: str = "label"
+) -> Path:
     """Convert a folder of cutouts + labels.csv into the Galaxy10 h5 layout (256x256), with the
     folder's class table in the ``class_names`` attribute."""
     folder, out_path = Path(folder), Path(out_path)
@@ -107,16 +105,19 @@ def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_pr
         raise DatasetError(str(exc)) from exc
     used = sorted(set(listing.labels))
     if len(used) < 2:  # refused here, before training, not when the artifact is written
-        raise DatasetError(f"{folder / 'labels.csv'}: every image is labelled "
-                           f"{listing.class_names[used[0]]!r} (column {label_column!r}); a classifier needs "
-                           "images of at least two classes")
+        raise DatasetError(
+            f"{folder / 'labels.csv'}: every image is labelled "
+            f"{listing.class_names[used[0]]!r} (column {label_column!r}); a classifier needs "
+            "images of at least two classes"
+        )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     n = len(listing)
     try:
         with h5py.File(tmp, "w") as f:
-            images = f.create_dataset("images", (n, CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8,
-                                      chunks=(1, CUTOUT_SIZE, CUTOUT_SIZE, 3))
+            images = f.create_dataset(
+                "images", (n, CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8, chunks=(1, CUTOUT_SIZE, CUTOUT_SIZE, 3)
+            )
             for i, src in enumerate(tqdm(listing.paths, desc="Converting images", disable=not show_progress)):
                 images[i] = preprocess_uint8(decode_image(src), CUTOUT_SIZE)
             f.create_dataset("ans", data=np.array(listing.labels, np.uint8))
@@ -133,8 +134,9 @@ def folder_to_h5(folder: str | os.PathLike, out_path: str | os.PathLike, show_pr
     return out_path
 
 
-def resized_cache(data: Galaxy10File, image_size: int, cache_dir: Path,
-                  show_progress: bool = True, crop: float = 1.0) -> np.ndarray:
+def resized_cache(
+    data: Galaxy10File, image_size: int, cache_dir: Path, show_progress: bool = True, crop: float = 1.0
+) -> np.ndarray:
     """All images through the one preprocessing path, as a uint8 memmap on disk.
 
     Built once per (dataset, size) in chunks, so memory stays small even for

@@ -8,6 +8,7 @@ otherwise). A file name is relative to the folder; a bare name is also looked up
 - a column of integers: indices into ``classes.txt``, or into Galaxy10's ten classes
   when there is none.
 """
+
 from __future__ import annotations
 
 import csv
@@ -60,11 +61,14 @@ def read_labelled_folder(folder: str | os.PathLike, label_column: str = "label")
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         if "filename" not in columns or label_column not in columns:
-            raise LabelsError(f"{csv_path} needs the columns filename and {label_column!r}; it has {columns}"
-                              + ("" if label_column in columns else " (choose the label column with "
-                                 "-p data.label_column NAME)"))
-        rows = [(line, (row["filename"] or "").strip(), (row[label_column] or "").strip())
-                for line, row in enumerate(reader, start=2)]
+            raise LabelsError(
+                f"{csv_path} needs the columns filename and {label_column!r}; it has {columns}"
+                + ("" if label_column in columns else " (choose the label column with -p data.label_column NAME)")
+            )
+        rows = [
+            (line, (row["filename"] or "").strip(), (row[label_column] or "").strip())
+            for line, row in enumerate(reader, start=2)
+        ]
     if not rows:
         raise LabelsError(f"{csv_path} lists no images")
     for line, name, value in rows:
@@ -86,8 +90,10 @@ def read_labelled_folder(folder: str | os.PathLike, label_column: str = "label")
         if not path.is_file() and Path(name).name == name and (folder / "images" / name).is_file():
             path = folder / "images" / name
         if not path.is_file():
-            raise LabelsError(f"{csv_path}:{line}: {name} is not in {folder}"
-                              + ("" if Path(name).name != name else f" (nor in {folder / 'images'})"))
+            raise LabelsError(
+                f"{csv_path}:{line}: {name} is not in {folder}"
+                + ("" if Path(name).name != name else f" (nor in {folder / 'images'})")
+            )
         filenames.append(name)
         paths.append(path)
         labels.append(label)

@@ -3,6 +3,7 @@
 A training-side step (the synthetic renderer needs SciPy): it makes or finds the Galaxy10-layout
 h5 that everything downstream reads (``galaxylib.data.galaxy10``), in the run's data folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,16 @@ from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, folder_to_h5, op
 from galaxylib.files import sha256_file
 
 
-def resolve_dataset(spec: str, *, workdir: Path, seed: int = 0, synthetic_per_class: int = 100,
-                    download: bool = True, show_progress: bool = True, label_column: str = "label") -> Galaxy10File:
+def resolve_dataset(
+    spec: str,
+    *,
+    workdir: Path,
+    seed: int = 0,
+    synthetic_per_class: int = 100,
+    download: bool = True,
+    show_progress: bool = True,
+    label_column: str = "label",
+) -> Galaxy10File:
     """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv -> an opened h5.
 
     Everything derived (the synthetic set, converted folders, the downloaded real file under
@@ -45,4 +54,5 @@ def resolve_dataset(spec: str, *, workdir: Path, seed: int = 0, synthetic_per_cl
         return open_galaxy10(path)
     raise DatasetError(
         f"dataset {spec!r} not found: use 'synthetic', 'real', a Galaxy10-format .h5 file, "
-        "or a folder of images with labels.csv")
+        "or a folder of images with labels.csv"
+    )

@@ -9,6 +9,7 @@ channels standing in for DECaLS z, r, g (shown as R, G, B). Every image then goe
 the same PSF blur, sky noise, Lupton asinh stretch and JPEG round trip, whatever its class,
 so that the classes differ by morphology and stellar colour only, never by the pipeline.
 """
+
 from __future__ import annotations
 
 import io
@@ -107,8 +108,9 @@ def _project(dx: np.ndarray, dy: np.ndarray, pa: float, q: float) -> tuple[np.nd
     return u, v
 
 
-def _unproject(u: np.ndarray, v: np.ndarray, pa: float, q: float,
-               cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+def _unproject(
+    u: np.ndarray, v: np.ndarray, pa: float, q: float, cx: float, cy: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Inverse of :func:`_project`, for point sources placed in the face-on frame."""
     c, s = math.cos(pa), math.sin(pa)
     v = v * q
@@ -154,8 +156,19 @@ def _splat(layer: np.ndarray, xs: np.ndarray, ys: np.ndarray, weights: np.ndarra
 # ---------------------------------------------------------------------- components
 
 
-def _add_sersic(s: _Scene, cx: float, cy: float, re: float, n: float, q: float, pa: float,
-                flux: float, colour: np.ndarray, lopsided: float = 0.0, lop_angle: float = 0.0) -> None:
+def _add_sersic(
+    s: _Scene,
+    cx: float,
+    cy: float,
+    re: float,
+    n: float,
+    q: float,
+    pa: float,
+    flux: float,
+    colour: np.ndarray,
+    lopsided: float = 0.0,
+    lop_angle: float = 0.0,
+) -> None:
     dx, dy = s.offsets(cx, cy)
     u, v = _project(dx, dy, pa, q)
     r = np.hypot(u, v)
@@ -196,8 +209,9 @@ def _add_spiral_disk(s: _Scene, cx: float, cy: float, h: float, q: float, pa: fl
         _add_arm_knots(s, cx, cy, h, q, pa, flux * arms.knot_fraction, arms, tan_p)
 
 
-def _add_arm_knots(s: _Scene, cx: float, cy: float, h: float, q: float, pa: float,
-                   flux: float, arms: _Arms, tan_p: float) -> None:
+def _add_arm_knots(
+    s: _Scene, cx: float, cy: float, h: float, q: float, pa: float, flux: float, arms: _Arms, tan_p: float
+) -> None:
     """Star-forming knots strung along the arms: the clumpy look of late-type spirals."""
     rng = s.rng
     r = arms.r_start + h * rng.gamma(2.0, 0.8, arms.knots)
@@ -211,8 +225,17 @@ def _add_arm_knots(s: _Scene, cx: float, cy: float, h: float, q: float, pa: floa
     _splat(s.sharp, xs, ys, w, s.colour(_YOUNG, 0.1))
 
 
-def _add_bar(s: _Scene, cx: float, cy: float, length: float, axis_ratio: float, bar_angle: float,
-             q: float, pa: float, flux: float) -> None:
+def _add_bar(
+    s: _Scene,
+    cx: float,
+    cy: float,
+    length: float,
+    axis_ratio: float,
+    bar_angle: float,
+    q: float,
+    pa: float,
+    flux: float,
+) -> None:
     """Soft-ended bar drawn in the disk plane, so it foreshortens with the disk."""
     dx, dy = s.offsets(cx, cy)
     u, v = _project(dx, dy, pa, q)
@@ -220,7 +243,7 @@ def _add_bar(s: _Scene, cx: float, cy: float, length: float, axis_ratio: float, 
     ub = u * np.float32(c) + v * np.float32(sn)
     vb = v * np.float32(c) - u * np.float32(sn)
     m2 = (ub / np.float32(length)) ** 2 + (vb / np.float32(length * axis_ratio)) ** 2
-    s.paint(np.exp(-2.0 * m2 ** 1.5), flux, s.colour(_BAR))
+    s.paint(np.exp(-2.0 * m2**1.5), flux, s.colour(_BAR))
 
 
 def _add_ring(s: _Scene, cx: float, cy: float, radius: float, width: float, q: float, pa: float, flux: float) -> None:
@@ -230,8 +253,9 @@ def _add_ring(s: _Scene, cx: float, cy: float, radius: float, width: float, q: f
     s.paint(np.exp(-0.5 * ((r - radius) / np.float32(width)) ** 2), flux, s.colour(_DISK))
 
 
-def _add_edge_on_disk(s: _Scene, cx: float, cy: float, h: float, z0: float, pa: float,
-                      flux: float, colour: np.ndarray, warp: float = 0.0) -> None:
+def _add_edge_on_disk(
+    s: _Scene, cx: float, cy: float, h: float, z0: float, pa: float, flux: float, colour: np.ndarray, warp: float = 0.0
+) -> None:
     """Exponential disk seen exactly edge-on: K1 along the plane, sech^2 across it."""
     dx, dy = s.offsets(cx, cy)
     u, v = _project(dx, dy, pa, 1.0)
@@ -243,8 +267,9 @@ def _add_edge_on_disk(s: _Scene, cx: float, cy: float, h: float, z0: float, pa: 
     s.paint(radial * _sech2(v / np.float32(z0)), flux, colour)
 
 
-def _apply_dust_lane(s: _Scene, cx: float, cy: float, h: float, width: float, pa: float,
-                     depth: float, offset: float) -> None:
+def _apply_dust_lane(
+    s: _Scene, cx: float, cy: float, h: float, width: float, pa: float, depth: float, offset: float
+) -> None:
     """Dims the galaxy light painted so far, more in g than z: lanes come out red-brown."""
     dx, dy = s.offsets(cx, cy)
     u, v = _project(dx, dy, pa, 1.0)
@@ -253,8 +278,17 @@ def _apply_dust_lane(s: _Scene, cx: float, cy: float, h: float, width: float, pa
     s.sharp *= 1.0 - np.float32(depth) * lane[..., None] * np.asarray(_DUST, np.float32)
 
 
-def _tail_points(s: _Scene, x0: float, y0: float, angle: float, length: float, curl: float,
-                 width: float, n: int = 400, start: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _tail_points(
+    s: _Scene,
+    x0: float,
+    y0: float,
+    angle: float,
+    length: float,
+    curl: float,
+    width: float,
+    n: int = 400,
+    start: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Points along a curling stream; fading and widening outwards like tidal tails."""
     rng = s.rng
     t = np.sqrt(rng.uniform(start**2, 1.0, n))
@@ -266,8 +300,17 @@ def _tail_points(s: _Scene, x0: float, y0: float, angle: float, length: float, c
     return xs, ys, np.exp(-1.5 * t)
 
 
-def _add_tail(s: _Scene, x0: float, y0: float, angle: float, length: float, curl: float,
-              width: float, flux: float, colour: np.ndarray) -> None:
+def _add_tail(
+    s: _Scene,
+    x0: float,
+    y0: float,
+    angle: float,
+    length: float,
+    curl: float,
+    width: float,
+    flux: float,
+    colour: np.ndarray,
+) -> None:
     xs, ys, w = _tail_points(s, x0, y0, angle, length, curl, width, start=0.15)
     _splat(s.diffuse, xs, ys, w * (flux / w.sum()), colour)
     s.used_diffuse = True
@@ -292,8 +335,9 @@ def _add_shells(s: _Scene, cx: float, cy: float, re: float, flux: float, colour:
 # ------------------------------------------------------------------ class painters
 
 
-def _paint_smooth(s: _Scene, q_range: tuple[float, float], n_range: tuple[float, float],
-                  re_range: tuple[float, float]) -> None:
+def _paint_smooth(
+    s: _Scene, q_range: tuple[float, float], n_range: tuple[float, float], re_range: tuple[float, float]
+) -> None:
     """Ellipticals and lenticulars: ellipticity alone separates Galaxy10 classes 2, 3 and 4."""
     rng = s.rng
     re = _loguniform(rng, *re_range) * s.scale
@@ -338,9 +382,16 @@ def _paint_barred_spiral(s: _Scene) -> None:
     _add_bar(s, s.cx, s.cy, bar_len, rng.uniform(0.18, 0.3), bar_angle, q, pa, bar_flux)
     if rng.random() < 0.35:
         _add_ring(s, s.cx, s.cy, bar_len, 0.15 * bar_len + 1.0, q, pa, rng.uniform(0.04, 0.1))
-    arms = _Arms(m=2, pitch_deg=rng.uniform(12, 30), phase=bar_angle, r_start=bar_len,
-                 sharpness=rng.uniform(1.2, 3.0), fraction=rng.uniform(0.2, 0.4),
-                 knot_fraction=rng.uniform(0.0, 0.06), knots=int(rng.integers(5, 30)))
+    arms = _Arms(
+        m=2,
+        pitch_deg=rng.uniform(12, 30),
+        phase=bar_angle,
+        r_start=bar_len,
+        sharpness=rng.uniform(1.2, 3.0),
+        fraction=rng.uniform(0.2, 0.4),
+        knot_fraction=rng.uniform(0.0, 0.06),
+        knots=int(rng.integers(5, 30)),
+    )
     _add_spiral_disk(s, s.cx, s.cy, h, q, pa, 1.0 - bt - bar_flux, arms)
 
 
@@ -349,10 +400,16 @@ def _paint_tight_spiral(s: _Scene) -> None:
     h, q, pa = _disk_geometry(s, (8.0, 18.0))
     bt = rng.uniform(0.2, 0.45)
     _paint_bulge(s, h * rng.uniform(0.25, 0.5), rng.uniform(1.5, 3.5), q, pa, bt)
-    arms = _Arms(m=int(rng.choice([2, 2, 2, 3])), pitch_deg=rng.uniform(7, 13), phase=rng.uniform(0, 2 * math.pi),
-                 r_start=h * rng.uniform(0.4, 0.8), sharpness=rng.uniform(1.2, 3.5),
-                 fraction=rng.uniform(0.2, 0.4), knot_fraction=rng.uniform(0.0, 0.04),
-                 knots=int(rng.integers(0, 20)))
+    arms = _Arms(
+        m=int(rng.choice([2, 2, 2, 3])),
+        pitch_deg=rng.uniform(7, 13),
+        phase=rng.uniform(0, 2 * math.pi),
+        r_start=h * rng.uniform(0.4, 0.8),
+        sharpness=rng.uniform(1.2, 3.5),
+        fraction=rng.uniform(0.2, 0.4),
+        knot_fraction=rng.uniform(0.0, 0.04),
+        knots=int(rng.integers(0, 20)),
+    )
     _add_spiral_disk(s, s.cx, s.cy, h, q, pa, 1.0 - bt, arms)
 
 
@@ -362,10 +419,16 @@ def _paint_loose_spiral(s: _Scene) -> None:
     bt = rng.uniform(0.0, 0.12)
     if bt > 0.02:
         _paint_bulge(s, h * rng.uniform(0.12, 0.3), rng.uniform(1.0, 2.5), q, pa, bt)
-    arms = _Arms(m=int(rng.choice([2, 2, 3, 4])), pitch_deg=rng.uniform(24, 38), phase=rng.uniform(0, 2 * math.pi),
-                 r_start=h * rng.uniform(0.3, 0.9), sharpness=rng.uniform(1.2, 3.0),
-                 fraction=rng.uniform(0.25, 0.45), knot_fraction=rng.uniform(0.04, 0.12),
-                 knots=int(rng.integers(15, 60)))
+    arms = _Arms(
+        m=int(rng.choice([2, 2, 3, 4])),
+        pitch_deg=rng.uniform(24, 38),
+        phase=rng.uniform(0, 2 * math.pi),
+        r_start=h * rng.uniform(0.3, 0.9),
+        sharpness=rng.uniform(1.2, 3.0),
+        fraction=rng.uniform(0.25, 0.45),
+        knot_fraction=rng.uniform(0.04, 0.12),
+        knots=int(rng.integers(15, 60)),
+    )
     _add_spiral_disk(s, s.cx, s.cy, h, q, pa, 1.0 - bt, arms)
 
 
@@ -403,8 +466,9 @@ def _paint_member(s: _Scene, cx: float, cy: float, flux: float, partner_angle: f
     pa = rng.uniform(0, math.pi)
     lop = rng.uniform(0.2, 0.7)
     if kind == "elliptical":
-        _add_sersic(s, cx, cy, re, rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.0), pa, flux, s.colour(_OLD),
-                    lop, partner_angle)
+        _add_sersic(
+            s, cx, cy, re, rng.uniform(1.5, 3.0), rng.uniform(0.6, 1.0), pa, flux, s.colour(_OLD), lop, partner_angle
+        )
         return re
     q = rng.uniform(0.35, 1.0)
     bt = rng.uniform(0.1, 0.5)
@@ -412,8 +476,16 @@ def _paint_member(s: _Scene, cx: float, cy: float, flux: float, partner_angle: f
     if kind == "disk":
         _add_sersic(s, cx, cy, re, 1.0, q, pa, flux * (1 - bt), s.colour(_DISK), lop, partner_angle)
     else:
-        arms = _Arms(m=2, pitch_deg=rng.uniform(15, 35), phase=rng.uniform(0, 2 * math.pi), r_start=0.5 * re,
-                     sharpness=rng.uniform(1.5, 3.0), fraction=0.3, knot_fraction=0.1, knots=int(rng.integers(5, 25)))
+        arms = _Arms(
+            m=2,
+            pitch_deg=rng.uniform(15, 35),
+            phase=rng.uniform(0, 2 * math.pi),
+            r_start=0.5 * re,
+            sharpness=rng.uniform(1.5, 3.0),
+            fraction=0.3,
+            knot_fraction=0.1,
+            knots=int(rng.integers(5, 25)),
+        )
         _add_spiral_disk(s, cx, cy, re / 1.68, q, pa, flux * (1 - bt), arms)
     return re
 
@@ -435,15 +507,33 @@ def _paint_merging(s: _Scene) -> None:
         re = _paint_member(s, x, y, f, towards)
         if rng.random() < 0.7:
             away = towards + math.pi + rng.normal(0.0, 0.7)
-            _add_tail(s, x, y, away, rng.uniform(3.0, 7.0) * re + 10 * s.scale, rng.uniform(-1.3, 1.3),
-                      rng.uniform(1.5, 4.0) * s.scale, f * rng.uniform(0.04, 0.15), s.colour(-0.08, 0.08))
+            _add_tail(
+                s,
+                x,
+                y,
+                away,
+                rng.uniform(3.0, 7.0) * re + 10 * s.scale,
+                rng.uniform(-1.3, 1.3),
+                rng.uniform(1.5, 4.0) * s.scale,
+                f * rng.uniform(0.04, 0.15),
+                s.colour(-0.08, 0.08),
+            )
     if rng.random() < 0.35:
         (x0, y0), (x1, y1) = pos[0], pos[1]
         ang = math.atan2(y1 - y0, x1 - x0)
         _add_tail(s, x0, y0, ang - 0.3, math.hypot(x1 - x0, y1 - y0), 0.6, 1.5 * s.scale, 0.06, s.colour(_DISK))
     if rng.random() < 0.4:
-        _add_sersic(s, s.cx, s.cy, sep * rng.uniform(0.6, 1.2), 1.0, rng.uniform(0.5, 1.0), rng.uniform(0, math.pi),
-                    rng.uniform(0.08, 0.2), s.colour(0.12))
+        _add_sersic(
+            s,
+            s.cx,
+            s.cy,
+            sep * rng.uniform(0.6, 1.2),
+            1.0,
+            rng.uniform(0.5, 1.0),
+            rng.uniform(0, math.pi),
+            rng.uniform(0.08, 0.2),
+            s.colour(0.12),
+        )
 
 
 def _paint_disturbed(s: _Scene) -> None:
@@ -454,12 +544,32 @@ def _paint_disturbed(s: _Scene) -> None:
     lop_angle = rng.uniform(0, 2 * math.pi)
     if kind == "shells":
         re = _loguniform(rng, 4.0, 16.0) * s.scale
-        _add_sersic(s, s.cx, s.cy, re, rng.uniform(2.5, 4.0), rng.uniform(0.6, 1.0), pa, 0.85, s.colour(_OLD),
-                    rng.uniform(0.0, 0.4), lop_angle)
+        _add_sersic(
+            s,
+            s.cx,
+            s.cy,
+            re,
+            rng.uniform(2.5, 4.0),
+            rng.uniform(0.6, 1.0),
+            pa,
+            0.85,
+            s.colour(_OLD),
+            rng.uniform(0.0, 0.4),
+            lop_angle,
+        )
         _add_shells(s, s.cx, s.cy, re, rng.uniform(0.06, 0.15), s.colour(0.12))
         if rng.random() < 0.5:
-            _add_tail(s, s.cx, s.cy, lop_angle, re * rng.uniform(4, 8), rng.uniform(-1.0, 1.0),
-                      2.0 * s.scale, 0.06, s.colour(0.1))
+            _add_tail(
+                s,
+                s.cx,
+                s.cy,
+                lop_angle,
+                re * rng.uniform(4, 8),
+                rng.uniform(-1.0, 1.0),
+                2.0 * s.scale,
+                0.06,
+                s.colour(0.1),
+            )
         return
     h = _loguniform(rng, 6.0, 14.0) * s.scale
     q = rng.uniform(0.35, 1.0)
@@ -467,13 +577,31 @@ def _paint_disturbed(s: _Scene) -> None:
     disk_colour = s.colour(-0.16 if young else _DISK)
     _add_sersic(s, s.cx, s.cy, h * 1.68, 1.0, q, pa, 0.45, disk_colour, rng.uniform(0.6, 0.95), lop_angle)
     off = h * rng.uniform(0.8, 1.5)
-    _add_sersic(s, s.cx + off * math.cos(lop_angle), s.cy + off * math.sin(lop_angle), h * 2.2, 1.0,
-                q * rng.uniform(0.7, 1.2), pa + rng.normal(0, 0.4), 0.3, disk_colour)
+    _add_sersic(
+        s,
+        s.cx + off * math.cos(lop_angle),
+        s.cy + off * math.sin(lop_angle),
+        h * 2.2,
+        1.0,
+        q * rng.uniform(0.7, 1.2),
+        pa + rng.normal(0, 0.4),
+        0.3,
+        disk_colour,
+    )
     if not young:
         _add_sersic(s, s.cx, s.cy, h * 0.3, 2.0, min(1.0, q + 0.3), pa, 0.12, s.colour(_OLD))
         if rng.random() < 0.6:
-            _add_tail(s, s.cx, s.cy, lop_angle + rng.normal(0, 0.5), h * rng.uniform(4, 8), rng.uniform(-1.5, 1.5),
-                      2.0 * s.scale, 0.08, s.colour(_DISK))
+            _add_tail(
+                s,
+                s.cx,
+                s.cy,
+                lop_angle + rng.normal(0, 0.5),
+                h * rng.uniform(4, 8),
+                rng.uniform(-1.5, 1.5),
+                2.0 * s.scale,
+                0.08,
+                s.colour(_DISK),
+            )
     _add_clumps(s, h, q, pa, 0.28 if young else 0.16)
 
 
@@ -556,8 +684,13 @@ def _add_background_galaxies(s: _Scene, target_level: float) -> None:
             _add_field_galaxy(s, gx, gy, _loguniform(rng, 0.8, 4.0) * s.field_scale, _loguniform(rng, 3.0, 40.0))
     if rng.random() < 0.3:
         angle, dist = rng.uniform(0, 2 * math.pi), rng.uniform(50.0, 115.0) * s.field_scale
-        _add_field_galaxy(s, s.cx + dist * math.cos(angle), s.cy + dist * math.sin(angle),
-                          _loguniform(rng, 2.0, 6.0) * s.field_scale, target_level * _loguniform(rng, 0.5, 4.0))
+        _add_field_galaxy(
+            s,
+            s.cx + dist * math.cos(angle),
+            s.cy + dist * math.sin(angle),
+            _loguniform(rng, 2.0, 6.0) * s.field_scale,
+            target_level * _loguniform(rng, 0.5, 4.0),
+        )
 
 
 def _add_field_galaxy(s: _Scene, gx: float, gy: float, re: float, peak: float) -> None:
@@ -680,10 +813,16 @@ def _render(painter, rng: np.random.Generator, size: int) -> np.ndarray:
     survey = _draw_survey(rng)
     jitter = np.clip(rng.normal(0.0, 2.0 * scale, 2), -6 * scale, 6 * scale)
     s = _Scene(
-        rng=rng, size=size, field_scale=scale, scale=scale * _loguniform(rng, 1.0, 1.6),
-        cx=centre + jitter[0], cy=centre + jitter[1],
-        psf=survey.psf * scale, tint=_calibration_tint(rng),
-        sharp=np.zeros((size, size, 3), np.float32), diffuse=np.zeros((size, size, 3), np.float32),
+        rng=rng,
+        size=size,
+        field_scale=scale,
+        scale=scale * _loguniform(rng, 1.0, 1.6),
+        cx=centre + jitter[0],
+        cy=centre + jitter[1],
+        psf=survey.psf * scale,
+        tint=_calibration_tint(rng),
+        sharp=np.zeros((size, size, 3), np.float32),
+        diffuse=np.zeros((size, size, 3), np.float32),
         diffuse_sigma=rng.uniform(1.5, 3.0) * scale,
     )
     if painter is not None:  # a star field keeps its scene empty: zero flux stays zero when scaled
@@ -755,8 +894,13 @@ def _render_one(job: tuple[int, np.random.SeedSequence]) -> np.ndarray:
     return render_galaxy(int(label), np.random.default_rng(seq), IMAGE_SIZE)
 
 
-def write_synthetic_h5(path: str | os.PathLike[str], n_per_class: int = 100, seed: int = 0,
-                       show_progress: bool = True, workers: int | None = None) -> Path:
+def write_synthetic_h5(
+    path: str | os.PathLike[str],
+    n_per_class: int = 100,
+    seed: int = 0,
+    show_progress: bool = True,
+    workers: int | None = None,
+) -> Path:
     """Write a stand-in for ``Galaxy10_DECals.h5`` with the real file's keys, dtypes and shapes.
 
     Rendering is spread over ``workers`` processes (default: every core); each image has
@@ -782,8 +926,14 @@ def write_synthetic_h5(path: str | os.PathLike[str], n_per_class: int = 100, see
             f.attrs["seed"] = int(seed)
             f.attrs["n_per_class"] = int(n_per_class)
             f.attrs["class_names"] = list(CLASS_NAMES)
-            images = f.create_dataset("images", (n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8,
-                                      chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 3), compression="gzip", compression_opts=1)
+            images = f.create_dataset(
+                "images",
+                (n, IMAGE_SIZE, IMAGE_SIZE, 3),
+                np.uint8,
+                chunks=(1, IMAGE_SIZE, IMAGE_SIZE, 3),
+                compression="gzip",
+                compression_opts=1,
+            )
             f.create_dataset("ans", data=labels, dtype=np.uint8)
             for key, values in _metadata(meta_seq, n).items():
                 f.create_dataset(key, data=values, dtype=np.float64)

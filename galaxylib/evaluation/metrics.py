@@ -1,11 +1,18 @@
 """Evaluation metrics: accuracy, macro-F1, per-class table, confusion, calibration."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support)
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 
 from galaxylib.classes import CLASS_NAMES, COARSE_NAMES, COARSE_OF_CLASS
 
@@ -14,8 +21,9 @@ def _decided(probs: np.ndarray, decisions: np.ndarray | None) -> np.ndarray:
     return probs.argmax(axis=1) if decisions is None else np.asarray(decisions, dtype=np.int64)
 
 
-def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15,
-                               decisions: np.ndarray | None = None) -> tuple[float, list[dict]]:
+def expected_calibration_error(
+    y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15, decisions: np.ndarray | None = None
+) -> tuple[float, list[dict]]:
     """ECE over equal-width confidence bins, plus the bins for a reliability plot.
 
     The confidence of a row is the probability of its reported class, ``decisions`` (the argmax
@@ -37,8 +45,9 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def ece_noise_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed: int = 0,
-                    decisions: np.ndarray | None = None) -> dict[str, float]:
+def ece_noise_floor(
+    probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed: int = 0, decisions: np.ndarray | None = None
+) -> dict[str, float]:
     """The ECE a *perfectly* calibrated model with these probabilities would show on this many cutouts.
 
     Each draw takes labels at random from ``probs`` themselves (so the model is calibrated by
@@ -58,8 +67,9 @@ def ece_noise_floor(probs: np.ndarray, n_bins: int = 15, draws: int = 400, seed:
     return {"median": float(np.median(values)), "p90": float(np.percentile(values, 90)), "draws": int(draws)}
 
 
-def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES,
-             decisions: np.ndarray | None = None) -> dict[str, Any]:
+def evaluate(
+    y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] = CLASS_NAMES, decisions: np.ndarray | None = None
+) -> dict[str, Any]:
     """Everything the evaluation report shows, as plain JSON-able values, for the model's classes.
 
     ``decisions``: the reported classes (``TrustCheck.decide``); the argmax of ``probs`` when None."""
@@ -67,8 +77,7 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] =
     probs = np.asarray(probs, dtype=np.float64)
     y_pred = _decided(probs, decisions)
     labels = list(range(len(class_names)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     confidence = probs[np.arange(len(probs)), y_pred]
     ece, bins = expected_calibration_error(y_true, probs, decisions=y_pred)
     return {
@@ -79,10 +88,16 @@ def evaluate(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str] =
         "ece": ece,
         "reliability": bins,
         "per_class": [
-            {"class_index": i, "class_name": class_names[i], "precision": float(precision[i]),
-             "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i]),
-             # calibrated: close to the precision (how often the class is right when reported)
-             "mean_confidence": float(confidence[y_pred == i].mean()) if (y_pred == i).any() else None}
+            {
+                "class_index": i,
+                "class_name": class_names[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+                # calibrated: close to the precision (how often the class is right when reported)
+                "mean_confidence": float(confidence[y_pred == i].mean()) if (y_pred == i).any() else None,
+            }
             for i in labels
         ],
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),

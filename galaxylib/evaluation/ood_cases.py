@@ -10,6 +10,7 @@ the artifact's own preprocessing like any user's file:
 The photos come in two disjoint halves: ``selection`` chooses the OOD method on validation,
 ``evaluation`` judges it on test, so no photo scores the method that was chosen on it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,18 @@ SHIFTED = ("off_centre", "saturated", "clipped", "inverted")
 # scikit-image's bundled samples that are not astronomical (hubble_deep_field and moon are left out)
 PHOTOS = {
     "selection": ("astronaut", "brick", "chelsea", "clock", "coins", "grass", "horse", "logo", "page", "rocket"),
-    "evaluation": ("camera", "checkerboard", "coffee", "colorwheel", "gravel", "immunohistochemistry",
-                   "microaneurysms", "retina", "text", "cell"),
+    "evaluation": (
+        "camera",
+        "checkerboard",
+        "coffee",
+        "colorwheel",
+        "gravel",
+        "immunohistochemistry",
+        "microaneurysms",
+        "retina",
+        "text",
+        "cell",
+    ),
 }
 
 
@@ -50,7 +61,7 @@ def random_crops(sources: list[np.ndarray], n: int, rng: np.random.Generator) ->
         h, w = image.shape[:2]
         side = int(rng.uniform(0.35, 1.0) * min(h, w))
         y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = Image.fromarray(image[y:y + side, x:x + side]).resize((SIZE, SIZE), Image.BILINEAR)
+        crop = Image.fromarray(image[y : y + side, x : x + side]).resize((SIZE, SIZE), Image.BILINEAR)
         out[i] = np.asarray(crop)
     return out
 
@@ -112,12 +123,20 @@ def inverted(images: np.ndarray) -> np.ndarray:
 def far_ood_cases(n: int, seed: int, half: str) -> dict[str, np.ndarray]:
     """The four far-OOD cases, ``n`` images each, from a seeded generator."""
     rng = np.random.default_rng([seed, 0 if half == "selection" else 1])
-    return {"photos": photos(half, n, rng), "blank": blank_frames(n, rng),
-            "noise": gaussian_noise(n, rng), "star_fields": star_fields(n, rng)}
+    return {
+        "photos": photos(half, n, rng),
+        "blank": blank_frames(n, rng),
+        "noise": gaussian_noise(n, rng),
+        "star_fields": star_fields(n, rng),
+    }
 
 
 def shifted_cases(images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """The four shifted versions of in-distribution cutouts (uint8 (N, H, W, 3))."""
     rng = np.random.default_rng([seed, 2])
-    return {"off_centre": off_centre(images, rng), "saturated": saturated(images),
-            "clipped": clipped(images), "inverted": inverted(images)}
+    return {
+        "off_centre": off_centre(images, rng),
+        "saturated": saturated(images),
+        "clipped": clipped(images),
+        "inverted": inverted(images),
+    }

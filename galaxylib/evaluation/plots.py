@@ -1,8 +1,9 @@
 """Figures for the reports; each returns a matplotlib Figure and can save it."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,8 +13,13 @@ from galaxylib.classes import CLASS_NAMES
 
 def short_names(names: Sequence[str]) -> list[str]:
     """Class names short enough for axis ticks (Galaxy10's long ones abbreviated)."""
-    return [n.replace("Unbarred ", "").replace("In-between ", "In-betw. ").replace(" without ", " w/o ")
-            .replace(" with ", " w/ ") for n in names]
+    return [
+        n.replace("Unbarred ", "")
+        .replace("In-between ", "In-betw. ")
+        .replace(" without ", " w/o ")
+        .replace(" with ", " w/ ")
+        for n in names
+    ]
 
 
 def _save(fig, path: str | Path | None):
@@ -36,8 +42,14 @@ def class_counts(labels: np.ndarray, title: str, path=None, class_names: Sequenc
     return _save(fig, path)
 
 
-def example_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 4, title: str = "", path=None,
-                 class_names: Sequence[str] = CLASS_NAMES):
+def example_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    per_class: int = 4,
+    title: str = "",
+    path=None,
+    class_names: Sequence[str] = CLASS_NAMES,
+):
     """Rows = classes, columns = examples."""
     n = len(class_names)
     fig, axes = plt.subplots(n, per_class, figsize=(per_class * 1.6, n * 1.6), squeeze=False)
@@ -68,8 +80,9 @@ def learning_curves(history: dict[str, list[float]], path=None):
     return _save(fig, path)
 
 
-def confusion_heatmap(cm: Sequence[Sequence[int]], path=None, normalise: bool = True,
-                      names: Sequence[str] = CLASS_NAMES):
+def confusion_heatmap(
+    cm: Sequence[Sequence[int]], path=None, normalise: bool = True, names: Sequence[str] = CLASS_NAMES
+):
     names = short_names(names)
     cm = np.asarray(cm, dtype=float)
     shown = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1) if normalise else cm
@@ -77,8 +90,15 @@ def confusion_heatmap(cm: Sequence[Sequence[int]], path=None, normalise: bool = 
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=1 if normalise else None)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{shown[i, j]:.2f}" if normalise else int(cm[i, j]), ha="center", va="center",
-                    fontsize=7, color="white" if shown[i, j] > (0.5 if normalise else shown.max() / 2) else "black")
+            ax.text(
+                j,
+                i,
+                f"{shown[i, j]:.2f}" if normalise else int(cm[i, j]),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shown[i, j] > (0.5 if normalise else shown.max() / 2) else "black",
+            )
     ax.set_xticks(range(len(names)), names, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.set_xlabel("predicted")
@@ -109,12 +129,21 @@ def reliability(bins: list[dict], ece: float, path=None):
     return _save(fig, path)
 
 
-def reliability_before_after(before: list[dict], ece_before: float, after: list[dict], ece_after: float,
-                             temperature: float, path=None, with_bias: bool = False):
+def reliability_before_after(
+    before: list[dict],
+    ece_before: float,
+    after: list[dict],
+    ece_after: float,
+    temperature: float,
+    path=None,
+    with_bias: bool = False,
+):
     """The reliability diagram of the raw answer beside the calibrated one."""
     fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.2), sharey=True)
     _reliability_axes(axes[0], before, f"Before scaling (ECE = {ece_before:.3f})")
-    _reliability_axes(axes[1], after, f"After, T = {temperature:.2f}{' + class bias' if with_bias else ''} (ECE = {ece_after:.3f})")
+    _reliability_axes(
+        axes[1], after, f"After, T = {temperature:.2f}{' + class bias' if with_bias else ''} (ECE = {ece_after:.3f})"
+    )
     fig.tight_layout()
     return _save(fig, path)
 
@@ -128,7 +157,9 @@ def confidence_by_class(before: Sequence[dict], after: Sequence[dict], path=None
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(names) + 1.0) + 2.6, 3.8))
     width = 0.27
     ax.bar(x - width, value(after, "precision"), width, color="#55a868", label="precision (how often right)")
-    ax.bar(x, value(before, "mean_confidence"), width, color="#c44e52", alpha=0.8, label="mean confidence, model's answer")
+    ax.bar(
+        x, value(before, "mean_confidence"), width, color="#c44e52", alpha=0.8, label="mean confidence, model's answer"
+    )
     ax.bar(x + width, value(after, "mean_confidence"), width, color="#4c72b0", label="mean confidence, calibrated")
     ax.set_xticks(x, names, rotation=30 if len(names) > 5 else 0, ha="right" if len(names) > 5 else "center")
     ax.set_ylim(0, 1.0)
@@ -160,8 +191,15 @@ def ood_scores(scores: dict[str, np.ndarray], threshold: float, path=None):
     return _save(fig, path)
 
 
-def misclassified_grid(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, conf: np.ndarray,
-                       max_images: int = 24, path=None, class_names: Sequence[str] = CLASS_NAMES):
+def misclassified_grid(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    conf: np.ndarray,
+    max_images: int = 24,
+    path=None,
+    class_names: Sequence[str] = CLASS_NAMES,
+):
     short = short_names(class_names)
     n = min(max_images, len(images))
     cols = 6

@@ -1,7 +1,9 @@
 """Report tables as Markdown: the notebooks show them without pandas."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

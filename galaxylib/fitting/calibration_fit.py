@@ -7,12 +7,12 @@ and why. This module finds T and b on the validation split, after training: temp
 cross-validation on the validation split says it lowers the NLL (``fit_calibration``). SciPy and
 scikit-learn do the optimisation and the folds; serving never imports them.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
-
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedKFold
 
@@ -100,7 +100,9 @@ def fit_temperature_and_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[flo
         logits = logits - logits.max(axis=1, keepdims=True)
         log_q = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
         residual = (np.exp(log_q) - onehot) / len(labels)
-        return float(-log_q[np.arange(len(labels)), labels].mean()), np.r_[(residual * log_p).sum(), residual.sum(axis=0)]
+        return float(-log_q[np.arange(len(labels)), labels].mean()), np.r_[
+            (residual * log_p).sum(), residual.sum(axis=0)
+        ]
 
     start = np.r_[1.0, np.zeros(log_p.shape[1])]
     bounds = [(1 / 20.0, 1 / 0.05)] + [(None, None)] * log_p.shape[1]
@@ -109,8 +111,9 @@ def fit_temperature_and_bias(probs: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(1.0 / theta[0]), [float(b) for b in bias]
 
 
-def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, folds: int = FOLDS,
-                        seed: int = 0) -> float:
+def cross_validated_nll(
+    probs: np.ndarray, labels: np.ndarray, with_bias: bool, folds: int = FOLDS, seed: int = 0
+) -> float:
     """Mean held-out NLL of the calibration fitted on the other folds (stratified, seeded)."""
     labels = np.asarray(labels, dtype=np.int64)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
@@ -120,7 +123,9 @@ def cross_validated_nll(probs: np.ndarray, labels: np.ndarray, with_bias: bool, 
             t, b = fit_temperature_and_bias(probs[fit_rows], labels[fit_rows])
         else:
             t, b = fit_temperature(probs[fit_rows], labels[fit_rows]), None
-        losses.append(negative_log_likelihood(apply_calibration(probs[held_rows], t, b), labels[held_rows]) * len(held_rows))
+        losses.append(
+            negative_log_likelihood(apply_calibration(probs[held_rows], t, b), labels[held_rows]) * len(held_rows)
+        )
     return float(np.sum(losses) / len(labels))
 
 
@@ -132,15 +137,22 @@ def fit_calibration(probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> dic
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     best = fit_temperature(probs, labels)
-    alone = {"method": "temperature", "temperature": one_standard_error_temperature(probs, labels, best),
-             "temperature_nll_optimum": best, "temperature_rule": "one standard error", "bias": None}
+    alone = {
+        "method": "temperature",
+        "temperature": one_standard_error_temperature(probs, labels, best),
+        "temperature_nll_optimum": best,
+        "temperature_rule": "one standard error",
+        "bias": None,
+    }
     if np.bincount(labels, minlength=probs.shape[1]).min() < FOLDS or _errors(probs, labels) < MIN_ERRORS:
         # a class absent from (or nearly absent in) validation would get a bias no fold can judge,
         # and with almost no errors the bias's optimum runs to the edge as the temperature's does
         return {**alone, "cv_nll": None}
     # each candidate at its NLL optimum: the question here is whether a bias helps at all
-    cv = {"temperature": cross_validated_nll(probs, labels, False, seed=seed),
-          "temperature_and_bias": cross_validated_nll(probs, labels, True, seed=seed)}
+    cv = {
+        "temperature": cross_validated_nll(probs, labels, False, seed=seed),
+        "temperature_and_bias": cross_validated_nll(probs, labels, True, seed=seed),
+    }
     if cv["temperature_and_bias"] <= (1 - MIN_GAIN) * cv["temperature"]:
         # kept only for a large, systematic miscalibration (the class frequencies), fitted at its optimum
         temperature, bias = fit_temperature_and_bias(probs, labels)

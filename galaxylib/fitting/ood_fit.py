@@ -6,6 +6,7 @@ scores (``threshold_for``), measures separation (``auroc``) and chooses between 
 (``choose_method``). ``galaxylib.pipeline.trust`` drives it after training. SciPy's binomial
 distribution and scikit-learn's ROC AUC do the statistics; serving never imports them.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,17 @@ import numpy as np
 from scipy.stats import binom
 from sklearn.metrics import roc_auc_score
 
-from galaxylib.inference.ood import (METHODS, UNION, KNearest, Mahalanobis, MaxSoftmax, OODScorer, PixelGaussian,
-                                     as_feature_matrix, unit_rows)
+from galaxylib.inference.ood import (
+    METHODS,
+    UNION,
+    KNearest,
+    Mahalanobis,
+    MaxSoftmax,
+    OODScorer,
+    PixelGaussian,
+    as_feature_matrix,
+    unit_rows,
+)
 
 KEEP_FRACTION = 0.95  # at least this share of in-distribution cutouts is kept in by the threshold
 CONFIDENCE = 0.99  # ... with this confidence, judged from the validation split (threshold_for; docs/trust.md: 0.9
@@ -40,8 +50,13 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray, shrinkage: float =
     eigval, eigvec = np.linalg.eigh(cov)  # ascending
     k = min(int(rank), len(eigval))
     rest = float(eigval[:-k].mean()) if k < len(eigval) else float(eigval[0])
-    return Mahalanobis(mean=mean, basis=eigvec[:, -k:], variances=np.maximum(eigval[-k:], 1e-12),
-                       rest_variance=max(rest, 1e-12), class_means=means)
+    return Mahalanobis(
+        mean=mean,
+        basis=eigvec[:, -k:],
+        variances=np.maximum(eigval[-k:], 1e-12),
+        rest_variance=max(rest, 1e-12),
+        class_means=means,
+    )
 
 
 def fit_knn(features: np.ndarray, k: int = 10, max_bank: int = 4000, seed: int = 0, rank: int = RANK) -> KNearest:
@@ -64,8 +79,9 @@ def fit_pixels(pixels: np.ndarray, shrinkage: float = 0.1) -> PixelGaussian:
     return PixelGaussian(mean=x.mean(axis=0), precision=np.linalg.inv(cov))
 
 
-def fit_scorer(method: str, features: np.ndarray | None, labels: np.ndarray, seed: int = 0,
-               pixels: np.ndarray | None = None) -> OODScorer:
+def fit_scorer(
+    method: str, features: np.ndarray | None, labels: np.ndarray, seed: int = 0, pixels: np.ndarray | None = None
+) -> OODScorer:
     """One scorer of ``METHODS``, fitted on train features (or pixel statistics)."""
     if method == "pixels":
         if pixels is None:

@@ -20,9 +20,10 @@ balanced decision calling a galaxy a merger at 17 %); without one they are alway
 NumPy only: the Predictor applies it on the LiteRT path. The fits that find T and b run
 after training, in ``galaxylib.fitting.calibration_fit``.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -5,12 +5,13 @@ decode, the same preprocessing (the artifact's contract), the same forward pass 
 same bookkeeping (size, hash, latency) wherever it comes from. A file that cannot be read
 gets its own ``ImageError`` and never stops the others.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -30,15 +31,15 @@ class ImageInput:
     array: np.ndarray | None = None  # uint8 (H, W, 3), a Galaxy10 h5 row
 
     @classmethod
-    def from_path(cls, path: str | Path, name: str | None = None) -> "ImageInput":
+    def from_path(cls, path: str | Path, name: str | None = None) -> ImageInput:
         return cls(name=name or str(path), path=Path(path))
 
     @classmethod
-    def from_bytes(cls, data: bytes, name: str) -> "ImageInput":
+    def from_bytes(cls, data: bytes, name: str) -> ImageInput:
         return cls(name=name, data=bytes(data))
 
     @classmethod
-    def from_array(cls, array: np.ndarray, name: str) -> "ImageInput":
+    def from_array(cls, array: np.ndarray, name: str) -> ImageInput:
         return cls(name=name, array=array)
 
 
@@ -87,8 +88,9 @@ def _read(item: ImageInput) -> tuple[Image.Image, bytes]:
     return decode_image(data, name=item.name), data
 
 
-def classify(predictor: Predictor, inputs: Sequence[ImageInput], *, forward_batch: int = 32,
-             keep_images: bool = False) -> list[Classified]:
+def classify(
+    predictor: Predictor, inputs: Sequence[ImageInput], *, forward_batch: int = 32, keep_images: bool = False
+) -> list[Classified]:
     """Decode and preprocess every input, then run the good ones in stacked forward passes of
     at most ``forward_batch`` images. Results come back in input order."""
     results: list[Classified] = []
@@ -112,12 +114,12 @@ def classify(predictor: Predictor, inputs: Sequence[ImageInput], *, forward_batc
         arrays.append(model_input)
         good.append(out)
     for start in range(0, len(good), max(1, forward_batch)):
-        part = arrays[start:start + forward_batch]
+        part = arrays[start : start + forward_batch]
         batch = part[0][None] if len(part) == 1 else np.stack(part)  # [None] is a view, no copy
         started = time.perf_counter()
         probabilities, ood_scores = predictor.score_arrays(batch)
         share = (time.perf_counter() - started) * 1e3 / len(part)
-        for i, (out, probs) in enumerate(zip(good[start:start + forward_batch], probabilities)):
+        for i, (out, probs) in enumerate(zip(good[start : start + forward_batch], probabilities)):
             out.prediction = predictor.to_prediction(probs, None if ood_scores is None else ood_scores[i])
             out.forward_ms = share
     for out in good:

@@ -11,6 +11,7 @@ texture, which hold for a model whose features separate little) and ``mahalanobi
 (``UnionScorer``). They are fitted after training by ``galaxylib.fitting.ood_fit`` and travel
 in the artifact's ``ood.npz``; here they are only read back and applied.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,8 +58,18 @@ class Mahalanobis:
         # product per image, where recomputing these would cost ten times that on every call
         means = np.asarray(self.class_means, dtype=np.float32)
         basis = np.asarray(self.basis, dtype=np.float32)
-        object.__setattr__(self, "_fast", (np.asarray(self.mean, dtype=np.float32), basis, means, means @ basis,
-                                           (means**2).sum(1), np.asarray(self.variances, dtype=np.float32)))
+        object.__setattr__(
+            self,
+            "_fast",
+            (
+                np.asarray(self.mean, dtype=np.float32),
+                basis,
+                means,
+                means @ basis,
+                (means**2).sum(1),
+                np.asarray(self.variances, dtype=np.float32),
+            ),
+        )
 
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         mean, basis, means, means_z, means_sq, variances = self._fast
@@ -70,9 +81,13 @@ class Mahalanobis:
         return ((diff**2 / variances).sum(-1) + outside).min(axis=1).astype(np.float64) / len(mean)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean.astype(np.float32), "basis": self.basis.astype(np.float32),
-                "variances": self.variances.astype(np.float32), "rest_variance": np.array(self.rest_variance),
-                "class_means": self.class_means.astype(np.float32)}
+        return {
+            "mean": self.mean.astype(np.float32),
+            "basis": self.basis.astype(np.float32),
+            "variances": self.variances.astype(np.float32),
+            "rest_variance": np.array(self.rest_variance),
+            "class_means": self.class_means.astype(np.float32),
+        }
 
 
 @dataclass(frozen=True)
@@ -88,8 +103,11 @@ class KNearest:
     method: str = "knn"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_fast", (np.asarray(self.basis, dtype=np.float32),
-                                           np.ascontiguousarray(np.asarray(self.bank, dtype=np.float32).T)))
+        object.__setattr__(
+            self,
+            "_fast",
+            (np.asarray(self.basis, dtype=np.float32), np.ascontiguousarray(np.asarray(self.bank, dtype=np.float32).T)),
+        )
 
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
         basis, bank_t = self._fast
@@ -131,21 +149,27 @@ def pixel_statistics(batch: np.ndarray) -> np.ndarray:
     n, h = x.shape[0], x.shape[2]
     edge = max(1, h // 8)  # the border ring's width, and half the central square's
     flat = x.reshape(n, 3, h * h)
-    inner = x[:, :, edge:h - edge, edge:h - edge]
+    inner = x[:, :, edge : h - edge, edge : h - edge]
     total_sum, inner_sum = flat.sum(-1), inner.sum((2, 3))
     total_sq, inner_sq = np.einsum("ncp,ncp->nc", flat, flat), np.einsum("ncij,ncij->nc", inner, inner)
     count = h * h - inner.shape[2] * inner.shape[3]
     border_mean = (total_sum - inner_sum) / count
     border_std = np.sqrt(np.maximum((total_sq - inner_sq) / count - border_mean**2, 0.0))
-    centre = x[:, :, h // 2 - edge:h // 2 + edge, h // 2 - edge:h // 2 + edge].reshape(n, 3, -1)
+    centre = x[:, :, h // 2 - edge : h // 2 + edge, h // 2 - edge : h // 2 + edge].reshape(n, 3, -1)
     centre_mean = centre.mean(-1)
     centre_std = np.sqrt(np.maximum((centre**2).mean(-1) - centre_mean**2, 0.0))
     lum = (x[:, 0] + x[:, 1] + x[:, 2]) / 3.0
     texture = np.abs(np.diff(lum, axis=1)).mean((1, 2)) + np.abs(np.diff(lum, axis=2)).mean((1, 2))
     floor = 1.0 / 255
-    columns = [border_mean, np.log(border_std + floor), centre_mean, np.log(centre_std + floor),
-               total_sum / (h * h) - border_mean, np.log(texture + floor)[:, None],
-               (lum > 0.98).reshape(n, -1).mean(-1)[:, None]]
+    columns = [
+        border_mean,
+        np.log(border_std + floor),
+        centre_mean,
+        np.log(centre_std + floor),
+        total_sum / (h * h) - border_mean,
+        np.log(texture + floor)[:, None],
+        (lum > 0.98).reshape(n, -1).mean(-1)[:, None],
+    ]
     return np.concatenate(columns, axis=1)
 
 
@@ -180,7 +204,7 @@ class UnionScorer:
     the features see what the network learnt, the pixel statistics what any cutout looks like
     (LFW faces, which a quick model's features let through)."""
 
-    features: "Mahalanobis"
+    features: Mahalanobis
     pixels: PixelGaussian
     scales: np.ndarray  # (2,) the parts' thresholds on validation
     method: str = UNION
@@ -191,8 +215,10 @@ class UnionScorer:
             raise ValueError(f"the union OOD check needs two positive, finite scales, not {self.scales!r}")
 
     def score(self, features: np.ndarray | None, probs: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
-        return np.maximum(self.features.score(features, probs) / float(self.scales[0]),
-                          self.pixels.score(None, probs, pixels) / float(self.scales[1]))
+        return np.maximum(
+            self.features.score(features, probs) / float(self.scales[0]),
+            self.pixels.score(None, probs, pixels) / float(self.scales[1]),
+        )
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {**self.features.arrays(), **self.pixels.arrays(), "union_scales": np.asarray(self.scales, np.float64)}
@@ -210,12 +236,20 @@ def load_scorer(method: str, path: Path | None) -> OODScorer:
         raise FileNotFoundError(f"the {method} OOD check needs {OOD_FILE}, which is missing")
     with np.load(path) as data:
         if method in ("mahalanobis", UNION):
-            features = Mahalanobis(mean=data["mean"], basis=data["basis"], variances=data["variances"],
-                                   rest_variance=float(data["rest_variance"]), class_means=data["class_means"])
+            features = Mahalanobis(
+                mean=data["mean"],
+                basis=data["basis"],
+                variances=data["variances"],
+                rest_variance=float(data["rest_variance"]),
+                class_means=data["class_means"],
+            )
             if method == "mahalanobis":
                 return features
-            return UnionScorer(features, PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"]),
-                               scales=np.asarray(data["union_scales"], dtype=np.float64))
+            return UnionScorer(
+                features,
+                PixelGaussian(mean=data["pixel_mean"], precision=data["pixel_precision"]),
+                scales=np.asarray(data["union_scales"], dtype=np.float64),
+            )
         if method == "knn":
             return KNearest(basis=data["basis"], bank=data["bank"], k=int(data["k"]))
         if method == "pixels":

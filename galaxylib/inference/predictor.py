@@ -5,6 +5,7 @@ It runs on LiteRT (``ai-edge-litert``) and never imports TensorFlow: ~0.4 s and 
 get ready, against ~4 s and ~600 MB for TensorFlow. Class names come from the artifact, and
 so do the calibration and the out-of-distribution check it applies (``trust_check.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ class Prediction:
     top_classes: list[tuple[str, float]] = field(default_factory=list)  # the TOP_K most likely
     # The out-of-distribution check (galaxylib/inference/ood.py): None for an artifact without one.
     ood_score: float | None = None  # larger = less like the training cutouts
-    in_distribution: bool | None = None  # ood_score <= the artifact's threshold (>= 95 % of in-distribution cutouts pass)
+    in_distribution: bool | None = (
+        None  # ood_score <= the artifact's threshold (>= 95 % of in-distribution cutouts pass)
+    )
 
 
 def default_threads() -> int:
@@ -42,8 +45,13 @@ def default_threads() -> int:
 
 
 class Predictor:
-    def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None,
-                 verify_hashes: bool = True, trust: bool = True):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        num_threads: int | None = None,
+        verify_hashes: bool = True,
+        trust: bool = True,
+    ):
         """``trust=False`` ignores the artifact's calibration and OOD check: for refitting them."""
         from ai_edge_litert.interpreter import Interpreter
 
@@ -53,18 +61,20 @@ class Predictor:
         self.crop = self.artifact.crop
         self.model_version = self.artifact.model_version
         self.num_threads = num_threads or default_threads()
-        self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path),
-                                        num_threads=self.num_threads)
+        self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path), num_threads=self.num_threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output, self._features = self._find_outputs(self._interpreter.get_output_details())
         try:
-            self.trust: TrustCheck = (trust_from_sidecar(self.artifact.sidecar, self.artifact.path) if trust
-                                      else TrustCheck())
+            self.trust: TrustCheck = (
+                trust_from_sidecar(self.artifact.sidecar, self.artifact.path) if trust else TrustCheck()
+            )
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{self.artifact.path}: its calibration or OOD check cannot be read ({exc})") from exc
         if self.trust.needs_features and self._features is None:
-            raise ArtifactError(f"{self.artifact.path}: its OOD check needs the features output, which "
-                                f"{self.artifact.tflite_path.name} lacks")
+            raise ArtifactError(
+                f"{self.artifact.path}: its OOD check needs the features output, which "
+                f"{self.artifact.tflite_path.name} lacks"
+            )
         self._batch = 0
         self._lock = threading.Lock()  # one interpreter is not thread-safe
         self._resize(1)
@@ -75,8 +85,10 @@ class Predictor:
         probs = [o for o in outputs if int(o["shape"][-1]) == n]
         if len(probs) != 1 or len(outputs) > 2:
             shapes = ", ".join(str([int(d) for d in o["shape"]]) for o in outputs)
-            raise ArtifactError(f"{self.artifact.path}: {n} class names for {int(outputs[0]['shape'][-1])} outputs "
-                                f"of {self.artifact.tflite_path.name} (output shapes {shapes})")
+            raise ArtifactError(
+                f"{self.artifact.path}: {n} class names for {int(outputs[0]['shape'][-1])} outputs "
+                f"of {self.artifact.tflite_path.name} (output shapes {shapes})"
+            )
         others = [o["index"] for o in outputs if o is not probs[0]]
         return probs[0]["index"], (others[0] if others else None)
 
@@ -112,8 +124,11 @@ class Predictor:
             self._interpreter.set_tensor(self._input, batch)
             self._interpreter.invoke()
             probs = np.array(self._interpreter.get_tensor(self._output), dtype=np.float32)
-            features = (None if self._features is None
-                        else np.array(self._interpreter.get_tensor(self._features), dtype=np.float32))
+            features = (
+                None
+                if self._features is None
+                else np.array(self._interpreter.get_tensor(self._features), dtype=np.float32)
+            )
         return probs, features
 
     def score_arrays(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -151,7 +166,10 @@ class Predictor:
 
     def predict_batch(self, sources: list[ImageSource]) -> list[Prediction]:
         """All images in one forward pass; an undecodable one raises ImageError."""
-        arrays = np.stack([self.preprocess(s) for s in sources]) if sources else np.zeros(
-            (0, self.image_size, self.image_size, 3), np.float32)
+        arrays = (
+            np.stack([self.preprocess(s) for s in sources])
+            if sources
+            else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+        )
         probs, scores = self.score_arrays(arrays)
         return [self.to_prediction(p, None if scores is None else scores[i]) for i, p in enumerate(probs)]

@@ -8,11 +8,12 @@ matrix product (the out-of-distribution score) takes cycles from the interpreter
 ~11 % of a two-process catalogue run's throughput. Everything else therefore gets one
 thread; values already in the environment win.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 SINGLE_THREADED = (
     "OMP_NUM_THREADS",

@@ -6,6 +6,7 @@ through a ``TrustCheck``, in NumPy, so the LiteRT path needs neither TensorFlow 
 calibration never changes the reported class (``galaxylib.inference.calibration``); with
 orientation averaging it calibrates the averaged answer, the one every entry point reports.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ class TrustCheck:
         ones when there is no bias)."""
         return remove_bias(calibrated, self.bias)
 
-    def ood_scores(self, features: np.ndarray | None, calibrated: np.ndarray,
-                   pixels: np.ndarray | None = None) -> np.ndarray | None:
+    def ood_scores(
+        self, features: np.ndarray | None, calibrated: np.ndarray, pixels: np.ndarray | None = None
+    ) -> np.ndarray | None:
         if not self.has_ood:
             return None
         return self.scorer.score(features, calibrated, pixels)

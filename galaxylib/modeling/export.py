@@ -2,13 +2,15 @@
 
 TensorFlow lives here; ``galaxylib.artifact`` reads the result without it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from galaxylib.artifact import FORMAT_VERSION, KERAS_FILE, SIDECAR, TFLITE_FILE, Artifact, ArtifactError, read_artifact
 from galaxylib.classes import CLASS_NAMES
@@ -65,10 +67,20 @@ def export_tflite(model, path: Path, features: bool = True) -> Path:
     return path
 
 
-def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str,
-                  class_names: Sequence[str] = CLASS_NAMES, dataset: dict[str, Any], split: dict[str, Any], params: dict[str, Any],
-                  metrics: dict[str, Any] | None = None, synthetic: bool = False, crop: float = 1.0,
-                  architecture: str = "EfficientNetB0 transfer learning") -> Artifact:
+def save_artifact(
+    model,
+    run_dir: str | os.PathLike,
+    *,
+    run_name: str,
+    class_names: Sequence[str] = CLASS_NAMES,
+    dataset: dict[str, Any],
+    split: dict[str, Any],
+    params: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+    synthetic: bool = False,
+    crop: float = 1.0,
+    architecture: str = "EfficientNetB0 transfer learning",
+) -> Artifact:
     """Write the three files into a temp folder, then move it into place whole."""
     n_outputs = int(model.output_shape[-1])
     if n_outputs != len(class_names):
@@ -95,7 +107,7 @@ def save_artifact(model, run_dir: str | os.PathLike, *, run_name: str,
         "params": params,
         "metrics": metrics or {},
         "git_commit": git_commit(),
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "files": files,
     }
     atomic_write_json(tmp / SIDECAR, sidecar)

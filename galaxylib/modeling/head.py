@@ -6,11 +6,12 @@ cached on disk, let the head train on thousands of examples per second instead. 
 is the model's own head layers (``head_on_features``), so after training the full model
 (backbone + head) is ready to save, fine-tune or export.
 """
+
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,9 +28,15 @@ def feature_views(start: str) -> tuple:
     return VIEWS[:1] if start == MORPHOLOGY else VIEWS
 
 
-def view_features(model, images: np.ndarray, cache_file: Path | None = None, batch_size: int = 32,
-                  show_progress: bool = True, num_threads: int | None = None,
-                  views: tuple = VIEWS) -> np.ndarray:
+def view_features(
+    model,
+    images: np.ndarray,
+    cache_file: Path | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    num_threads: int | None = None,
+    views: tuple = VIEWS,
+) -> np.ndarray:
     """Backbone features (V, N, F) of every image in each of ``views`` (all 8 by default),
     cached in ``cache_file``. A backbone that ignores orientation needs only the first."""
     if cache_file is not None and cache_file.is_file():
@@ -46,16 +53,21 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
     backbone = backbone_of(model)
     size = int(backbone.input_shape[1])
     with tempfile.TemporaryDirectory(prefix="galaxy-backbone-") as tmp:
-        interpreter = Interpreter(model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite", features=False)),
-                                  num_threads=num_threads or default_threads())
+        interpreter = Interpreter(
+            model_path=str(export_tflite(backbone, Path(tmp) / "backbone.tflite", features=False)),
+            num_threads=num_threads or default_threads(),
+        )
     first, last = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
     out = np.zeros((len(views), len(images), int(backbone.output_shape[-1])), np.float32)
     shape = None
-    with tqdm(total=len(views) * len(images), desc=f"Backbone features ({len(views)} view{'s' * (len(views) > 1)})",
-              unit="img",
-              disable=not show_progress) as bar:
+    with tqdm(
+        total=len(views) * len(images),
+        desc=f"Backbone features ({len(views)} view{'s' * (len(views) > 1)})",
+        unit="img",
+        disable=not show_progress,
+    ) as bar:
         for start in range(0, len(images), batch_size):
-            batch = np.asarray(images[start:start + batch_size], dtype=np.float32)
+            batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
             if shape != batch.shape:
                 interpreter.resize_tensor_input(first, [len(batch), size, size, 3])
                 interpreter.allocate_tensors()
@@ -63,7 +75,7 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
             for v, view in enumerate(views):
                 interpreter.set_tensor(first, np.ascontiguousarray(orient(batch, view)))
                 interpreter.invoke()
-                out[v, start:start + len(batch)] = interpreter.get_tensor(last)
+                out[v, start : start + len(batch)] = interpreter.get_tensor(last)
                 bar.update(len(batch))
     if cache_file is not None:
         with atomic_path(cache_file) as tmp_file, open(tmp_file, "wb") as fh:
@@ -71,23 +83,40 @@ def view_features(model, images: np.ndarray, cache_file: Path | None = None, bat
     return out
 
 
-def train_head(model, features: np.ndarray, labels: np.ndarray, split, params: TrainParams, n_classes: int,
-               on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+def train_head(
+    model,
+    features: np.ndarray,
+    labels: np.ndarray,
+    split,
+    params: TrainParams,
+    n_classes: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict[str, list[float]]:
     """Fit the model's head on cached (V, N, F) features of the train rows; select on the val rows.
 
     Every view of a training image is an example (the 8 orientations are the augmentation);
     ``balance`` weights or oversamples the rare classes as in full training.
     """
-    result = fit_head(head_on_features(model), features, labels, split.train, split.val, params, n_classes,
-                      on_epoch=on_epoch)
-    print(f"Head: {len(result.get('loss', []))} epochs on {len(split.train) * features.shape[0]:,} feature vectors "
-          f"(best val loss {min(result.get('val_loss', [float('nan')])):.4f}).")
+    result = fit_head(
+        head_on_features(model), features, labels, split.train, split.val, params, n_classes, on_epoch=on_epoch
+    )
+    print(
+        f"Head: {len(result.get('loss', []))} epochs on {len(split.train) * features.shape[0]:,} feature vectors "
+        f"(best val loss {min(result.get('val_loss', [float('nan')])):.4f})."
+    )
     return result
 
 
-def fit_head(head, features: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, val_rows: np.ndarray | None,
-             params: TrainParams, n_classes: int,
-             on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+def fit_head(
+    head,
+    features: np.ndarray,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray | None,
+    params: TrainParams,
+    n_classes: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict[str, list[float]]:
     """Fit a head (a Keras model on the features) on ``train_rows``; the weights of the epoch with
     the lowest loss on ``val_rows`` are kept (early stopping), or the last ones without ``val_rows``.
 
@@ -120,11 +149,22 @@ def fit_head(head, features: np.ndarray, labels: np.ndarray, train_rows: np.ndar
     validation = None
     if val_rows is not None:
         validation = (features[:, val_rows].reshape(-1, features.shape[-1]), np.tile(labels[val_rows], views))
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.head_patience),
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(params.head_patience), restore_best_weights=True
+            )
+        )
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
-    history = head.fit(train_x, train_y, validation_data=validation, epochs=int(params.head_epochs),
-                       batch_size=int(params.head_batch_size), class_weight=weights, shuffle=True,
-                       callbacks=callbacks, verbose=0)
+    history = head.fit(
+        train_x,
+        train_y,
+        validation_data=validation,
+        epochs=int(params.head_epochs),
+        batch_size=int(params.head_batch_size),
+        class_weight=weights,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}

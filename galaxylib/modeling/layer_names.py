@@ -3,6 +3,7 @@
 A leaf module: building (``model``), exporting (``export``), loading (``loading``) and head
 training (``head``) all read these names, so none of them needs to import another for them.
 """
+
 from __future__ import annotations
 
 FEATURES_LAYER = "avg_pool"  # the pooled backbone features an EfficientNet head reads

@@ -1,4 +1,5 @@
 """The one way to load an artifact's ``model.keras``, with galaxylib's own layers known to Keras."""
+
 from __future__ import annotations
 
 from galaxylib.artifact import KERAS_FILE, Artifact, ArtifactError

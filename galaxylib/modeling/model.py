@@ -16,6 +16,7 @@ morphology backbone: ``features_layer``); the head's layers are named
 ``head_*`` and ``probabilities``, so ``head_on_features`` can rebuild the same head (shared
 weights) on cached features. TensorFlow is imported here, never on the inference path.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -61,7 +62,7 @@ class ModelParams:
     average_orientations: bool = False
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "ModelParams":
+    def from_dict(cls, params: dict[str, Any]) -> ModelParams:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
 
@@ -87,17 +88,21 @@ def _efficientnet_b0(params: ModelParams, weights: str | None):
     size = int(params.image_size)
     try:
         base = keras.applications.EfficientNetB0(
-            include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg")
+            include_top=False, weights=weights, input_shape=(size, size, 3), pooling="avg"
+        )
     except Exception as exc:  # urllib errors when 'imagenet' cannot be fetched offline
         if weights == "imagenet":
             raise WeightsError(
                 "could not download the ImageNet weights for EfficientNetB0 "
                 f"({type(exc).__name__}: {exc}). Offline, use a start that needs no network: "
                 "-p model.weights lite0 (EfficientNet-Lite0, ImageNet weights from a pip package), "
-                "'none', or a local weights file") from exc
+                "'none', or a local weights file"
+            ) from exc
         raise
     if params.drop_connect_rate is not None:
-        blocks = [l for l in base.layers if isinstance(l, keras.layers.Dropout) and l.name.endswith("_drop")]
+        blocks = [
+            layer for layer in base.layers if isinstance(layer, keras.layers.Dropout) and layer.name.endswith("_drop")
+        ]
         for i, layer in enumerate(blocks):  # Keras scales the rate linearly with block depth
             layer.rate = float(params.drop_connect_rate) * (i + 1) / len(blocks)
     return base
@@ -116,8 +121,9 @@ def _previous_run(path: Path, params: ModelParams):
     except ArtifactError as exc:
         raise WeightsError(f"weights {path}: not a usable models/<run> folder ({exc})") from exc
     if artifact.image_size != int(params.image_size):
-        raise WeightsError(f"{path} was trained at {artifact.image_size} px; set image_size {artifact.image_size} "
-                           "to start from it")
+        raise WeightsError(
+            f"{path} was trained at {artifact.image_size} px; set image_size {artifact.image_size} to start from it"
+        )
     model = load_keras_model(artifact)
     network = inner_network(model) or model
     return keras.Model(network.input, network.get_layer(features_layer(network)).output, name="backbone")
@@ -151,7 +157,8 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
     raise WeightsError(
         f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), morphology, none, "
         "a models/<run> folder, or a path to EfficientNetB0 no-top weights (.h5); "
-        f"{path} does not exist")
+        f"{path} does not exist"
+    )
 
 
 def _head_layers(params: ModelParams, n_classes: int) -> list:
@@ -159,8 +166,10 @@ def _head_layers(params: ModelParams, n_classes: int) -> list:
 
     layers = [keras.layers.Normalization(name="head_norm")] if params.feature_norm else []
     layers.append(keras.layers.Dropout(params.dropout, name="head_dropout"))
-    layers += [keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")
-               for i, units in enumerate(params.dense_units)]
+    layers += [
+        keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")
+        for i, units in enumerate(params.dense_units)
+    ]
     layers.append(keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities"))
     return layers
 
@@ -187,11 +196,12 @@ def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_
     if params.zero_init_residual and fresh:  # pretrained branches are kept as trained
         for layer in base.layers:
             if layer.name.endswith("_add"):  # blockNx_add joins the residual branch
-                bn = base.get_layer(layer.name[:-len("add")] + "project_bn")
+                bn = base.get_layer(layer.name[: -len("add")] + "project_bn")
                 if not bn.trainable:  # a zero gamma that never trains switches the block off for good
                     raise ValueError(
                         f"zero_init_residual needs trainable BatchNormalization, but {bn.name} is frozen "
-                        "(set freeze_batchnorm: false and trainable_layers: all, or zero_init_residual: false)")
+                        "(set freeze_batchnorm: false and trainable_layers: all, or zero_init_residual: false)"
+                    )
                 bn.gamma.assign(np.zeros(bn.gamma.shape, np.float32))
     if params.bn_momentum is not None:
         for layer in base.layers:

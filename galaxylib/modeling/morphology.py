@@ -21,13 +21,13 @@ its own rotation), so orientation averaging changes nothing and can stay off.
 - ``MorphologyMeasurements`` (layer ``morphology``): the 94 numbers, in the order of
   ``MEASUREMENTS``.
 """
+
 from __future__ import annotations
 
 import functools
 
-import numpy as np
-
 import keras
+import numpy as np
 from keras import ops
 
 # Bumped whenever a measurement changes: head mode's feature cache is keyed on it.
@@ -93,14 +93,15 @@ def _constants(size: int) -> dict[str, np.ndarray]:
     rings = np.stack([(r >= a) & (r < b) for a, b in zip(ANNULI[:-1], ANNULI[1:])]).astype(np.float32)
     return {
         "border": (r > SKY_RADIUS).astype(np.float32).reshape(1, size, size, 1),
-        "rings": rings.reshape(len(rings), -1).T.copy(),                      # (s*s, rings)
+        "rings": rings.reshape(len(rings), -1).T.copy(),  # (s*s, rings)
         "asymmetry": [column(r < radius) for radius in ASYMMETRY_RADII],
         "clumpy": [column(r < radius) for radius in CLUMPY_RADII],
         "moment": (r < MOMENT_RADIUS).astype(np.float32),
         "centre": (r < CENTRE_RADIUS).astype(np.float32),
         "peak_rings": [((r > a) & (r < b)).astype(np.float32) for a, b in PEAK_RANGES],
-        "coords": np.stack([xx.ravel(), yy.ravel(), xx.ravel() ** 2, yy.ravel() ** 2,
-                            (xx * yy).ravel()], axis=1).astype(np.float32),
+        "coords": np.stack(
+            [xx.ravel(), yy.ravel(), xx.ravel() ** 2, yy.ravel() ** 2, (xx * yy).ravel()], axis=1
+        ).astype(np.float32),
         "fourier": fourier,
     }
 
@@ -132,7 +133,7 @@ class MorphologyMeasurements(keras.layers.Layer):
         size = int(x.shape[1])
         const = _constants(size)
         flat = lambda a: ops.reshape(a, (-1, size * size))  # noqa: E731
-        lum = ops.sum(x, axis=-1)                       # (N, s, s)
+        lum = ops.sum(x, axis=-1)  # (N, s, s)
         lum_flat = flat(lum)
         total = ops.sum(lum_flat, axis=1) + 1e-3
         masked_sum = lambda a, m: ops.matmul(flat(a), m)[:, 0]  # noqa: E731  (m: a (s*s, 1) mask)
@@ -143,8 +144,11 @@ class MorphologyMeasurements(keras.layers.Layer):
         ring_red = ops.matmul(flat(x[..., 0]), rings)
         ring_blue = ops.matmul(flat(x[..., 2]), rings)
         for i in range(rings.shape[1]):
-            out += [ring_lum[:, i] / total, (ring_red[:, i] + 1) / (ring_lum[:, i] + 3),
-                    (ring_blue[:, i] + 1) / (ring_lum[:, i] + 3)]
+            out += [
+                ring_lum[:, i] / total,
+                (ring_red[:, i] + 1) / (ring_lum[:, i] + 3),
+                (ring_blue[:, i] + 1) / (ring_lum[:, i] + 3),
+            ]
         for c in range(3):
             out.append(ops.log((ops.sum(flat(x[..., c]), axis=1) + 1) / (total / 3 + 1)))
 
@@ -154,8 +158,11 @@ class MorphologyMeasurements(keras.layers.Layer):
         smooth180 = ops.flip(smooth, axis=(1, 2))
         for m in const["asymmetry"]:
             den = masked_sum(lum, m) + 1
-            out += [masked_sum(ops.abs(lum - rot180), m) / den, masked_sum(ops.abs(lum - rot90), m) / den,
-                    masked_sum(ops.abs(smooth - smooth180), m) / den]
+            out += [
+                masked_sum(ops.abs(lum - rot180), m) / den,
+                masked_sum(ops.abs(lum - rot90), m) / den,
+                masked_sum(ops.abs(smooth - smooth180), m) / den,
+            ]
         for box in CLUMPY_SCALES:
             residual = ops.relu(lum - self._box_mean(lum, _box(size, box)))
             for m in const["clumpy"]:
@@ -181,8 +188,9 @@ class MorphologyMeasurements(keras.layers.Layer):
         for basis in const["fourier"]:
             proj = ops.matmul(lum_flat, basis)
             for i in range(len(FOURIER_MODES)):
-                out.append(ops.sqrt(ops.square(proj[:, 1 + 2 * i]) + ops.square(proj[:, 2 + 2 * i]) + 1e-6)
-                           / (proj[:, 0] + 1))
+                out.append(
+                    ops.sqrt(ops.square(proj[:, 1 + 2 * i]) + ops.square(proj[:, 2 + 2 * i]) + 1e-6) / (proj[:, 0] + 1)
+                )
         return ops.stack(out, axis=1)
 
     @staticmethod

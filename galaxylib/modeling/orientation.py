@@ -11,6 +11,7 @@ The 8 views are every combination of a transpose and flips of the two image axes
 symmetry group of the square). TensorFlow is imported lazily: importing this module stays
 cheap, and the inverse map (for Grad-CAM) is plain NumPy.
 """
+
 from __future__ import annotations
 
 import functools

@@ -14,6 +14,7 @@ x input on its ``sky_subtracted`` image, at full resolution. For an
 orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
 network's maps for the 8 views, each turned back to the input's orientation.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -115,8 +116,7 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(img.resize((width, height), Image.Resampling.BILINEAR)), 0.0, 1.0)
 
 
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6,
-            colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.6, colormap: str = DEFAULT_COLORMAP) -> np.ndarray:
     """Blend a heat map over a uint8 RGB image; where the map is 0 the galaxy shows unchanged."""
     from matplotlib import colormaps
 

@@ -30,9 +30,10 @@ import pickle
 import struct
 import tarfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -143,7 +144,7 @@ class _Storage:
     numel: int
     data: np.ndarray | None = None
     # For legacy storage views: (root storage, element offset into it).
-    view_of: tuple["_Storage", int] | None = None
+    view_of: tuple[_Storage, int] | None = None
 
     def array(self) -> np.ndarray:
         if self.view_of is not None:
@@ -461,9 +462,7 @@ def load_pth(path: str | Path) -> Any:
         with zipfile.ZipFile(path) as zf:
             return _load_zip(zf)
     if tarfile.is_tarfile(path):
-        raise TorchFormatError(
-            f"{path}: pre-0.4 torch tar layout is not supported; re-save it with a newer torch"
-        )
+        raise TorchFormatError(f"{path}: pre-0.4 torch tar layout is not supported; re-save it with a newer torch")
     with open(path, "rb") as f:
         return _load_legacy(f)
 

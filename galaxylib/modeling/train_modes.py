@@ -5,11 +5,13 @@ what comes back is the trained Keras model, ready to export, with its history. W
 goes with which mode, where head mode caches its backbone features, and how the model is
 described in its artifact are decided here, beside the training code they follow from.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +40,9 @@ def check_mode(model_params: ModelParams, train_params: TrainParams) -> str:
         raise ValueError(f"train.mode must be one of {', '.join(MODES)}, not {train_params.mode!r}")
     start = describe_weights(model_params.weights)
     if start == MORPHOLOGY and train_params.mode != "head":
-        raise ValueError(f"the morphology start has no weights to train: use train.mode head, not {train_params.mode!r}")
+        raise ValueError(
+            f"the morphology start has no weights to train: use train.mode head, not {train_params.mode!r}"
+        )
     return start
 
 
@@ -60,9 +64,20 @@ def describe_architecture(start: str, mode: str) -> str:
     return f"{network} ({start} start, {mode} training)"
 
 
-def fit_classifier(model_params: ModelParams, train_params: TrainParams, images: np.ndarray, labels: np.ndarray,
-                   split: Split, n_classes: int, *, cache_dir: Path, dataset_key: str, crop: float,
-                   show_progress: bool = True, on_epoch: Callable | None = None) -> TrainedClassifier:
+def fit_classifier(
+    model_params: ModelParams,
+    train_params: TrainParams,
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: Split,
+    n_classes: int,
+    *,
+    cache_dir: Path,
+    dataset_key: str,
+    crop: float,
+    show_progress: bool = True,
+    on_epoch: Callable | None = None,
+) -> TrainedClassifier:
     """Seed, build and train as ``train_params.mode`` says; wrap in orientation averaging if asked."""
     import keras
 
@@ -76,20 +91,29 @@ def fit_classifier(model_params: ModelParams, train_params: TrainParams, images:
     if train_params.mode == "full":
         history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
     else:
-        features = view_features(model, images, show_progress=show_progress,
-                                 cache_file=features_cache_file(cache_dir, dataset_key, start,
-                                                                model_params.image_size, crop),
-                                 views=feature_views(start))
+        features = view_features(
+            model,
+            images,
+            show_progress=show_progress,
+            cache_file=features_cache_file(cache_dir, dataset_key, start, model_params.image_size, crop),
+            views=feature_views(start),
+        )
         history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
         if train_params.mode == "finetune":
             compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
             head_history = {f"head_{k}": v for k, v in history.items()}
-            history = {**train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
-                       **head_history}
+            history = {
+                **train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
+                **head_history,
+            }
         else:  # a frozen backbone's features are the cached ones
             train_features = features.mean(axis=0)[split.train]
     if model_params.average_orientations:
         model = with_orientation_average(model)
-    return TrainedClassifier(model=model, history=history, start=start,
-                             architecture=describe_architecture(start, train_params.mode),
-                             train_features=train_features)
+    return TrainedClassifier(
+        model=model,
+        history=history,
+        start=start,
+        architecture=describe_architecture(start, train_params.mode),
+        train_features=train_features,
+    )

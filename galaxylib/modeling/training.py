@@ -3,17 +3,18 @@
 Augmentation lives in a training-only wrapper around the model, so the saved
 model (and its TFLite export) is exactly the inference network.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from galaxylib.modeling.fused_batchnorm import fused_batchnorm
-
 
 MODES = ("full", "head", "finetune")
 
@@ -24,7 +25,9 @@ class TrainParams:
     # head trains on cached features; "finetune": "head" first, then the last trainable_layers
     # backbone layers train with the head (galaxylib/modeling/head.py).
     mode: str = "full"
-    head_epochs: int = 300  # head mode: the cosine schedule's length; early stopping on the views' val loss may end it sooner
+    head_epochs: int = (
+        300  # head mode: the cosine schedule's length; early stopping on the views' val loss may end it sooner
+    )
     head_learning_rate: float = 1e-3
     head_batch_size: int = 256
     head_patience: int = 25
@@ -48,7 +51,7 @@ class TrainParams:
     seed: int = 42
 
     @classmethod
-    def from_dict(cls, params: dict[str, Any]) -> "TrainParams":
+    def from_dict(cls, params: dict[str, Any]) -> TrainParams:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in names})
 
@@ -56,7 +59,7 @@ class TrainParams:
 BALANCES = ("class_weight", "oversample", "logit_adjust", "none")
 
 
-def training_loss(params: "TrainParams", train_labels: np.ndarray, n_classes: int):
+def training_loss(params: TrainParams, train_labels: np.ndarray, n_classes: int):
     """The loss for probabilities from a softmax: plain cross-entropy, or the logit-adjusted one.
 
     Logit adjustment trains as if the rare classes' logits were lowered by tau * log(prior),
@@ -115,8 +118,9 @@ def _augmenter(params: TrainParams):
     return layers
 
 
-def epoch_orders(indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str,
-                 n_classes: int) -> np.ndarray:
+def epoch_orders(
+    indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str, n_classes: int
+) -> np.ndarray:
     """Every epoch's sample order, drawn up front: a fresh permutation per epoch, or
     (``balance="oversample"``) draws weighted so each class is seen equally often."""
     rng = np.random.default_rng(seed)
@@ -137,13 +141,23 @@ def _dataset(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-    ds = ds.map(lambda i: (tf.cast(tf.gather(images, i), tf.float32), tf.gather(labels, i)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(
+        lambda i: (tf.cast(tf.gather(images, i), tf.float32), tf.gather(labels, i)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.prefetch(2)
 
 
-def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: TrainParams, n_classes: int,
-                on_epoch: Callable[[int, dict], None] | None = None) -> dict[str, list[float]]:
+def train_model(
+    model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    split,
+    params: TrainParams,
+    n_classes: int,
+    on_epoch: Callable[[int, dict], None] | None = None,
+) -> dict[str, list[float]]:
     """Fit on ``split.train``, select on ``split.val``; returns the Keras history."""
     import keras
     import tensorflow as tf
@@ -161,8 +175,9 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     used_labels = tf.constant(labels[used])
     epochs = int(params.epochs)
     steps = math.ceil(len(split.train) / params.batch_size)
-    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance,
-                                        n_classes)].reshape(-1)
+    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance, n_classes)].reshape(
+        -1
+    )
     train_ds = _dataset(pixels, used_labels, train_order, params.batch_size)
     val_ds = _dataset(pixels, used_labels, position[np.asarray(split.val)], params.batch_size)
 
@@ -175,30 +190,45 @@ def train_model(model, images: np.ndarray, labels: np.ndarray, split, params: Tr
     optimizer = model.optimizer
     if params.lr_schedule == "cosine":
         base_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        optimizer = type(optimizer)(learning_rate=keras.optimizers.schedules.CosineDecay(
-            base_lr, decay_steps=steps * epochs))
+        optimizer = type(optimizer)(
+            learning_rate=keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=steps * epochs)
+        )
     elif params.lr_schedule == "cosine_budget" and not params.max_train_minutes:
         raise ValueError("lr_schedule cosine_budget needs max_train_minutes > 0")
     elif params.lr_schedule not in ("constant", "plateau", "cosine_budget"):
-        raise ValueError("lr_schedule must be constant, cosine, cosine_budget or plateau, "
-                         f"not {params.lr_schedule!r}")
+        raise ValueError(f"lr_schedule must be constant, cosine, cosine_budget or plateau, not {params.lr_schedule!r}")
     trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
-    callbacks: list = [keras.callbacks.EarlyStopping(
-        monitor=params.monitor, patience=int(params.patience), restore_best_weights=True, verbose=1)]
+    callbacks: list = [
+        keras.callbacks.EarlyStopping(
+            monitor=params.monitor, patience=int(params.patience), restore_best_weights=True, verbose=1
+        )
+    ]
     if params.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=params.monitor, factor=0.3,
-                                                           patience=max(1, int(params.patience) // 3), verbose=1))
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=params.monitor, factor=0.3, patience=max(1, int(params.patience) // 3), verbose=1
+            )
+        )
     if params.lr_schedule == "cosine_budget":
-        callbacks.append(_BudgetCosine(float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
-                                       params.max_train_minutes * 60))
+        callbacks.append(
+            _BudgetCosine(float(keras.ops.convert_to_numpy(optimizer.learning_rate)), params.max_train_minutes * 60)
+        )
     elif params.max_train_minutes:
         callbacks.append(_WallClockStop(params.max_train_minutes * 60))
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
     with fused_batchnorm(params.fused_batchnorm):  # the training step is traced inside fit
-        history = trainer.fit(train_ds, validation_data=val_ds, epochs=epochs, steps_per_epoch=steps,
-                              shuffle=False, class_weight=weights, callbacks=callbacks, verbose=2)
+        history = trainer.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            shuffle=False,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=2,
+        )
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
 
@@ -248,8 +278,7 @@ def _BudgetCosine(base_lr: float, seconds: float):
             if self.decay_start is None:
                 self.decay_start = now
             if now >= self.deadline and not self.model.stop_training:
-                print(f"Stopping: the {seconds / 60:.1f}-minute training budget is spent "
-                      "(learning rate decayed to 0).")
+                print(f"Stopping: the {seconds / 60:.1f}-minute training budget is spent (learning rate decayed to 0).")
                 self.model.stop_training = True
 
     return BudgetCosine()
@@ -259,6 +288,6 @@ def predict_probabilities(model, images: np.ndarray, indices: np.ndarray, batch_
     """Keras-side probabilities for evaluation (the served path uses TFLite)."""
     out = []
     for start in range(0, len(indices), batch_size):
-        batch = indices[start:start + batch_size]
+        batch = indices[start : start + batch_size]
         out.append(model.predict_on_batch(images[batch].astype(np.float32)))
     return np.concatenate(out) if out else np.zeros((0, int(model.output_shape[-1])), np.float32)

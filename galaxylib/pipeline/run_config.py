@@ -3,6 +3,7 @@
 train.sh writes the resolved copy to ``reports/<run>/config.yaml`` and every notebook
 reads that copy, so a report always shows what produced it.
 """
+
 from __future__ import annotations
 
 import copy

@@ -5,6 +5,7 @@ its SHA-256), ``split.json``, ``metrics.json`` and ``figures/``; ``models/<run>/
 artifact. Each notebook reads what the one before wrote through these methods, so a
 report folder is also the complete record of what produced it.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,8 +57,14 @@ class RunFolder:
         return load_config(self.config_file)
 
     def record_dataset(self, data: Galaxy10File, spec: str) -> dict[str, Any]:
-        record = {"spec": str(spec), "path": str(data.path), "sha256": data.fingerprint(),
-                  "n_images": data.n_images, "synthetic": data.synthetic, "class_names": list(data.class_names)}
+        record = {
+            "spec": str(spec),
+            "path": str(data.path),
+            "sha256": data.fingerprint(),
+            "n_images": data.n_images,
+            "synthetic": data.synthetic,
+            "class_names": list(data.class_names),
+        }
         atomic_write_json(self.dataset_file, record)
         return record
 
@@ -93,14 +100,19 @@ class RunFolder:
             stale.unlink(missing_ok=True)
 
 
-def run_folder(run_name: str, reports_root: str | os.PathLike | None = None,
-               models_root: str | os.PathLike | None = None,
-               data_root: str | os.PathLike | None = None) -> RunFolder:
+def run_folder(
+    run_name: str,
+    reports_root: str | os.PathLike | None = None,
+    models_root: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> RunFolder:
     """The folders of run ``run_name``; each root defaults to the project's (see galaxylib.config)."""
-    return RunFolder(run_name,
-                     Path(reports_root or REPORTS_DIR) / run_name,
-                     Path(models_root or MODELS_DIR) / run_name,
-                     Path(data_root or DATA_DIR))
+    return RunFolder(
+        run_name,
+        Path(reports_root or REPORTS_DIR) / run_name,
+        Path(models_root or MODELS_DIR) / run_name,
+        Path(data_root or DATA_DIR),
+    )
 
 
 # A notebook parameter left None comes from its environment variable, then from this default:
@@ -124,17 +136,28 @@ def notebook_parameter(name: str, value: Any = None) -> Any:
     return os.environ.get(variable) or default
 
 
-def open_run(run_name: str | None = None, config_path: str | os.PathLike | None = None, *,
-             dataset: str | None = None, reports_root: str | os.PathLike | None = None,
-             models_root: str | os.PathLike | None = None,
-             data_root: str | os.PathLike | None = None) -> tuple[RunFolder, dict]:
+def open_run(
+    run_name: str | None = None,
+    config_path: str | os.PathLike | None = None,
+    *,
+    dataset: str | None = None,
+    reports_root: str | os.PathLike | None = None,
+    models_root: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
+) -> tuple[RunFolder, dict]:
     """What each notebook starts with: the run's folders and its resolved config. Each argument
     left None is read through ``notebook_parameter``, so a notebook's parameters cell holds only
     the names papermill sets."""
     from galaxylib.pipeline.run_config import load_config
 
-    given = {"run_name": run_name, "config_path": config_path, "dataset": dataset, "reports_root": reports_root,
-             "models_root": models_root, "data_root": data_root}
+    given = {
+        "run_name": run_name,
+        "config_path": config_path,
+        "dataset": dataset,
+        "reports_root": reports_root,
+        "models_root": models_root,
+        "data_root": data_root,
+    }
     p = {name: notebook_parameter(name, value) for name, value in given.items()}
     run = run_folder(p["run_name"], p["reports_root"], p["models_root"], p["data_root"])
     config = load_config(p["config_path"], {"dataset": p["dataset"]} if p["dataset"] else None)

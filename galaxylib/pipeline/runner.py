@@ -4,6 +4,7 @@ Usage: python -m galaxylib.pipeline.runner [--config FILE] [--dataset D] [--run-
 
 The notebooks hand each other named files of the run folder (galaxylib.pipeline.run_folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,26 @@ NOTEBOOKS = ("01_prepare_data", "02_train", "03_evaluate", "04_inference_tests")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="train.sh", description="Run prepare -> train -> evaluate -> inference tests as executed notebooks.")
-    parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/quick.yaml, configs/production.yaml)")
-    parser.add_argument("--dataset", default=None,
-                        help="synthetic | real (download Galaxy10 DECaLS) | PATH.h5 | IMAGE_DIR with labels.csv")
+        prog="train.sh", description="Run prepare -> train -> evaluate -> inference tests as executed notebooks."
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML config (configs/quick.yaml, configs/production.yaml)"
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="synthetic | real (download Galaxy10 DECaLS) | PATH.h5 | IMAGE_DIR with labels.csv",
+    )
     parser.add_argument("--run-name", default=None, help="names reports/<run>/ and models/<run>/")
-    parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a config value, e.g. -p train.epochs 3 or -p learning_rate 1e-4")
+    parser.add_argument(
+        "-p",
+        "--param",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="override a config value, e.g. -p train.epochs 3 or -p learning_rate 1e-4",
+    )
     parser.add_argument("--reports-root", type=Path, default=None, help="default: reports/ (or $GALAXY_REPORTS_ROOT)")
     parser.add_argument("--models-root", type=Path, default=None, help="default: models/ (or $GALAXY_MODELS_ROOT)")
     parser.add_argument("--data-root", type=Path, default=None, help="default: data/ (or $GALAXY_DATA_ROOT)")
@@ -39,9 +53,9 @@ def export_html(notebook: Path) -> Path:
     """The executed notebook as HTML. A progress bar's updates are saved as separate stream outputs,
     each redrawing the bar after a carriage return; JupyterLab merges them on display, the HTML
     would show every one, so they are merged here to each bar's last state."""
+    import nbformat
     from nbconvert import HTMLExporter
     from traitlets.config import Config
-    import nbformat
 
     exporter = HTMLExporter(config=Config({"CoalesceStreamsPreprocessor": {"enabled": True}}))
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
@@ -75,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    params = {"run_name": run_name, "config_path": str(config_path.resolve()),
-              "reports_root": str(paths.reports.parent.resolve()), "models_root": str(paths.model.parent.resolve()),
-              "data_root": str(paths.data.resolve()), "show_progress": True}
+    params = {
+        "run_name": run_name,
+        "config_path": str(config_path.resolve()),
+        "reports_root": str(paths.reports.parent.resolve()),
+        "models_root": str(paths.model.parent.resolve()),
+        "data_root": str(paths.data.resolve()),
+        "show_progress": True,
+    }
     print(f"Run {run_name}: dataset={config['dataset']} image_size={config['image_size']}  (config: {config_path})")
     started = time.monotonic()
     for i, name in enumerate(NOTEBOOKS, start=1):
@@ -85,13 +104,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n[{i}/{len(NOTEBOOKS)}] {name} ...", flush=True)
         t0 = time.monotonic()
         try:
-            pm.execute_notebook(NOTEBOOKS_DIR / f"{name}.ipynb", out, parameters=params,
-                                cwd=str(NOTEBOOKS_DIR), progress_bar=True, log_output=False,
-                                stdout_file=sys.stdout, stderr_file=sys.stderr)
+            pm.execute_notebook(
+                NOTEBOOKS_DIR / f"{name}.ipynb",
+                out,
+                parameters=params,
+                cwd=str(NOTEBOOKS_DIR),
+                progress_bar=True,
+                log_output=False,
+                stdout_file=sys.stdout,
+                stderr_file=sys.stderr,
+            )
         except PapermillExecutionError as exc:
             export_html(out)
-            print(f"\nFAILED in notebook {name} (cell {exc.exec_count}): {exc.ename}: {exc.evalue}\n"
-                  f"The executed notebook with the traceback: {out}", file=sys.stderr)
+            print(
+                f"\nFAILED in notebook {name} (cell {exc.exec_count}): {exc.ename}: {exc.evalue}\n"
+                f"The executed notebook with the traceback: {out}",
+                file=sys.stderr,
+            )
             return 1
         except Exception as exc:  # kernel died, notebook missing...
             print(f"\nFAILED in notebook {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -103,9 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.monotonic() - started) / 60
     label = " (SYNTHETIC data)" if metrics.get("synthetic") else ""
     print(f"\nDone in {minutes:.1f} min{label}.")
-    for key in ("test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_ece", "test_ece_uncalibrated",
-                "test_nll", "test_nll_uncalibrated", "ood_far_auroc", "ood_test_flagged_fraction", "val_accuracy",
-                "gz1_coarse_balanced_accuracy"):
+    for key in (
+        "test_accuracy",
+        "test_balanced_accuracy",
+        "test_macro_f1",
+        "test_ece",
+        "test_ece_uncalibrated",
+        "test_nll",
+        "test_nll_uncalibrated",
+        "ood_far_auroc",
+        "ood_test_flagged_fraction",
+        "val_accuracy",
+        "gz1_coarse_balanced_accuracy",
+    ):
         if key in metrics:
             print(f"  {key:30s} {metrics[key]:.4f}")
     rel = lambda p: os.path.relpath(p, PROJECT_ROOT) if str(p).startswith(str(PROJECT_ROOT)) else str(p)

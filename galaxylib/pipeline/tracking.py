@@ -1,11 +1,13 @@
 """MLflow tracking: a local ./mlruns by default, MLFLOW_TRACKING_URI overrides it."""
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from galaxylib.config import mlflow_tracking_uri
 
@@ -27,7 +29,7 @@ def artifact_location(uri: str) -> str | None:
     """Where run artifacts go: beside a local SQLite store (MLflow's own default is ./mlruns in
     whatever folder the process runs in, which for a notebook is inside the checkout)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "artifacts").as_uri()
     return None  # a tracking server decides
 
 
@@ -41,9 +43,12 @@ def mlflow_run(run_name: str, params: dict[str, Any], tags: dict[str, str] | Non
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_location(uri))
     mlflow.set_experiment(EXPERIMENT)
-    existing = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{run_name}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1,
-                                  output_format="list")
+    existing = mlflow.search_runs(
+        filter_string=f"tags.mlflow.runName = '{run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     run_id = existing[0].info.run_id if existing else None
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, tags=tags) as run:
         if params and run_id is None:

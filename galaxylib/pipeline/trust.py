@@ -9,6 +9,7 @@ confidence (``galaxylib.fitting.ood_fit.threshold_for``). The result
 joins the artifact (``model.json`` and ``ood.npz``). ``judge_trust`` scores the test split and
 the ``evaluation`` cases for the report. Nothing here reads the test split while fitting.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,22 +23,23 @@ from galaxylib.data.split import Split
 from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
 from galaxylib.evaluation.ood_cases import FAR_OOD, far_ood_cases, shifted_cases
 from galaxylib.files import atomic_path
-from galaxylib.inference.predictor import Predictor
 from galaxylib.fitting.calibration_fit import fit_calibration, negative_log_likelihood
 from galaxylib.fitting.ood_fit import CONFIDENCE, KEEP_FRACTION, auroc, choose_method, fit_scorer, threshold_for
 from galaxylib.inference.calibration import apply_calibration, decide
 from galaxylib.inference.ood import METHODS, OOD_FILE, UNION, UnionScorer, pixel_statistics
+from galaxylib.inference.predictor import Predictor
 from galaxylib.preprocessing import preprocess_image
 
 
-def served_outputs(predictor: Predictor, inputs: np.ndarray, batch_size: int = 64,
-                   progress: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def served_outputs(
+    predictor: Predictor, inputs: np.ndarray, batch_size: int = 64, progress: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The served model's raw probabilities and features for float32 model inputs, in batches."""
     from tqdm import tqdm
 
     probs, features = [], []
     for start in tqdm(range(0, len(inputs), batch_size), desc=progress, disable=progress is None):
-        p, f = predictor.forward(np.asarray(inputs[start:start + batch_size], dtype=np.float32))
+        p, f = predictor.forward(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
         probs.append(p)
         features.append(f)
     if not probs:
@@ -48,8 +50,10 @@ def served_outputs(predictor: Predictor, inputs: np.ndarray, batch_size: int = 6
 def pixels_of(images: np.ndarray, rows: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
     """``pixel_statistics`` of cached model-size cutouts (or of model inputs), a batch at a time."""
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-    parts = [pixel_statistics(np.asarray(images[rows[i:i + batch_size]], dtype=np.float32))
-             for i in range(0, len(rows), batch_size)]
+    parts = [
+        pixel_statistics(np.asarray(images[rows[i : i + batch_size]], dtype=np.float32))
+        for i in range(0, len(rows), batch_size)
+    ]
     return np.concatenate(parts) if parts else pixel_statistics(np.zeros((0, *images.shape[1:]), np.float32))
 
 
@@ -64,9 +68,19 @@ def _sample(indices: np.ndarray, most: int, seed: int) -> np.ndarray:
     return indices
 
 
-def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path, *, seed: int = 0,
-              max_train: int = 2000, n_cases: int = 40, train_features: np.ndarray | None = None,
-              methods: tuple[str, ...] = METHODS, show_progress: bool = True) -> dict[str, Any]:
+def fit_trust(
+    data: Galaxy10File,
+    split: Split,
+    model_dir: Path,
+    cache_dir: Path,
+    *,
+    seed: int = 0,
+    max_train: int = 2000,
+    n_cases: int = 40,
+    train_features: np.ndarray | None = None,
+    methods: tuple[str, ...] = METHODS,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Fit T, choose and fit the OOD scorer, set its threshold, and store all of it in the artifact.
 
     ``train_features``: the served model's features of every train row, when the caller has them
@@ -86,8 +100,11 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     val_probs = apply_calibration(val_raw, temperature, bias)
     val_decisions = decide(val_probs, bias)  # the model's own argmax, as the Predictor reports it
     calibration = {
-        **fitted, "fitted_on": "validation", "n": int(len(y_val)),
-        "val_nll_before": negative_log_likelihood(val_raw, y_val), "val_nll_after": negative_log_likelihood(val_probs, y_val),
+        **fitted,
+        "fitted_on": "validation",
+        "n": int(len(y_val)),
+        "val_nll_before": negative_log_likelihood(val_raw, y_val),
+        "val_nll_after": negative_log_likelihood(val_probs, y_val),
         "val_ece_before": expected_calibration_error(y_val, val_raw)[0],
         "val_ece_after": expected_calibration_error(y_val, val_probs, decisions=val_decisions)[0],
     }
@@ -107,7 +124,11 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     case_raw, case_features = served_outputs(predictor, case_inputs, progress=bar and bar.format("non-galaxy images"))
     train_pixels = val_pixels = case_pixels = None
     if "pixels" in methods:
-        train_pixels, val_pixels, case_pixels = pixels_of(images, train_rows), pixels_of(images, split.val), pixels_of(case_inputs)
+        train_pixels, val_pixels, case_pixels = (
+            pixels_of(images, train_rows),
+            pixels_of(images, split.val),
+            pixels_of(case_inputs),
+        )
     case_probs = apply_calibration(case_raw, temperature, bias)
     selection: dict[str, dict[str, float]] = {}
     scorers = {}
@@ -124,8 +145,14 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
         judge(method, fit_scorer(method, train_features, labels[train_rows], seed=seed, pixels=train_pixels))
     if "mahalanobis" in scorers and "pixels" in scorers:
         # The union gets its own threshold: it keeps 95 % of validation, as each part does.
-        judge(UNION, UnionScorer(scorers["mahalanobis"][0], scorers["pixels"][0],
-                                 scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]])))
+        judge(
+            UNION,
+            UnionScorer(
+                scorers["mahalanobis"][0],
+                scorers["pixels"][0],
+                scales=np.array([scorers["mahalanobis"][1], scorers["pixels"][1]]),
+            ),
+        )
     method = UNION if only_union and UNION in scorers else choose_method(selection)
     scorer, threshold, val_kept = scorers[method]
     arrays = scorer.arrays()
@@ -133,26 +160,54 @@ def fit_trust(data: Galaxy10File, split: Split, model_dir: Path, cache_dir: Path
     if arrays:
         with atomic_path(model_dir / OOD_FILE) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    ood = {"method": method, "threshold": threshold, "keep_fraction": KEEP_FRACTION, "confidence": CONFIDENCE,
-           "val_kept_fraction": val_kept,
-           "file": OOD_FILE if arrays else None,
-           "features": ("pixel_statistics of the model input" if method == "pixels" else
-                        "pooled backbone features, orientation-averaged (model.tflite's second output)"
-                        + (", and pixel_statistics of the model input" if method == UNION else "")),
-           "feature_dim": (int(train_pixels.shape[1]) if method == "pixels" else None if method == "max_softmax"
-                           or train_features is None else int(train_features.shape[1])),  # what the score reads
-           **({"pixel_statistics_dim": int(train_pixels.shape[1])} if method == UNION else {}),
-           "fitted_on": {"scorer": f"{len(train_rows)} train cutouts", "threshold": "validation",
-                         "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)"},
-           "selection": selection}
-    add_to_artifact(model_dir, {"calibration": calibration, "ood": ood}, new_files=(OOD_FILE,) if arrays else (),
-                    removed_files=() if arrays else (OOD_FILE,))  # a refit may drop an older scorer's file
+    ood = {
+        "method": method,
+        "threshold": threshold,
+        "keep_fraction": KEEP_FRACTION,
+        "confidence": CONFIDENCE,
+        "val_kept_fraction": val_kept,
+        "file": OOD_FILE if arrays else None,
+        "features": (
+            "pixel_statistics of the model input"
+            if method == "pixels"
+            else "pooled backbone features, orientation-averaged (model.tflite's second output)"
+            + (", and pixel_statistics of the model input" if method == UNION else "")
+        ),
+        "feature_dim": (
+            int(train_pixels.shape[1])
+            if method == "pixels"
+            else None
+            if method == "max_softmax" or train_features is None
+            else int(train_features.shape[1])
+        ),  # what the score reads
+        **({"pixel_statistics_dim": int(train_pixels.shape[1])} if method == UNION else {}),
+        "fitted_on": {
+            "scorer": f"{len(train_rows)} train cutouts",
+            "threshold": "validation",
+            "selection": f"validation against {n_cases} each of {', '.join(FAR_OOD)} (selection half)",
+        },
+        "selection": selection,
+    }
+    add_to_artifact(
+        model_dir,
+        {"calibration": calibration, "ood": ood},
+        new_files=(OOD_FILE,) if arrays else (),
+        removed_files=() if arrays else (OOD_FILE,),
+    )  # a refit may drop an older scorer's file
     return {"calibration": calibration, "ood": ood, "val_probs": val_probs, "val_decisions": val_decisions}
 
 
-def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_dir: Path, *, seed: int = 0,
-                n_cases: int = 40, near_ood: dict[str, np.ndarray] | None = None,
-                show_progress: bool = True) -> dict[str, Any]:
+def judge_trust(
+    predictor: Predictor,
+    data: Galaxy10File,
+    split: Split,
+    cache_dir: Path,
+    *,
+    seed: int = 0,
+    n_cases: int = 40,
+    near_ood: dict[str, np.ndarray] | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
     """Calibration before and after on test, and the OOD check on test against every case.
 
     ``probs`` are the calibrated test probabilities, ``raw_probs`` the model's own, and
@@ -169,10 +224,15 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     report: dict[str, Any] = {
         "temperature": predictor.trust.temperature,
         "bias": None if bias is None else list(bias),
-        "calibration": {"ece_before": ece_before, "ece_after": ece_after,
-                        "nll_before": negative_log_likelihood(raw, y_test), "nll_after": negative_log_likelihood(probs, y_test),
-                        "ece_noise_floor": ece_noise_floor(probs, seed=seed, decisions=decisions),
-                        "reliability_before": bins_before, "reliability_after": bins_after},
+        "calibration": {
+            "ece_before": ece_before,
+            "ece_after": ece_after,
+            "nll_before": negative_log_likelihood(raw, y_test),
+            "nll_after": negative_log_likelihood(probs, y_test),
+            "ece_noise_floor": ece_noise_floor(probs, seed=seed, decisions=decisions),
+            "reliability_before": bins_before,
+            "reliability_after": bins_after,
+        },
         "probs": probs,
         "raw_probs": raw,
         "decisions": decisions,
@@ -187,21 +247,32 @@ def judge_trust(predictor: Predictor, data: Galaxy10File, split: Split, cache_di
     cases = {**far_ood_cases(n_cases, seed, "evaluation"), **shifted_cases(data.read_images(rng_rows), seed)}
     cases.update(near_ood or {})
     scores: dict[str, np.ndarray] = {"test": scores_in}
-    per_case: dict[str, dict[str, Any]] = {"test": {"n": int(len(scores_in)), "auroc": None,
-                                                    "flagged_fraction": float((scores_in > threshold).mean())}}
+    per_case: dict[str, dict[str, Any]] = {
+        "test": {"n": int(len(scores_in)), "auroc": None, "flagged_fraction": float((scores_in > threshold).mean())}
+    }
     for name, case in cases.items():
         inputs = model_inputs(predictor, case)
         case_raw, case_features = served_outputs(predictor, inputs, progress=bar and bar.format(name.replace("_", " ")))
-        s = predictor.trust.ood_scores(case_features, predictor.trust.calibrate(case_raw),
-                                       pixels_of(inputs) if needs_pixels else None)
+        s = predictor.trust.ood_scores(
+            case_features, predictor.trust.calibrate(case_raw), pixels_of(inputs) if needs_pixels else None
+        )
         scores[name] = s
-        per_case[name] = {"n": int(len(s)), "auroc": auroc(scores_in, s), "flagged_fraction": float((s > threshold).mean()),
-                          "kind": "far" if name in FAR_OOD else ("near" if name in (near_ood or {}) else "shifted")}
+        per_case[name] = {
+            "n": int(len(s)),
+            "auroc": auroc(scores_in, s),
+            "flagged_fraction": float((s > threshold).mean()),
+            "kind": "far" if name in FAR_OOD else ("near" if name in (near_ood or {}) else "shifted"),
+        }
     far = np.concatenate([scores[name] for name in FAR_OOD])
-    report["ood"] = {"method": predictor.trust.scorer.method, "threshold": threshold,
-                     "far_ood_auroc": auroc(scores_in, far), "far_ood_flagged_fraction": float((far > threshold).mean()),
-                     "test_flagged_fraction": per_case["test"]["flagged_fraction"], "cases": per_case,
-                     "scores": scores}
+    report["ood"] = {
+        "method": predictor.trust.scorer.method,
+        "threshold": threshold,
+        "far_ood_auroc": auroc(scores_in, far),
+        "far_ood_flagged_fraction": float((far > threshold).mean()),
+        "test_flagged_fraction": per_case["test"]["flagged_fraction"],
+        "cases": per_case,
+        "scores": scores,
+    }
     return report
 
 

@@ -4,6 +4,7 @@
 default). The schema is owned by Alembic (``galaxylib/store/migrations``);
 ``PredictionStore`` upgrades it on first use, and doing that twice is harmless.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,9 @@ import datetime as dt
 import json
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import and_, create_engine, delete, event, func, insert, or_, select, text
 from sqlalchemy.engine import Engine
@@ -20,11 +22,17 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from galaxylib.config import database_url
-from galaxylib.store.table import (WRITTEN_ATTRIBUTES, WRITTEN_COLUMNS, Base, PredictionFilter, PredictionRecord,
-                                   row_values, utcnow)
+from galaxylib.store.table import (
+    WRITTEN_ATTRIBUTES,
+    WRITTEN_COLUMNS,
+    Base,
+    PredictionFilter,
+    PredictionRecord,
+    row_values,
+    utcnow,
+)
 
-__all__ = ["Base", "PredictionFilter", "PredictionRecord", "PredictionStore", "make_engine", "upgrade_schema",
-           "utcnow"]
+__all__ = ["Base", "PredictionFilter", "PredictionRecord", "PredictionStore", "make_engine", "upgrade_schema", "utcnow"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -42,8 +50,7 @@ def make_engine(url: str | None = None) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 5})
 
 
 def upgrade_schema(engine: Engine) -> None:
@@ -117,8 +124,9 @@ class PredictionStore:
             s.flush()
         return records
 
-    def replace_many(self, rows: list[dict[str, Any]], *, source: str, model_version: str,
-                     filenames: Iterable[str]) -> tuple[int, int]:
+    def replace_many(
+        self, rows: list[dict[str, Any]], *, source: str, model_version: str, filenames: Iterable[str]
+    ) -> tuple[int, int]:
         """In one transaction, delete the rows of ``source`` and ``model_version`` whose filename is
         in ``filenames``, then insert ``rows``: a batch loaded twice (a resumed catalogue shard)
         leaves one copy. Bulk: COPY on PostgreSQL, one executemany on SQLite. Returns
@@ -132,23 +140,29 @@ class PredictionStore:
         deleted = 0
         with self.session() as s, s.begin():
             for start in range(0, len(names), 500):  # SQLite caps the parameters of one statement
-                stmt = delete(c).where(c.filename.in_(names[start:start + 500]),
-                                       c.meta["source"].as_string() == source,
-                                       c.meta["model_version"].as_string() == model_version)
+                stmt = delete(c).where(
+                    c.filename.in_(names[start : start + 500]),
+                    c.meta["source"].as_string() == source,
+                    c.meta["model_version"].as_string() == model_version,
+                )
                 deleted += int(s.execute(stmt.execution_options(synchronize_session=False)).rowcount or 0)
             if values:
                 s.execute(insert(c), values)
         return deleted, len(values)
 
-    def _replace_postgres(self, values: list[dict[str, Any]], source: str, model_version: str,
-                          names: list[str]) -> tuple[int, int]:
+    def _replace_postgres(
+        self, values: list[dict[str, Any]], source: str, model_version: str, names: list[str]
+    ) -> tuple[int, int]:
         fairy = self.engine.raw_connection()
         try:
             conn = fairy.driver_connection
             try:
                 with conn.cursor() as cur:
-                    cur.execute("DELETE FROM predictions WHERE filename = ANY(%s) AND metadata->>'source' = %s "
-                                "AND metadata->>'model_version' = %s", (names, source, model_version))
+                    cur.execute(
+                        "DELETE FROM predictions WHERE filename = ANY(%s) AND metadata->>'source' = %s "
+                        "AND metadata->>'model_version' = %s",
+                        (names, source, model_version),
+                    )
                     deleted = int(cur.rowcount or 0)
                     with cur.copy(f"COPY predictions ({', '.join(WRITTEN_COLUMNS)}) FROM STDIN") as copy:
                         for v in values:
@@ -172,8 +186,13 @@ class PredictionStore:
         with self.session() as s:
             return int(s.execute(stmt).scalar_one())
 
-    def list(self, flt: PredictionFilter | None = None, limit: int = 50, offset: int = 0,
-             before: tuple[dt.datetime, int] | None = None) -> tuple[list[PredictionRecord], int]:
+    def list(
+        self,
+        flt: PredictionFilter | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        before: tuple[dt.datetime, int] | None = None,
+    ) -> tuple[list[PredictionRecord], int]:
         """Newest first, with the total matching the filters (ignoring paging).
 
         ``before`` is a keyset cursor, the (created_at, id) of the last row already
@@ -226,13 +245,20 @@ class PredictionStore:
 
 def _sql_values(values: dict[str, Any]) -> tuple:
     """A row's attribute values in ``WRITTEN_COLUMNS`` order, as the driver takes them (metadata as JSON text)."""
-    return tuple(json.dumps(values[a]) if c == "metadata" else values[a]
-                 for c, a in zip(WRITTEN_COLUMNS, WRITTEN_ATTRIBUTES))
+    return tuple(
+        json.dumps(values[a]) if c == "metadata" else values[a] for c, a in zip(WRITTEN_COLUMNS, WRITTEN_ATTRIBUTES)
+    )
 
 
 # Each written column's PostgreSQL array type for the batch INSERT's unnest (jsonb goes in as text)
-_ARRAY_TYPES = {"filename": "text[]", "predicted_class": "text[]", "confidence": "float8[]",
-                "metadata": "text[]::jsonb[]", "created_at": "timestamptz[]", "in_distribution": "bool[]"}
+_ARRAY_TYPES = {
+    "filename": "text[]",
+    "predicted_class": "text[]",
+    "confidence": "float8[]",
+    "metadata": "text[]::jsonb[]",
+    "created_at": "timestamptz[]",
+    "in_distribution": "bool[]",
+}
 _ARRAY_NAMES = tuple(f"c{i}" for i in range(len(WRITTEN_COLUMNS)))
 assert set(_ARRAY_TYPES) == set(WRITTEN_COLUMNS), "a new column of predictions needs its array type here"
 
@@ -249,13 +275,17 @@ class _PostgresWriter:
     """
 
     # ORDER BY n makes the serial ids follow the input order, so sorted ids map back to rows.
-    MANY_SQL = (f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) SELECT {', '.join(_ARRAY_NAMES)} FROM "
-                f"unnest({', '.join(f'%s::{_ARRAY_TYPES[c]}' for c in WRITTEN_COLUMNS)}) WITH ORDINALITY "
-                f"AS u({', '.join(_ARRAY_NAMES)}, n) ORDER BY n RETURNING id")
+    MANY_SQL = (
+        f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) SELECT {', '.join(_ARRAY_NAMES)} FROM "
+        f"unnest({', '.join(f'%s::{_ARRAY_TYPES[c]}' for c in WRITTEN_COLUMNS)}) WITH ORDINALITY "
+        f"AS u({', '.join(_ARRAY_NAMES)}, n) ORDER BY n RETURNING id"
+    )
     # One row, the API's common case: plain VALUES took ~0.3 ms less than unnest at the
     # median (bench/bench_db_write.py, docs/performance.md).
-    ONE_SQL = (f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) "
-               f"VALUES ({', '.join('%s::jsonb' if c == 'metadata' else '%s' for c in WRITTEN_COLUMNS)}) RETURNING id")
+    ONE_SQL = (
+        f"INSERT INTO predictions ({', '.join(WRITTEN_COLUMNS)}) "
+        f"VALUES ({', '.join('%s::jsonb' if c == 'metadata' else '%s' for c in WRITTEN_COLUMNS)}) RETURNING id"
+    )
     PING_AFTER_IDLE_S = 2.0  # a connection unused this long is checked before a write
 
     def __init__(self, engine: Engine):

@@ -3,6 +3,7 @@
 predict.sh, the API, the dashboard and catalogue runs all build their rows here, so the ``metadata`` of a
 row has the same keys with the same types whoever wrote it (a test compares them).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,5 +54,10 @@ def prediction_row(item: Classified, source: str, *, example: bool = False) -> d
         "ood_score": None if p.ood_score is None else float(p.ood_score),
         "in_distribution": p.in_distribution,
     }
-    return {"filename": item.name, "predicted_class": p.predicted_class, "confidence": float(p.confidence),
-            "in_distribution": p.in_distribution, "metadata": metadata}
+    return {
+        "filename": item.name,
+        "predicted_class": p.predicted_class,
+        "confidence": float(p.confidence),
+        "in_distribution": p.in_distribution,
+        "metadata": metadata,
+    }

@@ -3,6 +3,7 @@
 The row's ``metadata`` is built by ``galaxylib.store.records`` alone, so every entry
 point stores the same keys with the same types.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,7 +22,7 @@ class Base(DeclarativeBase):
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class PredictionRecord(Base):
@@ -49,7 +50,7 @@ class PredictionRecord(Base):
     def as_dict(self) -> dict[str, Any]:
         created = self.created_at
         if created is not None and created.tzinfo is None:  # SQLite drops the zone; we store UTC
-            created = created.replace(tzinfo=dt.timezone.utc)
+            created = created.replace(tzinfo=dt.UTC)
         return {
             "id": self.id,
             "filename": self.filename,
@@ -65,16 +66,23 @@ class PredictionRecord(Base):
 # COPY and the held-connection INSERT all take their column list from here.
 WRITTEN_COLUMNS: tuple[str, ...] = tuple(c.name for c in PredictionRecord.__table__.columns if not c.primary_key)
 # ... and the attribute each is set through (``metadata`` is ``meta`` on the class)
-WRITTEN_ATTRIBUTES: tuple[str, ...] = tuple(PredictionRecord.__mapper__.get_property_by_column(
-    PredictionRecord.__table__.columns[name]).key for name in WRITTEN_COLUMNS)
+WRITTEN_ATTRIBUTES: tuple[str, ...] = tuple(
+    PredictionRecord.__mapper__.get_property_by_column(PredictionRecord.__table__.columns[name]).key
+    for name in WRITTEN_COLUMNS
+)
 
 
 def row_values(row: dict[str, Any], now: dt.datetime | None = None) -> dict[str, Any]:
     """A prediction row (``filename``, ``predicted_class``, ``confidence``, ``metadata``, and
     optionally ``in_distribution`` and ``created_at``) as the attribute values a writer stores."""
-    return {"filename": row["filename"], "predicted_class": row["predicted_class"],
-            "confidence": float(row["confidence"]), "meta": row.get("metadata", {}),
-            "in_distribution": row.get("in_distribution"), "created_at": row.get("created_at") or now or utcnow()}
+    return {
+        "filename": row["filename"],
+        "predicted_class": row["predicted_class"],
+        "confidence": float(row["confidence"]),
+        "meta": row.get("metadata", {}),
+        "in_distribution": row.get("in_distribution"),
+        "created_at": row.get("created_at") or now or utcnow(),
+    }
 
 
 @dataclass(frozen=True)
@@ -89,8 +97,17 @@ class PredictionFilter:
     in_distribution: bool | None = None
 
     def is_empty(self) -> bool:
-        return all(v is None for v in (self.predicted_class, self.min_confidence, self.since,
-                                       self.until, self.filename, self.in_distribution))
+        return all(
+            v is None
+            for v in (
+                self.predicted_class,
+                self.min_confidence,
+                self.since,
+                self.until,
+                self.filename,
+                self.in_distribution,
+            )
+        )
 
     def clauses(self) -> list:
         c = PredictionRecord

@@ -1,4 +1,5 @@
 """POST /reset_db: drop and recreate the predictions table (admin only)."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """/openapi.json, the /docs page that renders it, and a small index at /."""
+
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify
@@ -23,5 +24,12 @@ def docs():
 
 @bp.get("/")
 def index():
-    return jsonify({"service": "galaxy10-classifier", "docs": "/docs", "openapi": "/openapi.json",
-                    "health": "/health", "metrics": "/metrics"})
+    return jsonify(
+        {
+            "service": "galaxy10-classifier",
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+            "health": "/health",
+            "metrics": "/metrics",
+        }
+    )

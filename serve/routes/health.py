@@ -5,6 +5,7 @@ answers, else 503 with what is missing (load balancers stop routing to it).
 ``/health/live`` is liveness: 200 while the process serves requests, so an
 orchestrator does not restart a worker just because the database is down.
 """
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
@@ -24,17 +25,24 @@ def health():
         "status": "ok" if ready else "unavailable",
         "live": True,
         "ready": ready,
-        "model": {"loaded": model_ok, "model_version": rt.model.model_version,
-                  "image_size": rt.model.predictor.image_size if model_ok else None,
-                  # trained on the renderer's galaxies: a plumbing demo, not a classifier of real cutouts
-                  "trained_on_synthetic": rt.model.predictor.artifact.synthetic if model_ok else None,
-                  # how far to trust the answers: the calibration (a temperature, with a class bias or
-                  # without) and the OOD method (or null)
-                  "temperature": rt.model.predictor.trust.temperature if model_ok else None,
-                  "calibration": (None if not model_ok else
-                                  "temperature" if rt.model.predictor.trust.bias is None else "temperature_and_bias"),
-                  "ood_check": (rt.model.predictor.trust.scorer.method
-                                if model_ok and rt.model.predictor.has_ood else None)},
+        "model": {
+            "loaded": model_ok,
+            "model_version": rt.model.model_version,
+            "image_size": rt.model.predictor.image_size if model_ok else None,
+            # trained on the renderer's galaxies: a plumbing demo, not a classifier of real cutouts
+            "trained_on_synthetic": rt.model.predictor.artifact.synthetic if model_ok else None,
+            # how far to trust the answers: the calibration (a temperature, with a class bias or
+            # without) and the OOD method (or null)
+            "temperature": rt.model.predictor.trust.temperature if model_ok else None,
+            "calibration": (
+                None
+                if not model_ok
+                else "temperature"
+                if rt.model.predictor.trust.bias is None
+                else "temperature_and_bias"
+            ),
+            "ood_check": (rt.model.predictor.trust.scorer.method if model_ok and rt.model.predictor.has_ood else None),
+        },
         "database": {"reachable": database_ok, "dialect": rt.db.dialect},
     }
     if not model_ok:

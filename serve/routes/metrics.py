@@ -1,4 +1,5 @@
 """GET /metrics: Prometheus' scrape target, open like /health (it holds counts, no predictions)."""
+
 from __future__ import annotations
 
 from flask import Blueprint, Response

@@ -6,6 +6,7 @@ builder; all rows are written in one transaction before anything is returned. A 
 own error entry and no row; if the database write fails the client gets a 503,
 never a 200 for a prediction that was not stored.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,7 @@ bp = Blueprint("predict", __name__)
 UPLOAD_FIELDS = ("file", "files")
 MAX_FILENAME = 255  # characters of the client's file name kept in the response and the row
 # galaxylib ImageError codes -> HTTP status.
-STATUS_OF_CODE = {"empty_file": 400, "invalid_image": 400, "unsupported_media_type": 415,
-                  "image_too_large": 413}
+STATUS_OF_CODE = {"empty_file": 400, "invalid_image": 400, "unsupported_media_type": 415, "image_too_large": 413}
 
 
 def clean_filename(raw: str | None, index: int) -> str:
@@ -37,7 +37,7 @@ def clean_filename(raw: str | None, index: int) -> str:
     if len(name) > MAX_FILENAME:
         stem, dot, suffix = name.rpartition(".")
         keep = dot + suffix if dot and stem and len(suffix) <= 16 else ""
-        name = name[:len(name) - len(keep)][:MAX_FILENAME - len(keep)] + keep
+        name = name[: len(name) - len(keep)][: MAX_FILENAME - len(keep)] + keep
     return name or f"upload-{index + 1}"
 
 
@@ -54,19 +54,22 @@ def read_uploads() -> list[Upload]:
 
 def collect_uploads(max_batch: int) -> list[Upload]:
     if request.mimetype != "multipart/form-data":
-        raise ApiError(400, "no_file", "send the images as multipart/form-data in a field named 'file' "
-                                       "(repeat it for several images)")
+        raise ApiError(
+            400,
+            "no_file",
+            "send the images as multipart/form-data in a field named 'file' (repeat it for several images)",
+        )
     parts = read_uploads()
     # A browser form with no file chosen sends one empty part with an empty filename.
     uploads = [u for u in parts if u.field in UPLOAD_FIELDS and (u.filename or u.data)]
     if not uploads:
         others = sorted({u.field for u in parts} - set(UPLOAD_FIELDS))
         hint = f" (got field(s) {', '.join(others)})" if others else ""
-        raise ApiError(400, "no_file", f"no image uploaded: send one or more files in the multipart "
-                                       f"field 'file'{hint}")
+        raise ApiError(400, "no_file", f"no image uploaded: send one or more files in the multipart field 'file'{hint}")
     if len(uploads) > max_batch:
-        raise ApiError(413, "too_many_files",
-                       f"{len(uploads)} files in one request; the limit is {max_batch} (MAX_BATCH)")
+        raise ApiError(
+            413, "too_many_files", f"{len(uploads)} files in one request; the limit is {max_batch} (MAX_BATCH)"
+        )
     return uploads
 
 
@@ -94,9 +97,13 @@ def predict():
     results = [_result(c, record_of.get(id(c))) for c in classified]
     response = jsonify({"predictions": results})
     if rt.settings.server_timing:
-        timings = {"read": read_ms, "decode": sum(c.decode_ms for c in good),
-                   "forward": sum(c.forward_ms for c in good), "store": store_ms,
-                   "app": (time.perf_counter() - started) * 1e3}
+        timings = {
+            "read": read_ms,
+            "decode": sum(c.decode_ms for c in good),
+            "forward": sum(c.forward_ms for c in good),
+            "store": store_ms,
+            "app": (time.perf_counter() - started) * 1e3,
+        }
         response.headers["Server-Timing"] = server_timing(timings)
     return response
 
@@ -143,5 +150,9 @@ def _all_failed(classified: list[Classified]) -> ApiError:
         entry = results[0]["error"]
         return ApiError(status, entry["code"], entry["message"], extra={"predictions": results})
     code = codes.pop() if len(codes) == 1 else "invalid_images"
-    return ApiError(status, code, f"none of the {len(classified)} files could be classified; "
-                                  "see each entry in 'predictions'", extra={"predictions": results})
+    return ApiError(
+        status,
+        code,
+        f"none of the {len(classified)} files could be classified; see each entry in 'predictions'",
+        extra={"predictions": results},
+    )

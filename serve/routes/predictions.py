@@ -1,13 +1,26 @@
 """The audit trail: list, fetch and (admin only) delete stored predictions."""
+
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
 from serve.auth import check_admin
 from serve.errors import ApiError
-from serve.params import (DEFAULT_LIMIT, FILTER_PARAMS, LIST_PARAMS, MAX_LIMIT, bad, decode_cursor,
-                          encode_cursor, parse_filter, parse_id, parse_ids, parse_int, reject_unknown,
-                          single_values)
+from serve.params import (
+    DEFAULT_LIMIT,
+    FILTER_PARAMS,
+    LIST_PARAMS,
+    MAX_LIMIT,
+    bad,
+    decode_cursor,
+    encode_cursor,
+    parse_filter,
+    parse_id,
+    parse_ids,
+    parse_int,
+    reject_unknown,
+    single_values,
+)
 from serve.runtime import runtime
 
 bp = Blueprint("predictions", __name__)
@@ -30,8 +43,7 @@ def list_predictions():
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
-    body = {"predictions": [r.as_dict() for r in rows], "total": total, "limit": limit,
-            "next_cursor": next_cursor}
+    body = {"predictions": [r.as_dict() for r in rows], "total": total, "limit": limit, "next_cursor": next_cursor}
     if before is None:
         body["offset"] = offset
     return jsonify(body)
@@ -40,8 +52,7 @@ def list_predictions():
 @bp.get("/predictions/<raw_id>")
 def get_prediction(raw_id: str):
     if raw_id == "delete":  # the admin route's path; GET is not one of its methods
-        raise ApiError(405, "method_not_allowed", "use DELETE on /predictions/delete",
-                       headers={"Allow": "DELETE"})
+        raise ApiError(405, "method_not_allowed", "use DELETE on /predictions/delete", headers={"Allow": "DELETE"})
     prediction_id = parse_id(raw_id)
     record = runtime().db.store().get(prediction_id)
     if record is None:
@@ -61,11 +72,15 @@ def delete_predictions():
     if overlap:
         raise bad("invalid_parameter", f"{', '.join(sorted(overlap))} given both in the query and the body")
     ids = parse_ids(body["ids"]) if "ids" in body else None
-    flt = parse_filter({**query, **{k: v for k, v in body.items() if k != "ids"}}, runtime().class_names,
-                       stored_class=_stored_class)
+    flt = parse_filter(
+        {**query, **{k: v for k, v in body.items() if k != "ids"}}, runtime().class_names, stored_class=_stored_class
+    )
     if ids is None and flt.is_empty():
-        raise bad("missing_selection", "say what to delete: {\"ids\": [...]} or at least one filter "
-                                       f"({', '.join(FILTER_PARAMS)}); POST /reset_db clears everything")
+        raise bad(
+            "missing_selection",
+            'say what to delete: {"ids": [...]} or at least one filter '
+            f"({', '.join(FILTER_PARAMS)}); POST /reset_db clears everything",
+        )
     deleted = runtime().db.store().delete(ids=ids, flt=None if flt.is_empty() else flt)
     return jsonify({"deleted": deleted})
 
@@ -77,7 +92,7 @@ def _json_body() -> dict:
         raise ApiError(415, "unsupported_media_type", "send the body as application/json")
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise bad("invalid_json", "the body must be a JSON object such as {\"ids\": [1, 2]}")
+        raise bad("invalid_json", 'the body must be a JSON object such as {"ids": [1, 2]}')
     return body
 
 

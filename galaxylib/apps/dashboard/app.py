@@ -10,6 +10,7 @@ Nothing a user does may put a Python traceback on the page: every widget callbac
 inside :func:`guarded`, which logs the traceback to the server log and shows a one-line
 message instead.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,15 +18,33 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from galaxylib.apps.dashboard.render import (card_header_html, error_html, esc, history_html, model_info_html,
-                                             page_css, prediction_html, status_html, upload_guard_js)
+from galaxylib.apps.dashboard.render import (
+    card_header_html,
+    error_html,
+    esc,
+    history_html,
+    model_info_html,
+    page_css,
+    prediction_html,
+    status_html,
+    upload_guard_js,
+)
 from galaxylib.apps.dashboard.sources import Example, ModelChoice, discover_models, list_examples, png_bytes
-from galaxylib.apps.dashboard.uploads import (ACCEPT, MAX_FILES_PER_UPLOAD, UPLOAD_LIMIT_LABEL, Outcome, Upload,
-                                              classify_uploads, prediction_rows, uploads_from_widget)
+from galaxylib.apps.dashboard.uploads import (
+    ACCEPT,
+    MAX_FILES_PER_UPLOAD,
+    UPLOAD_LIMIT_LABEL,
+    Outcome,
+    Upload,
+    classify_uploads,
+    prediction_rows,
+    uploads_from_widget,
+)
 from galaxylib.artifact import ArtifactError
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import MODELS_DIR, database_url
@@ -54,8 +73,10 @@ def guarded(action: str) -> Callable:
                 return fn(self, *args, **kwargs)
             except Exception as exc:
                 log.exception("dashboard: %s failed", action)
-                self.set_status(f"Something went wrong while {action} ({short_reason(exc)}). "
-                                "The server log has the details.", "error")
+                self.set_status(
+                    f"Something went wrong while {action} ({short_reason(exc)}). The server log has the details.",
+                    "error",
+                )
                 return None
 
         return wrapper
@@ -73,7 +94,6 @@ def _server_log_handler() -> None:
         log.propagate = False
 
 
-
 @dataclass
 class _Loaded:
     predictor: Any = None
@@ -87,8 +107,14 @@ class Dashboard:
     """The widget tree and its callbacks. Construct with no arguments for the real page;
     tests pass ``models``, ``examples`` and ``db_url`` to stay off the real folders."""
 
-    def __init__(self, models: list[ModelChoice] | None = None, examples: list[Example] | None = None,
-                 db_url: str | None = None, log_predictions: bool = False, warm_saliency: bool = True):
+    def __init__(
+        self,
+        models: list[ModelChoice] | None = None,
+        examples: list[Example] | None = None,
+        db_url: str | None = None,
+        log_predictions: bool = False,
+        warm_saliency: bool = True,
+    ):
         import ipywidgets as w
 
         _server_log_handler()
@@ -105,34 +131,45 @@ class Dashboard:
             '<div class="gc-title">Galaxy morphology classifier</div>'
             '<div class="gc-subtitle">Drop galaxy cutouts (JPEG or PNG) to see the predicted class, the '
             "probability of each of the model's classes and a Grad-CAM map of the pixels behind the "
-            'answer.</div>')
-        self.model_picker = w.Dropdown(options=[(c.label, str(c.path)) for c in self.models],
-                                       layout=w.Layout(width="auto"))
+            "answer.</div>"
+        )
+        self.model_picker = w.Dropdown(
+            options=[(c.label, str(c.path)) for c in self.models], layout=w.Layout(width="auto")
+        )
         self.model_picker.add_class("gc-model-picker")
         self.model_info = w.HTML()
-        self.upload = w.FileUpload(accept=ACCEPT, multiple=True, description="Upload cutouts",
-                                   icon="upload", button_style="primary")
+        self.upload = w.FileUpload(
+            accept=ACCEPT, multiple=True, description="Upload cutouts", icon="upload", button_style="primary"
+        )
         self.upload.add_class("gc-upload")
-        limit_hint = w.HTML(f'<div class="gc-hint">JPEG or PNG · several at once · up to {UPLOAD_LIMIT_LABEL} '
-                            f'per upload · at most {MAX_FILES_PER_UPLOAD} files</div>')
+        limit_hint = w.HTML(
+            f'<div class="gc-hint">JPEG or PNG · several at once · up to {UPLOAD_LIMIT_LABEL} '
+            f"per upload · at most {MAX_FILES_PER_UPLOAD} files</div>"
+        )
         synthetic = bool(self.examples) and all(e.synthetic for e in self.examples)
-        example_note = ("No real sample cutouts found: these are synthetic galaxies." if synthetic
-                        else "Real Galaxy10 DECaLS cutouts with their Galaxy Zoo labels.")
-        self.example_picker = w.Dropdown(options=[(e.label, i) for i, e in enumerate(self.examples)],
-                                         layout=w.Layout(width="auto", flex="1 1 260px", min_width="0"))
+        example_note = (
+            "No real sample cutouts found: these are synthetic galaxies."
+            if synthetic
+            else "Real Galaxy10 DECaLS cutouts with their Galaxy Zoo labels."
+        )
+        self.example_picker = w.Dropdown(
+            options=[(e.label, i) for i, e in enumerate(self.examples)],
+            layout=w.Layout(width="auto", flex="1 1 260px", min_width="0"),
+        )
         self.example_picker.add_class("gc-example-picker")
         self.example_button = w.Button(description="Classify example", icon="play")
         self.example_button.add_class("gc-example-button")
-        self.log_toggle = w.Checkbox(value=log_predictions, description="Log predictions to the database",
-                                     indent=False)
+        self.log_toggle = w.Checkbox(value=log_predictions, description="Log predictions to the database", indent=False)
         self.log_toggle.add_class("gc-log-toggle")
         self.status = w.HTML()
         self.status.add_class("gc-status-box")
         self.status_message, self.status_kind = "", "info"
         self.results = w.VBox()
         self.results.add_class("gc-results")
-        self.empty = w.HTML('<div class="gc-empty gc-empty-results">Results appear here. Upload a cutout or '
-                            'classify an example to start.</div>')
+        self.empty = w.HTML(
+            '<div class="gc-empty gc-empty-results">Results appear here. Upload a cutout or '
+            "classify an example to start.</div>"
+        )
         self.clear_button = w.Button(description="Clear results", icon="trash")
         self.clear_button.add_class("gc-clear")
         self.history = w.HTML()
@@ -141,23 +178,31 @@ class Dashboard:
 
         upload_box = self._box([self.upload, limit_hint], "gc-row")
         example_box = self._box([self.example_picker, self.example_button], "gc-row")
-        controls = self._box([
-            w.HTML('<div class="gc-section-title">1 · Your cutouts</div>'), upload_box,
-            w.HTML(f'<div class="gc-section-title">or an example</div><div class="gc-hint">{example_note}</div>'),
-            example_box, self.log_toggle], "gc-card gc-controls")
-        model_card = self._box([w.HTML('<div class="gc-section-title">Model</div>'), self.model_picker,
-                                self.model_info], "gc-card gc-model-card")
+        controls = self._box(
+            [
+                w.HTML('<div class="gc-section-title">1 · Your cutouts</div>'),
+                upload_box,
+                w.HTML(f'<div class="gc-section-title">or an example</div><div class="gc-hint">{example_note}</div>'),
+                example_box,
+                self.log_toggle,
+            ],
+            "gc-card gc-controls",
+        )
+        model_card = self._box(
+            [w.HTML('<div class="gc-section-title">Model</div>'), self.model_picker, self.model_info],
+            "gc-card gc-model-card",
+        )
         if len(self.models) < 2:
             self.model_picker.layout.display = "none"  # the picker only appears when there is a choice
-        results_head = self._box([w.HTML('<div class="gc-section-title">2 · Results</div>'), self.clear_button],
-                                 "gc-results-head")
+        results_head = self._box(
+            [w.HTML('<div class="gc-section-title">2 · Results</div>'), self.clear_button], "gc-results-head"
+        )
         main = self._box([controls, self.status, results_head, self.empty, self.results], "gc-main")
-        history_head = self._box([w.HTML('<div class="gc-section-title">History</div>'), self.history_button],
-                                 "gc-results-head")
-        side = self._box([model_card, self._box([history_head, self.history], "gc-card gc-history-card")],
-                         "gc-side")
-        self.root = self._box([self._box([self.header], "gc-header"),
-                               self._box([main, side], "gc-columns")], "gc-app")
+        history_head = self._box(
+            [w.HTML('<div class="gc-section-title">History</div>'), self.history_button], "gc-results-head"
+        )
+        side = self._box([model_card, self._box([history_head, self.history], "gc-card gc-history-card")], "gc-side")
+        self.root = self._box([self._box([self.header], "gc-header"), self._box([main, side], "gc-columns")], "gc-app")
 
         self.upload.observe(self._on_upload, names="value")
         self.upload.observe(self._on_upload_error, names="error")
@@ -171,7 +216,8 @@ class Dashboard:
         else:
             self._set_model_problem(
                 f"No trained model found. Train one (a quick synthetic run is enough to try the page) "
-                f"so that {MODELS_DIR.name}/ holds a run, or set MODEL_PATH to an artifact folder.")
+                f"so that {MODELS_DIR.name}/ holds a run, or set MODEL_PATH to an artifact folder."
+            )
         self.refresh_history()
 
     # -- small helpers
@@ -218,8 +264,7 @@ class Dashboard:
         self.upload.disabled = self.example_button.disabled = False
         self.set_status("")
         if self.warm_saliency and loaded.gradcam is None and loaded.gradcam_problem is None:
-            threading.Thread(target=self._gradcam_for, args=(loaded,), daemon=True,
-                             name="gradcam-warmup").start()
+            threading.Thread(target=self._gradcam_for, args=(loaded,), daemon=True, name="gradcam-warmup").start()
 
     def _gradcam_for(self, loaded: _Loaded):
         """Load the Keras model once per artifact (a few seconds: TensorFlow) under a lock."""
@@ -310,14 +355,18 @@ class Dashboard:
         w = self.w
         head = w.HTML(card_header_html(out.upload))
         if not out.ok:
-            return self._box([head, w.HTML(error_html(out.error or "not classified", out.upload.name, out.hint))],
-                             "gc-card gc-result gc-result-error"), None
+            return self._box(
+                [head, w.HTML(error_html(out.error or "not classified", out.upload.name, out.hint))],
+                "gc-card gc-result gc-result-error",
+            ), None
         original = w.Image(value=png_bytes(out.image), format="png")
         original.add_class("gc-img")
         slot = self._box([w.HTML('<div class="gc-img-placeholder">computing saliency…</div>')], "gc-slot")
         figure_in = self._box([original, w.HTML('<div class="gc-caption">input</div>')], "gc-figure")
-        figure_sal = self._box([slot, w.HTML('<div class="gc-caption gc-saliency-caption" data-state="pending">'
-                                             'Grad-CAM saliency</div>')], "gc-figure")
+        figure_sal = self._box(
+            [slot, w.HTML('<div class="gc-caption gc-saliency-caption" data-state="pending">Grad-CAM saliency</div>')],
+            "gc-figure",
+        )
         panel = w.HTML(prediction_html(out))
         panel.add_class("gc-prediction-box")
         body = self._box([figure_in, figure_sal, panel], "gc-result-body")
@@ -336,7 +385,7 @@ class Dashboard:
         except Exception as exc:
             log.exception("Grad-CAM failed")
             maps, problem = None, short_reason(exc)
-        for i, (out, figure) in enumerate(pending):
+        for i, (_, figure) in enumerate(pending):
             slot, caption = figure.children
             if maps is None:
                 slot.children = (w.HTML(error_html(f"Saliency unavailable: {problem}")),)
@@ -346,8 +395,9 @@ class Dashboard:
             img.add_class("gc-img")
             img.add_class("gc-saliency")
             slot.children = (img,)
-            caption.value = (f'<div class="gc-caption gc-saliency-caption" data-state="ready">'
-                             f'{esc(maps[i].caption)}</div>')
+            caption.value = (
+                f'<div class="gc-caption gc-saliency-caption" data-state="ready">{esc(maps[i].caption)}</div>'
+            )
         self.set_status(message, kind)
 
     # -- database
@@ -378,8 +428,9 @@ class Dashboard:
             store = self.store()
             records, total = store.list(limit=HISTORY_ROWS)
             names = self.current.predictor.class_names if self.current.predictor is not None else CLASS_NAMES
-            self.history.value = history_html([r.as_dict() for r in records], total, store.class_counts(),
-                                              store.url, names)
+            self.history.value = history_html(
+                [r.as_dict() for r in records], total, store.class_counts(), store.url, names
+            )
         except Exception as exc:
             log.exception("could not read the predictions table")
             self.history.value = error_html(f"Cannot read the predictions table ({short_reason(exc)}).")

@@ -4,11 +4,12 @@ The answer (class and probabilities) always comes from the LiteRT Predictor; the
 artifact's Keras model is loaded here only to draw the saliency map, lazily and once
 per artifact. The import-linter contract exempts this module alone.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -1,4 +1,5 @@
 """What the dashboard offers: the models to pick from and the example cutouts."""
+
 from __future__ import annotations
 
 import functools
@@ -106,6 +107,13 @@ def list_examples(samples_dir: Path = SAMPLES_DIR) -> list[Example]:
     if not examples:
         for index, name in enumerate(CLASS_NAMES):
             slug = name.lower().replace(" ", "-")
-            examples.append(Example(f"Synthetic {name} (generated, not a real galaxy)",
-                                    f"synthetic-{slug}.png", name, synthetic=True, class_index=index))
+            examples.append(
+                Example(
+                    f"Synthetic {name} (generated, not a real galaxy)",
+                    f"synthetic-{slug}.png",
+                    name,
+                    synthetic=True,
+                    class_index=index,
+                )
+            )
     return examples

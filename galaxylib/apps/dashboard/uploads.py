@@ -6,10 +6,12 @@ voila.json sets tornado's websocket_max_message_size to ``websocket_max_message_
 and the page's upload guard (static/upload_guard.js) holds back the bytes of files past
 the limit, so the kernel can answer with a message instead of losing the connection.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -29,7 +31,7 @@ ACCEPT = ".jpg,.jpeg,.png,image/jpeg,image/png"
 ERROR_HINTS = {
     "empty_file": "Nothing arrived: pick the file again.",
     "unsupported_media_type": "Only JPEG and PNG cutouts can be classified, and renaming a file "
-                              "does not change its format.",
+    "does not change its format.",
     "image_too_large": "Galaxy10 cutouts are 256×256 pixels; send a cutout, not a mosaic.",
     "invalid_image": "The file looks damaged; export or download it again.",
 }
@@ -101,8 +103,9 @@ def _display_image(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def classify_uploads(predictor, uploads: Sequence[Upload], limit: int = UPLOAD_LIMIT_BYTES,
-                     max_files: int = MAX_FILES_PER_UPLOAD) -> list[Outcome]:
+def classify_uploads(
+    predictor, uploads: Sequence[Upload], limit: int = UPLOAD_LIMIT_BYTES, max_files: int = MAX_FILES_PER_UPLOAD
+) -> list[Outcome]:
     """Apply the upload limits, then classify what passed through ``classify`` in one call.
 
     A file that cannot be classified gets a user-safe ``error``; it never stops the others.
@@ -116,20 +119,25 @@ def classify_uploads(predictor, uploads: Sequence[Upload], limit: int = UPLOAD_L
         out = Outcome(upload)
         outcomes.append(out)
         if i >= max_files:
-            out.error = (f"{upload.name}: not classified; one upload takes at most {max_files} files. "
-                         "Upload the rest separately.")
+            out.error = (
+                f"{upload.name}: not classified; one upload takes at most {max_files} files. "
+                "Upload the rest separately."
+            )
         elif upload.size > limit:
             out.error = f"{upload.name}: {format_bytes(upload.size)} is over the upload limit of {UPLOAD_LIMIT_LABEL}."
             out.hint = "Galaxy10 cutouts are a few tens of kB; send a cutout, not a full-resolution image."
         elif used + upload.size > limit or len(upload.content) < upload.size:
-            out.error = (f"{upload.name}: not classified; with the files before it, this upload is over "
-                         f"the limit of {UPLOAD_LIMIT_LABEL}.")
+            out.error = (
+                f"{upload.name}: not classified; with the files before it, this upload is over "
+                f"the limit of {UPLOAD_LIMIT_LABEL}."
+            )
             out.hint = "Upload fewer files at a time."
         else:
             used += upload.size
             accepted.append(out)
-    results = classify(predictor, [ImageInput.from_bytes(o.upload.content, o.upload.name) for o in accepted],
-                       keep_images=True)
+    results = classify(
+        predictor, [ImageInput.from_bytes(o.upload.content, o.upload.name) for o in accepted], keep_images=True
+    )
     for out, result in zip(accepted, results):
         out.result = result
         if result.ok:
@@ -143,5 +151,4 @@ def classify_uploads(predictor, uploads: Sequence[Upload], limit: int = UPLOAD_L
 
 def prediction_rows(outcomes: Iterable[Outcome]) -> list[dict[str, Any]]:
     """Rows for ``PredictionStore.add_many``: the one record builder, source ``dashboard``."""
-    return [prediction_row(o.result, "dashboard", example=o.upload.example is not None)
-            for o in outcomes if o.ok]
+    return [prediction_row(o.result, "dashboard", example=o.upload.example is not None) for o in outcomes if o.ok]

@@ -13,6 +13,7 @@ Four kinds, one interface (:class:`Source`), a module each:
 
 Nothing here holds more than one work shard's rows, or more than one chunk's pixels, at a time.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,18 @@ from galaxylib.catalog.sources.folder import FolderSource
 from galaxylib.catalog.sources.h5 import H5Source
 from galaxylib.catalog.sources.webdataset import WebDatasetSource, expand_tars
 
-__all__ = ["ID_COLUMN", "NORMALISED_GLOB", "PATH_COLUMN", "CatalogError", "ShardInput", "ShardSpec", "Source",
-           "canonical_checksum", "open_source", "reopen_source"]
+__all__ = [
+    "ID_COLUMN",
+    "NORMALISED_GLOB",
+    "PATH_COLUMN",
+    "CatalogError",
+    "ShardInput",
+    "ShardSpec",
+    "Source",
+    "canonical_checksum",
+    "open_source",
+    "reopen_source",
+]
 
 CSV_SUFFIXES = {".csv"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
@@ -65,8 +76,10 @@ def open_source(spec: str | os.PathLike) -> Source:
         return CsvCatalogue(path)
     if suffix in PARQUET_SUFFIXES:
         return ParquetCatalogue(path)
-    raise CatalogError(f"{path}: a catalogue must be .parquet or .csv (or a folder of cutouts, a Galaxy10 .h5, "
-                       "or WebDataset .tar shards)")
+    raise CatalogError(
+        f"{path}: a catalogue must be .parquet or .csv (or a folder of cutouts, a Galaxy10 .h5, "
+        "or WebDataset .tar shards)"
+    )
 
 
 def reopen_source(described: dict[str, Any]) -> Source:

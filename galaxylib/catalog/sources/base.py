@@ -1,11 +1,13 @@
 """What every catalogue source shares: the interface, a work shard, and the names of the columns."""
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from galaxylib.inference.classify import ImageInput
 

@@ -1,9 +1,11 @@
 """Catalogues: a CSV or Parquet table with ``id_str`` and ``file_loc`` (relative to the
 catalogue's folder, or absolute); every other column passes through to the output."""
+
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -42,9 +44,11 @@ class CatalogueSource(TableSource):
             raise CatalogError(f"cannot read the catalogue {self.path} as {self.kind.upper()}: {exc}") from exc
         missing = [c for c in (ID_COLUMN, PATH_COLUMN) if c not in names]
         if missing:
-            raise CatalogError(f"the catalogue {self.path} has no column {', '.join(map(repr, missing))} "
-                               f"(its columns: {', '.join(names) or 'none'}); it needs {ID_COLUMN!r} and "
-                               f"{PATH_COLUMN!r} (the image, relative to the catalogue's folder or absolute)")
+            raise CatalogError(
+                f"the catalogue {self.path} has no column {', '.join(map(repr, missing))} "
+                f"(its columns: {', '.join(names) or 'none'}); it needs {ID_COLUMN!r} and "
+                f"{PATH_COLUMN!r} (the image, relative to the catalogue's folder or absolute)"
+            )
         row = 0
         try:
             for batch in batch_slices(batches, BATCH_ROWS):
@@ -54,19 +58,24 @@ class CatalogueSource(TableSource):
                 blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(ids), ""), True)
                 if pc.any(blank).as_py():
                     first = row + int(np.flatnonzero(np.asarray(blank))[0])
-                    raise CatalogError(f"the catalogue {self.path}: data row {first + 1} (the first is 1) has no "
-                                       f"{ID_COLUMN}; every row needs one")
+                    raise CatalogError(
+                        f"the catalogue {self.path}: data row {first + 1} (the first is 1) has no "
+                        f"{ID_COLUMN}; every row needs one"
+                    )
                 floated = pc.fill_null(pc.match_substring_regex(ids, EXPONENT_ID), False)
                 if pc.any(floated).as_py():
                     first = int(np.flatnonzero(np.asarray(floated))[0])
-                    raise CatalogError(f"the catalogue {self.path}: data row {row + first + 1} (the first is 1) has "
-                                       f"{ID_COLUMN} {ids[first].as_py()!r}, a number in exponent notation: it was "
-                                       "written from floating point, so its last digits are gone and neighbouring "
-                                       "objects can share it. Export the ids again from their source, as integers "
-                                       "or strings")
+                    raise CatalogError(
+                        f"the catalogue {self.path}: data row {row + first + 1} (the first is 1) has "
+                        f"{ID_COLUMN} {ids[first].as_py()!r}, a number in exponent notation: it was "
+                        "written from floating point, so its last digits are gone and neighbouring "
+                        "objects can share it. Export the ids again from their source, as integers "
+                        "or strings"
+                    )
                 locs = pc.cast(batch.column(PATH_COLUMN), pa.string()).to_pylist()
-                resolved = pa.array([None if not loc else (loc if os.path.isabs(loc) else str(base / loc))
-                                     for loc in locs], pa.string())
+                resolved = pa.array(
+                    [None if not loc else (loc if os.path.isabs(loc) else str(base / loc)) for loc in locs], pa.string()
+                )
                 columns = {ID_COLUMN: ids, PATH_COLUMN: resolved}
                 for name in batch.schema.names:
                     if name not in columns:
@@ -76,9 +85,10 @@ class CatalogueSource(TableSource):
         except (OSError, ValueError) as exc:
             if isinstance(exc, CatalogError):
                 raise
-            raise CatalogError(f"cannot read the catalogue {self.path} (near row {row}): {exc}. Give the column a "
-                               "consistent type, or convert the catalogue to Parquet") from exc
-
+            raise CatalogError(
+                f"cannot read the catalogue {self.path} (near row {row}): {exc}. Give the column a "
+                "consistent type, or convert the catalogue to Parquet"
+            ) from exc
 
 
 class CsvCatalogue(CatalogueSource):
@@ -102,8 +112,10 @@ class ParquetCatalogue(CatalogueSource):
             if pa.types.is_floating(id_type):
                 # A float64 id keeps 15-16 digits: an SDSS objid such as 1237648720693755918 would
                 # come out as '1.237648720693756e+18', shared by neighbouring objects.
-                raise CatalogError(f"the catalogue {self.path} stores {ID_COLUMN} as {id_type}: floating-point "
-                                   "ids lose digits (1237648720693755918 becomes 1.237648720693756e+18) and "
-                                   "two galaxies can share one. Casting the column back will not restore them: "
-                                   "export the ids again from their source, as integers or strings")
+                raise CatalogError(
+                    f"the catalogue {self.path} stores {ID_COLUMN} as {id_type}: floating-point "
+                    "ids lose digits (1237648720693755918 becomes 1.237648720693756e+18) and "
+                    "two galaxies can share one. Casting the column back will not restore them: "
+                    "export the ids again from their source, as integers or strings"
+                )
         return names, pf.iter_batches(batch_size=BATCH_ROWS)

@@ -1,9 +1,11 @@
 """A Galaxy10-format h5: shards are row ranges, images read a chunk at a time, and the file's
 other per-row datasets (``ra``, ``dec``, ``ans``, ...) pass through."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from galaxylib.catalog.sources.base import ID_COLUMN, CatalogError, ShardInput, ShardSpec, Source, canonical_checksum
 from galaxylib.inference.classify import ImageInput
@@ -29,8 +31,11 @@ class H5Source(Source):
         import h5py
 
         with h5py.File(self.path, "r") as f:
-            return sorted(k for k, v in f.items() if k != "images" and isinstance(v, h5py.Dataset)
-                          and v.shape == (self.data.n_images,) and k != ID_COLUMN)
+            return sorted(
+                k
+                for k, v in f.items()
+                if k != "images" and isinstance(v, h5py.Dataset) and v.shape == (self.data.n_images,) and k != ID_COLUMN
+            )
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": str(self.path)}
@@ -42,8 +47,7 @@ class H5Source(Source):
         n = self.data.n_images
         if n == 0:
             raise CatalogError(f"{self.path} holds no images")
-        return [ShardSpec(index=i, start=s, rows=min(shard_rows, n - s))
-                for i, s in enumerate(range(0, n, shard_rows))]
+        return [ShardSpec(index=i, start=s, rows=min(shard_rows, n - s)) for i, s in enumerate(range(0, n, shard_rows))]
 
     def passthrough_columns(self) -> list[str]:
         return list(self._columns)
@@ -54,10 +58,11 @@ class H5Source(Source):
 
         stop = spec.start + int(spec.rows or 0)
         with h5py.File(self.path, "r") as f:
-            columns: dict[str, Any] = {ID_COLUMN: pa.array([f"{self.path.name}[{i}]" for i in range(spec.start, stop)],
-                                                           pa.string())}
+            columns: dict[str, Any] = {
+                ID_COLUMN: pa.array([f"{self.path.name}[{i}]" for i in range(spec.start, stop)], pa.string())
+            }
             for name in self._columns:
-                values = f[name][spec.start:stop]
+                values = f[name][spec.start : stop]
                 if values.dtype.kind in "SO":
                     values = [v.decode() if isinstance(v, bytes) else str(v) for v in values]
                 columns[name] = pa.array(values)

@@ -4,11 +4,13 @@ The table's row group ``i`` is work shard ``i``, so any shard is read without sc
 input again (a CSV cannot be sought by row). Nothing here holds more than ``BATCH_ROWS`` rows of
 the input, or one work shard's rows, at a time.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from galaxylib.catalog.sources.base import (
     ID_COLUMN,
@@ -43,8 +45,11 @@ class TableSource(Source):
         self._fingerprint: str | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": str(self.path),
-                "normalised": str(self.normalised) if self.normalised else None}
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "normalised": str(self.normalised) if self.normalised else None,
+        }
 
     def plan(self, shard_rows: int, work_dir: Path, show_progress: bool = False) -> list[ShardSpec]:
         pa, _, pq = pyarrow_modules()
@@ -56,8 +61,9 @@ class TableSource(Source):
             # freed memory otherwise, and the peak would grow with the catalogue.
             pa.default_memory_pool().release_unused()
             # The stamp, written after the copy is in place, is what makes it trusted.
-            atomic_write_json(_stamp_path(target), {"format": NORMALISED_FORMAT, "shard_rows": shard_rows,
-                                                    "rows": total})
+            atomic_write_json(
+                _stamp_path(target), {"format": NORMALISED_FORMAT, "shard_rows": shard_rows, "rows": total}
+            )
         self.normalised = target
         meta = pq.ParquetFile(target).metadata
         specs, start = [], 0
@@ -87,8 +93,10 @@ class TableSource(Source):
                 part = table.slice(start, chunk_rows)
                 ids = part.column(ID_COLUMN).to_pylist()
                 locs = part.column(PATH_COLUMN).to_pylist()
-                items = [ImageInput.from_path(loc, name=loc) if loc else ImageInput(name=f"{i}: no {PATH_COLUMN}")
-                         for i, loc in zip(ids, locs)]
+                items = [
+                    ImageInput.from_path(loc, name=loc) if loc else ImageInput(name=f"{i}: no {PATH_COLUMN}")
+                    for i, loc in zip(ids, locs)
+                ]
                 yield part.drop_columns([PATH_COLUMN]), items
 
         return ShardInput(checksum, chunks())
@@ -105,6 +113,7 @@ class TableSource(Source):
         pending: list[Any] = []
         held = total = 0
         with tqdm(desc=f"Planning {self.path.name}", unit="row", disable=not show_progress) as bar:
+
             def flush(final: bool) -> None:
                 nonlocal pending, held, writer
                 if not pending:
@@ -152,7 +161,10 @@ def _normalised_ok(target: Path, shard_rows: int) -> bool:
         info = json.loads(_stamp_path(target).read_text())
         _, _, pq = pyarrow_modules()
         meta = pq.ParquetFile(target).metadata
-        return (info.get("format") == NORMALISED_FORMAT and info.get("shard_rows") == shard_rows
-                and info.get("rows") == meta.num_rows)
+        return (
+            info.get("format") == NORMALISED_FORMAT
+            and info.get("shard_rows") == shard_rows
+            and info.get("rows") == meta.num_rows
+        )
     except (OSError, ValueError, TypeError):
         return False

@@ -1,9 +1,11 @@
 """WebDataset tar shards (galaxy-datasets' format: ``__key__`` is the id, ``image.jpg`` the
 cutout): one tar is one work shard."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from galaxylib.catalog.sources.base import ID_COLUMN, CatalogError, ShardInput, ShardSpec, Source, listing_fingerprint
 from galaxylib.files import sha256_file
@@ -49,11 +51,20 @@ class WebDatasetSource(Source):
             dataset = wds.WebDataset(str(tar), shardshuffle=False, empty_check=False)
             for sample in dataset:
                 key = str(sample["__key__"])
-                image = next((v for k, v in sample.items() if not k.startswith("__")
-                              and k.rsplit(".", 1)[-1].lower() in ("jpg", "jpeg", "png")), None)
+                image = next(
+                    (
+                        v
+                        for k, v in sample.items()
+                        if not k.startswith("__") and k.rsplit(".", 1)[-1].lower() in ("jpg", "jpeg", "png")
+                    ),
+                    None,
+                )
                 ids.append(key)
-                items.append(ImageInput.from_bytes(image, f"{tar.name}:{key}") if image is not None
-                             else ImageInput(name=f"{tar.name}:{key}: no .jpg or .png member"))
+                items.append(
+                    ImageInput.from_bytes(image, f"{tar.name}:{key}")
+                    if image is not None
+                    else ImageInput(name=f"{tar.name}:{key}: no .jpg or .png member")
+                )
                 if len(items) >= chunk_rows:
                     yield pa.table({ID_COLUMN: pa.array(ids, pa.string())}), items
                     ids, items = [], []

@@ -1,4 +1,5 @@
 """Alembic environment: runs on the connection galaxylib.store.database hands it (or DATABASE_URL)."""
+
 from alembic import context
 
 from galaxylib.store.database import Base, make_engine
