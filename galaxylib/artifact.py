@@ -148,7 +148,33 @@ def add_to_artifact(
         (run_dir / name).unlink(missing_ok=True)
 
 
+# A training run builds its artifact in ``models/<run>.partial`` (model, calibration, OOD check,
+# metrics) and renames it to ``models/<run>`` only when all of it is there: an artifact is
+# complete or absent, whenever the run stops.
+PARTIAL_SUFFIX = ".partial"
+
+
+def staging_dir(run_dir: str | os.PathLike) -> Path:
+    """Where the artifact for ``run_dir`` is built before it is published."""
+    run_dir = Path(run_dir)
+    return run_dir.with_name(run_dir.name + PARTIAL_SUFFIX)
+
+
+def publish_artifact(staging: str | os.PathLike, run_dir: str | os.PathLike) -> Artifact:
+    """Check the finished artifact in ``staging``, then put it in place of ``run_dir`` by rename."""
+    import shutil
+
+    staging, run_dir = Path(staging), Path(run_dir)
+    read_artifact(staging)  # every hash and the contract, before it replaces anything
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    os.replace(staging, run_dir)
+    return read_artifact(run_dir, verify_hashes=False)
+
+
 def list_runs(models_dir: str | os.PathLike) -> list[Path]:
     """Complete artifact folders in ``models_dir``, newest sidecar first."""
-    runs = [p.parent for p in Path(models_dir).glob("*/" + SIDECAR) if not p.parent.name.endswith(".tmp")]
+    runs = [
+        p.parent for p in Path(models_dir).glob("*/" + SIDECAR) if not p.parent.name.endswith((".tmp", PARTIAL_SUFFIX))
+    ]
     return sorted(runs, key=lambda run: (run / SIDECAR).stat().st_mtime, reverse=True)

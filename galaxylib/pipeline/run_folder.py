@@ -94,10 +94,17 @@ class RunFolder:
         return current
 
     def start(self) -> None:
-        """A fresh report folder for a new train.sh run: the previous run's hand-offs are removed."""
+        """A fresh run: the previous run's hand-offs are removed, and so is its artifact (the new
+        one replaces it; a run that stops before the end then leaves no models/<run> at all)."""
+        import shutil
+
+        from galaxylib.artifact import staging_dir
+
         self.reports.mkdir(parents=True, exist_ok=True)
         for stale in (self.dataset_file, self.split_file, self.metrics_file):
             stale.unlink(missing_ok=True)
+        for folder in (self.model, staging_dir(self.model)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_folder(
