@@ -4,14 +4,17 @@ import numpy as np
 import pytest
 
 from galaxylib.data.split import make_split
-from galaxylib.modeling.training import TrainParams, epoch_orders, train_model
+from galaxylib.modeling.input_pipeline import epoch_orders
+from galaxylib.modeling.training import TrainParams, train_model
 
 pytestmark = pytest.mark.slow  # trains small models
 
 
 def test_each_epoch_visits_every_training_image_once_in_a_new_order():
     indices = np.arange(10, 40)
-    orders = epoch_orders(indices, np.zeros(50, np.int64), epochs=3, seed=0, balance="class_weight", n_classes=10)
+    orders = np.stack(
+        list(epoch_orders(indices, np.zeros(50, np.int64), epochs=3, seed=0, balance="class_weight", n_classes=10))
+    )
     assert orders.shape == (3, 30)
     assert all(sorted(order) == list(indices) for order in orders)
     assert not np.array_equal(orders[0], orders[1])
@@ -19,7 +22,7 @@ def test_each_epoch_visits_every_training_image_once_in_a_new_order():
 
 def test_oversampling_draws_a_rare_class_as_often_as_a_common_one():
     labels = np.array([0] * 95 + [4] * 5)  # class 4 is under 2 % of the real data
-    orders = epoch_orders(np.arange(100), labels, epochs=40, seed=1, balance="oversample", n_classes=10)
+    orders = np.stack(list(epoch_orders(np.arange(100), labels, epochs=40, seed=1, balance="oversample", n_classes=10)))
     drawn = np.bincount(labels[orders.ravel()], minlength=5)
     assert drawn[4] / drawn[0] == pytest.approx(1.0, abs=0.1)
 
@@ -69,3 +72,35 @@ def test_the_budget_schedule_needs_a_budget():
             TrainParams(lr_schedule="cosine_budget", max_train_minutes=0),
             10,
         )
+
+
+def test_mixed_precision_trains_in_float16_and_hands_back_a_float32_model_with_the_same_answers(tmp_path):
+    """What a GPU run does (train.mixed_precision auto), forced here on the CPU."""
+    from galaxylib.modeling.export import export_tflite
+    from galaxylib.modeling.model import ModelParams, build_model
+    from galaxylib.modeling.precision import as_float32, precision_policy, use_mixed_precision
+
+    assert use_mixed_precision("auto") is False  # no GPU here
+    with pytest.raises(ValueError, match="auto, true or false"):
+        use_mixed_precision("half")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(60) % 10
+    split = make_split(labels, "0" * 64, seed=0)
+    with precision_policy(True):
+        model = build_model(
+            ModelParams(
+                image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False, learning_rate=1e-3
+            )
+        )
+        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
+        assert model.get_layer("probabilities").dtype_policy.name == "float32"  # the softmax stays in float32
+        assert model.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
+        train_model(
+            model, images, labels, split, TrainParams(epochs=1, batch_size=16, augment_zoom=0, lr_schedule="cosine"), 10
+        )
+        mixed = model.predict(images[:8].astype(np.float32), verbose=0)
+    served = as_float32(model)
+    assert {layer.dtype_policy.name for layer in served.layers} == {"float32"}
+    np.testing.assert_allclose(served.predict(images[:8].astype(np.float32), verbose=0), mixed, atol=1e-3)
+    assert export_tflite(served, tmp_path / "model.tflite").stat().st_size > 0

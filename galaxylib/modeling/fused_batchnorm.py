@@ -14,12 +14,42 @@ import contextlib
 from collections.abc import Iterator
 
 
+def synchronised_call(layer, inputs, context):
+    """Training-mode BatchNormalization over the global batch of every replica, with one
+    all-reduce of (sum, sum of squares, count) per layer. Keras's own synchronized path does
+    three, and tracing EfficientNetB0's training step under MirroredStrategy on 2 CPU devices took
+    277 s with them against 192 s with one (one run each; the traced step then runs as fast)."""
+    import tensorflow as tf
+
+    rank = len(inputs.shape)
+    axis = layer.axis % rank
+    axes = [i for i in range(rank) if i != axis]
+    local_sum = tf.reduce_sum(inputs, axis=axes)
+    local_squares = tf.reduce_sum(tf.square(inputs), axis=axes)
+    count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), tf.float32)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat([local_sum, local_squares, count[None]], 0))
+    channels = inputs.shape[axis]
+    n = total[-1]
+    mean = total[:channels] / n
+    variance = tf.maximum(total[channels : 2 * channels] / n - tf.square(mean), 0.0)
+    layer.moving_mean.assign(layer.moving_mean * layer.momentum + mean * (1.0 - layer.momentum))
+    layer.moving_variance.assign(layer.moving_variance * layer.momentum + variance * (1.0 - layer.momentum))
+    shape = [1] * rank
+    shape[axis] = channels
+    gamma = tf.reshape(layer.gamma, shape) if layer.scale else None
+    beta = tf.reshape(layer.beta, shape) if layer.center else None
+    return tf.nn.batch_normalization(
+        inputs, tf.reshape(mean, shape), tf.reshape(variance, shape), beta, gamma, layer.epsilon
+    )
+
+
 @contextlib.contextmanager
 def fused_batchnorm(enabled: bool = True) -> Iterator[None]:
-    """While active, BatchNormalization layers traced in training mode use the fused kernel.
+    """While active, BatchNormalization layers traced in training mode use the fused kernel, and
+    synchronized ones under several replicas compute their statistics with one all-reduce.
 
-    Inference mode, masks, renorm, synchronized BN and anything but 4-D float32 channels-last
-    input keep Keras' own path.
+    Inference mode, masks, renorm and anything but 4-D float32 channels-last input keep Keras'
+    own path.
     """
     if not enabled:
         yield
@@ -31,6 +61,10 @@ def fused_batchnorm(enabled: bool = True) -> Iterator[None]:
     keras_call = layer_class.call
 
     def call(self, inputs, training=None, mask=None):
+        if self.synchronized and training and self.trainable and mask is None and not self.renorm:
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1 and inputs.dtype == tf.float32:
+                return synchronised_call(self, inputs, context)
         if (
             not (training and self.trainable)
             or mask is not None

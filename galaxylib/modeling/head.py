@@ -9,6 +9,7 @@ is the model's own head layers (``head_on_features``), so after training the ful
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -38,14 +39,15 @@ def view_features(
     views: tuple = VIEWS,
 ) -> np.ndarray:
     """Backbone features (V, N, F) of every image in each of ``views`` (all 8 by default),
-    cached in ``cache_file``. A backbone that ignores orientation needs only the first."""
+    cached in ``cache_file`` and returned as a read-only memory map of it, so that head training
+    reads them from disk a batch at a time (in memory only without a ``cache_file``). A backbone
+    that ignores orientation needs only the first view."""
     if cache_file is not None and cache_file.is_file():
         cached = np.load(cache_file, mmap_mode="r")
         width = int(model.get_layer(features_layer(model)).output.shape[-1])
         if cached.shape == (len(views), len(images), width):
-            return np.asarray(cached)
+            return cached
     from ai_edge_litert.interpreter import Interpreter
-    from tqdm import tqdm
 
     from galaxylib.inference.predictor import default_threads
     from galaxylib.modeling.export import export_tflite
@@ -58,7 +60,34 @@ def view_features(
             num_threads=num_threads or default_threads(),
         )
     first, last = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-    out = np.zeros((len(views), len(images), int(backbone.output_shape[-1])), np.float32)
+    shape_out = (len(views), len(images), int(backbone.output_shape[-1]))
+    with contextlib.ExitStack() as stack:
+        if cache_file is None:
+            out = np.zeros(shape_out, np.float32)
+        else:  # written straight into the cache file: memory stays one batch whatever the dataset
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp_file = stack.enter_context(atomic_path(cache_file))
+            out = np.lib.format.open_memmap(tmp_file, mode="w+", dtype=np.float32, shape=shape_out)
+        _fill_features(interpreter, first, last, images, views, size, batch_size, out, show_progress)
+        if cache_file is not None:
+            out.flush()
+            del out
+    return np.load(cache_file, mmap_mode="r") if cache_file is not None else out
+
+
+def _fill_features(
+    interpreter,
+    first: int,
+    last: int,
+    images: np.ndarray,
+    views: tuple,
+    size: int,
+    batch_size: int,
+    out: np.ndarray,
+    show_progress: bool,
+) -> None:
+    from tqdm import tqdm
+
     shape = None
     with tqdm(
         total=len(views) * len(images),
@@ -77,9 +106,17 @@ def view_features(
                 interpreter.invoke()
                 out[v, start : start + len(batch)] = interpreter.get_tensor(last)
                 bar.update(len(batch))
-    if cache_file is not None:
-        with atomic_path(cache_file) as tmp_file, open(tmp_file, "wb") as fh:
-            np.save(fh, out)
+
+
+def mean_over_views(features: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """(len(rows), F): each row's features averaged over the views, like the export's second
+    output; read ``chunk`` rows at a time from the (V, N, F) cache."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), features.shape[-1]), np.float32)
+    for start in range(0, len(rows), chunk):
+        part = np.sort(rows[start : start + chunk])
+        order = np.searchsorted(part, rows[start : start + chunk])
+        out[start : start + chunk] = np.asarray(features[:, part], dtype=np.float32).mean(axis=0)[order]
     return out
 
 
@@ -120,35 +157,50 @@ def fit_head(
     """Fit a head (a Keras model on the features) on ``train_rows``; the weights of the epoch with
     the lowest loss on ``val_rows`` are kept (early stopping), or the last ones without ``val_rows``.
 
+    Every view of a row is an example. The examples are read from ``features`` (the (V, N, F)
+    cache, a memory map) a batch at a time, in a fresh order every epoch
+    (``galaxylib.modeling.input_pipeline``), so memory does not grow with the dataset.
+
     Shared by ``train_head`` and the cross-validation in bench/cv_real_heads.py (which passes no
     ``val_rows``, so its held-out fold never picks an epoch): both fit heads the same way."""
     import keras
 
+    from galaxylib.modeling.input_pipeline import batches_of, epoch_orders, feature_reader, rows_dataset, view_examples
+
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
-    views = features.shape[0]
-    train_x = features[:, train_rows].reshape(-1, features.shape[-1])
-    train_y = np.tile(labels[train_rows], views)
+    views, n, width = features.shape
+    batch, epochs = int(params.head_batch_size), int(params.head_epochs)
+    train_examples = view_examples(train_rows, views, n)
+    example_labels = np.tile(labels, views)  # the label of example v * N + r
     loss = training_loss(params, labels[train_rows], n_classes)
-    weights = None
-    if params.balance == "class_weight":
-        weights = class_weights(labels[train_rows], n_classes)
-    elif params.balance == "oversample":
-        counts = np.bincount(train_y, minlength=n_classes).astype(float)
-        rng = np.random.default_rng(params.seed)
-        p = 1.0 / counts[train_y]
-        pick = rng.choice(len(train_y), size=len(train_y), p=p / p.sum())
-        train_x, train_y = train_x[pick], train_y[pick]
+    weights = class_weights(labels[train_rows], n_classes) if params.balance == "class_weight" else None
+    read = feature_reader(features, labels)
+
+    def in_order(examples: np.ndarray):
+        return lambda: (examples[i : i + batch] for i in range(0, len(examples), batch))
+
     norm = [layer for layer in head.layers if isinstance(layer, keras.layers.Normalization)]
     if norm:  # standardise the features with the train rows' statistics (part of the saved model)
-        norm[0].adapt(features[:, train_rows].reshape(-1, features.shape[-1]))
-    steps = int(np.ceil(len(train_y) / int(params.head_batch_size))) * int(params.head_epochs)
-    schedule = keras.optimizers.schedules.CosineDecay(float(params.head_learning_rate), decay_steps=max(1, steps))
+        norm[0].adapt(rows_dataset(in_order(train_examples), read, (width,), np.float32).map(lambda x, y: x))
+    steps = int(np.ceil(len(train_examples) / batch))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        float(params.head_learning_rate), decay_steps=max(1, steps * epochs)
+    )
     head.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"])
+    train_ds = rows_dataset(
+        lambda: batches_of(
+            epoch_orders(train_examples, example_labels, epochs, params.seed, params.balance, n_classes), batch
+        ),
+        read,
+        (width,),
+        np.float32,
+        class_weights=weights,
+    )
     callbacks: list = []
     validation = None
     if val_rows is not None:
-        validation = (features[:, val_rows].reshape(-1, features.shape[-1]), np.tile(labels[val_rows], views))
+        validation = rows_dataset(in_order(view_examples(val_rows, views, n)), read, (width,), np.float32)
         callbacks.append(
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=int(params.head_patience), restore_best_weights=True
@@ -157,13 +209,10 @@ def fit_head(
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
     history = head.fit(
-        train_x,
-        train_y,
+        train_ds,
         validation_data=validation,
-        epochs=int(params.head_epochs),
-        batch_size=int(params.head_batch_size),
-        class_weight=weights,
-        shuffle=True,
+        epochs=epochs,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=0,
     )

@@ -170,7 +170,9 @@ def _head_layers(params: ModelParams, n_classes: int) -> list:
         keras.layers.Dense(int(units), activation="relu", name=f"head_dense_{i}")
         for i, units in enumerate(params.dense_units)
     ]
-    layers.append(keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities"))
+    # under mixed precision (galaxylib/modeling/precision.py) the softmax stays in float32
+    out_dtype = {"dtype": "float32"} if keras.config.dtype_policy().name == "mixed_float16" else {}
+    layers.append(keras.layers.Dense(int(n_classes), activation="softmax", name="probabilities", **out_dtype))
     return layers
 
 

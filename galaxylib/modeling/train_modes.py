@@ -29,15 +29,33 @@ class TrainedClassifier:
     history: dict[str, list[float]]
     start: str  # describe_weights(model.weights): what it started from
     architecture: str  # one line for the artifact
-    # head mode: the frozen backbone's train-row features (mean over the views, like the
-    # export's second output), so the OOD check needs no second pass over the train split
+    strategy: str = "one"  # galaxylib.modeling.distribute: where it trained
+    replicas: int = 1
+    # head mode: the frozen backbone's features (mean over the views, like the export's second
+    # output) of up to OOD_TRAIN_ROWS train rows, so the OOD check needs no second pass over them
     train_features: np.ndarray | None = None
+    feature_rows: np.ndarray | None = None  # the train rows those features belong to
+    mixed_precision: bool = False  # trained under mixed_float16 (the model returned is float32)
+
+
+OOD_TRAIN_ROWS = 4000  # head mode hands the OOD fit at most this many train rows' features
 
 
 def check_mode(model_params: ModelParams, train_params: TrainParams) -> str:
-    """The start's stable name, once the mode is known and fits the start; a clear error otherwise."""
+    """The start's stable name, once the mode and the strategy are known to fit the start; a clear
+    error otherwise (before any work: no TensorFlow is needed)."""
+    from galaxylib.modeling.distribute import check_strategy
+
     if train_params.mode not in MODES:
         raise ValueError(f"train.mode must be one of {', '.join(MODES)}, not {train_params.mode!r}")
+    check_strategy(
+        train_params.strategy, train_params.cpu_devices, train_params.batch_size, train_params.max_train_minutes
+    )
+    if train_params.strategy != "one" and train_params.mode != "full":
+        raise ValueError(
+            f"train.strategy {train_params.strategy} distributes the network's training (train.mode full); "
+            f"train.mode {train_params.mode} trains a head on cached features in seconds: use train.strategy one"
+        )
     start = describe_weights(model_params.weights)
     if start == MORPHOLOGY and train_params.mode != "head":
         raise ValueError(
@@ -81,15 +99,75 @@ def fit_classifier(
     """Seed, build and train as ``train_params.mode`` says; wrap in orientation averaging if asked."""
     import keras
 
-    from galaxylib.modeling.head import feature_views, train_head, view_features
+    from galaxylib.modeling.distribute import make_placement
     from galaxylib.modeling.orientation import with_orientation_average
+    from galaxylib.modeling.precision import as_float32, precision_policy, use_mixed_precision
 
     start = check_mode(model_params, train_params)
+    placement = make_placement(  # first: splitting the CPU must come before TensorFlow starts its devices
+        train_params.strategy, train_params.cpu_devices, train_params.batch_size, train_params.max_train_minutes
+    )
     keras.utils.set_random_seed(int(train_params.seed))
-    model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
-    train_features = None
+    mixed = use_mixed_precision(train_params.mixed_precision) and train_params.mode != "head"
+    with precision_policy(mixed):
+        model, history, train_features, feature_rows = _fit_mode(
+            model_params,
+            train_params,
+            placement,
+            start,
+            images,
+            labels,
+            split,
+            n_classes,
+            cache_dir=cache_dir,
+            dataset_key=dataset_key,
+            crop=crop,
+            show_progress=show_progress,
+            on_epoch=on_epoch,
+        )
+    if mixed:
+        model = as_float32(model)  # what is saved, exported and served
+    if model_params.average_orientations:
+        model = with_orientation_average(model)
+    return TrainedClassifier(
+        model=model,
+        history=history,
+        start=start,
+        architecture=describe_architecture(start, train_params.mode),
+        strategy=placement.name,
+        replicas=placement.replicas,
+        train_features=train_features,
+        feature_rows=feature_rows,
+        mixed_precision=mixed,
+    )
+
+
+def _fit_mode(
+    model_params,
+    train_params,
+    placement,
+    start,
+    images,
+    labels,
+    split,
+    n_classes,
+    *,
+    cache_dir,
+    dataset_key,
+    crop,
+    show_progress,
+    on_epoch,
+):
+    """Build the model under the strategy and fit it as ``train.mode`` says."""
+    from galaxylib.modeling.head import feature_views, mean_over_views, train_head, view_features
+
+    with placement.strategy.scope():
+        model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
+    train_features = feature_rows = None
     if train_params.mode == "full":
-        history = train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch)
+        history = train_model(
+            model, images, labels, split, train_params, n_classes, on_epoch=on_epoch, placement=placement
+        )
     else:
         features = view_features(
             model,
@@ -107,13 +185,9 @@ def fit_classifier(
                 **head_history,
             }
         else:  # a frozen backbone's features are the cached ones
-            train_features = features.mean(axis=0)[split.train]
-    if model_params.average_orientations:
-        model = with_orientation_average(model)
-    return TrainedClassifier(
-        model=model,
-        history=history,
-        start=start,
-        architecture=describe_architecture(start, train_params.mode),
-        train_features=train_features,
-    )
+            feature_rows = np.asarray(split.train)
+            if len(feature_rows) > OOD_TRAIN_ROWS:
+                rng = np.random.default_rng(int(train_params.seed))
+                feature_rows = np.sort(rng.choice(feature_rows, OOD_TRAIN_ROWS, replace=False))
+            train_features = mean_over_views(features, feature_rows)
+    return model, history, train_features, feature_rows

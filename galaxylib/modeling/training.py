@@ -48,6 +48,12 @@ class TrainParams:
     lr_schedule: str = "constant"
     max_train_minutes: float = 0  # 0 = no wall-clock cap
     fused_batchnorm: bool = True  # TensorFlow's fused kernel in training steps (galaxylib/fused_batchnorm.py)
+    # Where training runs (galaxylib/modeling/distribute.py): "one" device, "mirrored" over every local
+    # GPU (or cpu_devices logical CPUs), or "multi_worker" across machines (TF_CONFIG or Slurm).
+    strategy: str = "one"
+    cpu_devices: int = 0  # > 0 splits the CPU into this many logical devices (mirrored on a CPU, for tests)
+    # "auto": mixed_float16 when a GPU trains (the softmax stays float32); true or false to force it
+    mixed_precision: str | bool = "auto"
     seed: int = 42
 
     @classmethod
@@ -118,37 +124,6 @@ def _augmenter(params: TrainParams):
     return layers
 
 
-def epoch_orders(
-    indices: np.ndarray, labels: np.ndarray, epochs: int, seed: int, balance: str, n_classes: int
-) -> np.ndarray:
-    """Every epoch's sample order, drawn up front: a fresh permutation per epoch, or
-    (``balance="oversample"``) draws weighted so each class is seen equally often."""
-    rng = np.random.default_rng(seed)
-    indices = np.asarray(indices)
-    if balance == "oversample":
-        counts = np.bincount(labels[indices], minlength=n_classes).astype(float)
-        p = 1.0 / counts[labels[indices]]
-        return rng.choice(indices, size=(epochs, len(indices)), p=p / p.sum())
-    return np.stack([rng.permutation(indices) for _ in range(epochs)])
-
-
-def _dataset(images, labels: np.ndarray, order: np.ndarray, batch_size: int):
-    """A tf.data pipeline over uint8 images already in memory.
-
-    No Python runs per batch (a keras PyDataset ran at half the speed here and once
-    hung between epochs), so the two cores go to the network.
-    """
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices(order.astype(np.int64)).batch(batch_size)
-    ds = ds.map(
-        lambda i: (tf.cast(tf.gather(images, i), tf.float32), tf.gather(labels, i)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return ds.prefetch(2)
-
-
 def train_model(
     model,
     images: np.ndarray,
@@ -157,47 +132,106 @@ def train_model(
     params: TrainParams,
     n_classes: int,
     on_epoch: Callable[[int, dict], None] | None = None,
+    placement=None,
 ) -> dict[str, list[float]]:
-    """Fit on ``split.train``, select on ``split.val``; returns the Keras history."""
+    """Fit on ``split.train``, select on ``split.val``; returns the Keras history.
+
+    ``images`` is the resized cache (a memory map): batches are read from it as training goes
+    (``galaxylib.modeling.input_pipeline``), so memory does not grow with the dataset. Under a
+    ``placement`` of several replicas (``galaxylib.modeling.distribute``), the global batch
+    ``params.batch_size`` is split among them, each worker reads only its share, and the
+    BatchNormalization layers that train use the statistics of the global batch. Build ``model``
+    inside ``placement.strategy.scope()``."""
     import keras
     import tensorflow as tf
+
+    from galaxylib.modeling.distribute import synchronise_batchnorm
+    from galaxylib.modeling.input_pipeline import (
+        batches_of,
+        epoch_orders,
+        image_reader,
+        rows_dataset,
+        worker_slices,
+    )
 
     keras.utils.set_random_seed(params.seed)
     labels = np.asarray(labels, dtype=np.int64)
     loss = training_loss(params, labels[split.train], n_classes)
     weights = class_weights(labels[split.train], n_classes) if params.balance == "class_weight" else None
+    epochs, batch = int(params.epochs), int(params.batch_size)
+    size = int(model.input_shape[1])
+    read = image_reader(images, labels)
+    val_rows = np.asarray(split.val, dtype=np.int64)
 
-    # Only train and val rows are read, once, in index order (cheap on a memmap).
-    used = np.union1d(split.train, split.val)
-    position = np.full(len(labels), -1, dtype=np.int64)
-    position[used] = np.arange(len(used))
-    pixels = tf.constant(np.asarray(images[used]))
-    used_labels = tf.constant(labels[used])
-    epochs = int(params.epochs)
-    steps = math.ceil(len(split.train) / params.batch_size)
-    train_order = position[epoch_orders(split.train, labels, epochs, params.seed, params.balance, n_classes)].reshape(
-        -1
-    )
-    train_ds = _dataset(pixels, used_labels, train_order, params.batch_size)
-    val_ds = _dataset(pixels, used_labels, position[np.asarray(split.val)], params.batch_size)
+    def orders():
+        return epoch_orders(split.train, labels, epochs, params.seed, params.balance, n_classes)
 
-    size = model.input_shape[1]
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for layer in _augmenter(params):
-        x = layer(x)
-    trainer = keras.Model(inputs, model(x), name="trainer")
-    optimizer = model.optimizer
-    if params.lr_schedule == "cosine":
-        base_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        optimizer = type(optimizer)(
-            learning_rate=keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=steps * epochs)
+    def val_batches():
+        return (val_rows[i : i + batch] for i in range(0, len(val_rows), batch))
+
+    strategy = placement.strategy if placement is not None else tf.distribute.get_strategy()
+    distributed = placement is not None and (placement.replicas > 1 or placement.workers > 1)
+    if not distributed:
+        steps = math.ceil(len(split.train) / batch)
+        train_ds = rows_dataset(
+            lambda: batches_of(orders(), batch), read, (size, size, 3), np.uint8, tf.float32, class_weights=weights
         )
-    elif params.lr_schedule == "cosine_budget" and not params.max_train_minutes:
-        raise ValueError("lr_schedule cosine_budget needs max_train_minutes > 0")
-    elif params.lr_schedule not in ("constant", "plateau", "cosine_budget"):
-        raise ValueError(f"lr_schedule must be constant, cosine, cosine_budget or plateau, not {params.lr_schedule!r}")
-    trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    else:
+        steps = len(split.train) // batch  # only whole global batches, so every replica steps together
+        if steps == 0:
+            raise ValueError(f"{len(split.train)} training images make no global batch of {batch}")
+
+        def per_worker(context):
+            per_replica = context.get_per_replica_batch_size(batch)
+            return rows_dataset(
+                lambda: worker_slices(
+                    batches_of(orders(), batch, drop_remainder=True),
+                    context.input_pipeline_id,
+                    context.num_input_pipelines,
+                    per_replica,
+                ),
+                read,
+                (size, size, 3),
+                np.uint8,
+                tf.float32,
+                class_weights=weights,
+            )
+
+        train_ds = strategy.distribute_datasets_from_function(per_worker)
+    val_ds = rows_dataset(val_batches, read, (size, size, 3), np.uint8, tf.float32)
+    if distributed:  # every worker evaluates every validation batch: the same val_loss everywhere
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        val_ds = val_ds.with_options(options)
+
+    with strategy.scope():
+        inputs = keras.Input((size, size, 3))
+        x = inputs
+        for layer in _augmenter(params):
+            x = layer(x)
+        model_class = _vector_logs_model() if placement is not None and placement.workers > 1 else keras.Model
+        trainer = model_class(inputs, model(x), name="trainer")
+        # under mixed precision Keras wraps the optimizer in a LossScaleOptimizer: the schedule goes
+        # to the one inside, and compile wraps the new one again
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+        if params.lr_schedule == "cosine":
+            base_lr = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            optimizer = type(optimizer)(
+                learning_rate=keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=steps * epochs)
+            )
+        elif params.lr_schedule == "cosine_budget" and not params.max_train_minutes:
+            raise ValueError("lr_schedule cosine_budget needs max_train_minutes > 0")
+        elif params.lr_schedule not in ("constant", "plateau", "cosine_budget"):
+            raise ValueError(
+                f"lr_schedule must be constant, cosine, cosine_budget or plateau, not {params.lr_schedule!r}"
+            )
+        trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    if placement is not None and placement.workers > 1:
+        # Keras 3.15 builds a model that holds its strategy by all-reducing a first batch
+        # (Trainer._maybe_symbolic_build), which fails under MultiWorkerMirroredStrategy ("Attempt
+        # to convert a value (PerReplica...)"). A trainer without a strategy of its own defers the
+        # build to the first traced step; it still trains under ours (fit runs in its scope below).
+        trainer._distribute_strategy = None
 
     callbacks: list = [
         keras.callbacks.EarlyStopping(
@@ -218,18 +252,41 @@ def train_model(
         callbacks.append(_WallClockStop(params.max_train_minutes * 60))
     if on_epoch is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e, dict(logs or {}))))
-    with fused_batchnorm(params.fused_batchnorm):  # the training step is traced inside fit
-        history = trainer.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            steps_per_epoch=steps,
-            shuffle=False,
-            class_weight=weights,
-            callbacks=callbacks,
-            verbose=2,
-        )
+    synchronised = synchronise_batchnorm(model, True) if distributed else []
+    try:
+        # the training step is traced inside fit
+        with strategy.scope(), fused_batchnorm(params.fused_batchnorm):
+            history = trainer.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=epochs,
+                steps_per_epoch=steps,
+                shuffle=False,
+                callbacks=callbacks,
+                verbose=2,
+            )
+    finally:
+        for layer in synchronised:  # the saved model is the plain one
+            layer.synchronized = False
     return {k: [float(v) for v in vals] for k, vals in history.history.items()}
+
+
+def _vector_logs_model():
+    """A Keras model whose training and test steps log 1-element vectors. Keras 3.15 averages each
+    logged value over the workers of a MultiWorkerMirroredStrategy along its axis 0, which a
+    scalar lacks ("Invalid reduction dimension 0 for input with 0 dimensions": tensorflow#72388);
+    a vector of one averages to the same number."""
+    import keras
+    from keras import ops
+
+    class VectorLogsModel(keras.Model):
+        def train_step(self, data):
+            return {k: ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
+
+        def test_step(self, data):
+            return {k: ops.reshape(v, (1,)) for k, v in super().test_step(data).items()}
+
+    return VectorLogsModel
 
 
 def _WallClockStop(seconds: float):

@@ -79,8 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     if not run_name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         print(f"train.sh: run name {run_name!r} may only use letters, digits, '-', '_' and '.'", file=sys.stderr)
         return 2
+    from galaxylib.modeling.distribute import cluster_from_environment
+    from galaxylib.pipeline import steps
+
+    try:
+        steps.check_training(config)  # a bad mode or strategy stops here, before any work
+    except ValueError as exc:
+        print(f"train.sh: {exc}", file=sys.stderr)
+        return 2
     roots = [user_path(r) if r else None for r in (args.reports_root, args.models_root, args.data_root)]
     paths = run_folder(run_name, *roots)
+    cluster = cluster_from_environment() if config["train"].get("strategy") == "multi_worker" else None
+    if cluster is not None and cluster[1] != 0:
+        return run_worker(config, paths, cluster)
     paths.start()
     config_path = run_config.write_config(config, paths.config_file)
 
@@ -151,6 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  reports:  {rel(paths.reports)}/ (executed notebooks, HTML, metrics.json, figures/)")
     print(f"  model:    {rel(paths.model)}/ (model.keras, model.tflite, model.json)")
     print(f"  classify: ./predict.sh --model {rel(paths.model)} IMAGE_OR_DIR --out predictions.csv")
+    return 0
+
+
+def run_worker(config: dict, paths, cluster: tuple[str, int, int]) -> int:
+    """A non-chief worker of a multi-worker run: it prepares the data, trains in step with the
+    others, and writes no report, artifact or MLflow run (the chief, task 0, does)."""
+    from galaxylib.pipeline import steps
+
+    source, index, workers = cluster
+    print(f"Worker {index} of {workers} ({source}): training with the chief; it writes the artifact and the reports")
+    data, split = steps.prepare_data(config, paths.data, show_progress=False)
+    result = steps.train_as_worker(config, data, split, cache_dir=paths.cache)
+    print(
+        f"Worker {index}: done after {len(result['history'].get('loss', []))} epochs on {result['replicas']} replicas"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@ arguments (``galaxylib.pipeline.run_folder`` supplies them for a train.sh run).
 from __future__ import annotations
 
 import io
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ def prepare_data(config: dict, data_dir: Path, show_progress: bool = True) -> tu
         synthetic_per_class=int(config["synthetic_per_class"]),
         show_progress=show_progress,
         label_column=config["data"]["label_column"],
+        max_unreadable=int(config["data"].get("max_unreadable", 0)),
     )
     fractions = tuple(float(f) for f in config["split_fractions"])
     split = make_split(data.labels(), data.fingerprint(), int(config["seed"]), fractions)
@@ -46,37 +48,21 @@ def train(
 ) -> dict[str, Any]:
     """Fit the classifier (``train.mode``), save the artifact, then fit its calibration and OOD
     check on the served model (``trust.fit_trust``)."""
-    from galaxylib.artifact import read_artifact, update_metrics
+    from galaxylib.artifact import publish_artifact, staging_dir, update_metrics
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.export import save_artifact
-    from galaxylib.modeling.model import ModelParams
-    from galaxylib.modeling.train_modes import check_mode, fit_classifier
-    from galaxylib.modeling.training import TrainParams
     from galaxylib.pipeline.trust import fit_trust
 
-    model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
-    train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
-    check_mode(model_params, train_params)  # before the resized cache is made
-    crop = float(config["crop"])
-    images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
-    labels = data.labels()
-    fitted = fit_classifier(
-        model_params,
-        train_params,
-        images,
-        labels,
-        split,
-        len(data.class_names),
-        cache_dir=cache_dir,
-        dataset_key=data.fingerprint(),
-        crop=crop,
-        show_progress=show_progress,
-        on_epoch=on_epoch,
-    )
-    model, history = fitted.model, fitted.history
+    model_params, train_params = training_params(config)
+    fitted = _fit(config, data, split, cache_dir, show_progress, on_epoch)
+    model, history, labels, crop = fitted.model, fitted.history, data.labels(), float(config["crop"])
+    # Built whole in models/<run>.partial, then renamed into place: a run that stops anywhere
+    # before the end leaves no models/<run> for predict.sh, the API or the dashboard to serve.
+    staging = staging_dir(model_dir)
+    shutil.rmtree(staging, ignore_errors=True)
     save_artifact(
         model,
-        model_dir,
+        staging,
         run_name=run_name,
         class_names=data.class_names,
         dataset={
@@ -87,7 +73,7 @@ def train(
         },
         split={"seed": split.seed, **split.sizes(), "fractions": list(split.fractions)},
         params={"model": asdict(model_params), "train": asdict(train_params), "start": fitted.start},
-        metrics={"epochs_run": len(history.get("loss", []))},
+        metrics={"epochs_run": len(history.get("loss", [])), "strategy": fitted.strategy, "replicas": fitted.replicas},
         synthetic=data.synthetic,
         crop=crop,
         architecture=fitted.architecture,
@@ -95,10 +81,11 @@ def train(
     trust = fit_trust(
         data,
         split,
-        model_dir,
+        staging,
         cache_dir,
         seed=int(config["seed"]),
         train_features=fitted.train_features,
+        feature_rows=fitted.feature_rows,
         n_cases=int(config["evaluate"].get("ood_cases", 40)),
         show_progress=show_progress,
     )
@@ -109,7 +96,7 @@ def train(
         decisions=trust.pop("val_decisions"),
     )
     update_metrics(
-        model_dir,
+        staging,
         {
             "val_accuracy": val["accuracy"],
             "val_macro_f1": val["macro_f1"],
@@ -117,7 +104,7 @@ def train(
             "val_ece": val["ece"],
         },
     )
-    artifact = read_artifact(model_dir)
+    artifact = publish_artifact(staging, model_dir)
     return {
         "history": history,
         "val": val,
@@ -126,7 +113,53 @@ def train(
         "trust": trust,
         "trainable_params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "total_params": int(model.count_params()),
+        "placement": {"strategy": fitted.strategy, "replicas": fitted.replicas},
     }
+
+
+def training_params(config: dict):
+    """The run config's model and train sections as ``ModelParams`` and ``TrainParams``."""
+    from galaxylib.modeling.model import ModelParams
+    from galaxylib.modeling.training import TrainParams
+
+    model_params = ModelParams.from_dict({**config["model"], "image_size": config["image_size"]})
+    return model_params, TrainParams.from_dict({**config["train"], "seed": config["seed"]})
+
+
+def check_training(config: dict) -> None:
+    """Refuse a mode, start or strategy that cannot train, before any work."""
+    from galaxylib.modeling.train_modes import check_mode
+
+    check_mode(*training_params(config))
+
+
+def _fit(config: dict, data: Galaxy10File, split: Split, cache_dir: Path, show_progress: bool, on_epoch):
+    from galaxylib.modeling.train_modes import fit_classifier
+
+    model_params, train_params = training_params(config)
+    check_training(config)  # before the resized cache is made
+    crop = float(config["crop"])
+    images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
+    return fit_classifier(
+        model_params,
+        train_params,
+        images,
+        data.labels(),
+        split,
+        len(data.class_names),
+        cache_dir=cache_dir,
+        dataset_key=data.fingerprint(),
+        crop=crop,
+        show_progress=show_progress,
+        on_epoch=on_epoch,
+    )
+
+
+def train_as_worker(config: dict, data: Galaxy10File, split: Split, *, cache_dir: Path) -> dict[str, Any]:
+    """A non-chief worker of a multi-worker run: trains in step with the others and writes nothing
+    (the chief writes the artifact, the reports and MLflow)."""
+    fitted = _fit(config, data, split, cache_dir, show_progress=False, on_epoch=None)
+    return {"history": fitted.history, "strategy": fitted.strategy, "replicas": fitted.replicas}
 
 
 def test_headline(

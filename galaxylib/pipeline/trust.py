@@ -32,14 +32,20 @@ from galaxylib.preprocessing import preprocess_image
 
 
 def served_outputs(
-    predictor: Predictor, inputs: np.ndarray, batch_size: int = 64, progress: str | None = None
+    predictor: Predictor,
+    inputs: np.ndarray,
+    batch_size: int = 64,
+    progress: str | None = None,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The served model's raw probabilities and features for float32 model inputs, in batches."""
+    """The served model's raw probabilities and features for model inputs (or for ``rows`` of
+    them, read a batch at a time from a cache), in batches."""
     from tqdm import tqdm
 
+    rows = np.arange(len(inputs)) if rows is None else np.asarray(rows)
     probs, features = [], []
-    for start in tqdm(range(0, len(inputs), batch_size), desc=progress, disable=progress is None):
-        p, f = predictor.forward(np.asarray(inputs[start : start + batch_size], dtype=np.float32))
+    for start in tqdm(range(0, len(rows), batch_size), desc=progress, disable=progress is None):
+        p, f = predictor.forward(np.asarray(inputs[rows[start : start + batch_size]], dtype=np.float32))
         probs.append(p)
         features.append(f)
     if not probs:
@@ -78,13 +84,15 @@ def fit_trust(
     max_train: int = 2000,
     n_cases: int = 40,
     train_features: np.ndarray | None = None,
+    feature_rows: np.ndarray | None = None,
     methods: tuple[str, ...] = METHODS,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Fit T, choose and fit the OOD scorer, set its threshold, and store all of it in the artifact.
 
-    ``train_features``: the served model's features of every train row, when the caller has them
-    (head mode's cache); otherwise up to ``max_train`` train rows go through the model. ``methods``:
+    ``train_features``: the served model's features of the train rows ``feature_rows`` (all of
+    ``split.train`` by default), when the caller has them (head mode's cache); otherwise up to
+    ``max_train`` train rows go through the model. ``methods``:
     the scorers to choose between (a bench pins one; ``(UNION,)`` pins the union). Returns the
     report, with the calibrated validation probabilities under ``val_probs`` and the reported
     classes under ``val_decisions``."""
@@ -92,8 +100,11 @@ def fit_trust(
     images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     labels = data.labels()
     bar = "Served model on {}" if show_progress else None
-    train_rows = split.train if train_features is not None else _sample(split.train, max_train, seed)
-    val_raw, val_features = served_outputs(predictor, images[split.val], progress=bar and bar.format("validation"))
+    if train_features is not None:
+        train_rows = split.train if feature_rows is None else np.asarray(feature_rows)
+    else:
+        train_rows = _sample(split.train, max_train, seed)
+    val_raw, val_features = served_outputs(predictor, images, rows=split.val, progress=bar and bar.format("validation"))
     y_val = labels[split.val]
     fitted = fit_calibration(val_raw, y_val, seed=seed)
     temperature, bias = fitted["temperature"], fitted["bias"]
@@ -118,7 +129,7 @@ def fit_trust(
     if val_features is None:
         train_features = None
     elif train_features is None:
-        _, train_features = served_outputs(predictor, images[train_rows], progress=bar and bar.format("train"))
+        _, train_features = served_outputs(predictor, images, rows=train_rows, progress=bar and bar.format("train"))
     cases = far_ood_cases(n_cases, seed, "selection")
     case_inputs = model_inputs(predictor, np.concatenate(list(cases.values())))
     case_raw, case_features = served_outputs(predictor, case_inputs, progress=bar and bar.format("non-galaxy images"))
@@ -215,7 +226,7 @@ def judge_trust(
     images = resized_cache(data, predictor.image_size, cache_dir, show_progress=show_progress, crop=predictor.crop)
     y_test = data.labels()[split.test]
     bar = "Served model on {}" if show_progress else None
-    raw, features = served_outputs(predictor, images[split.test], progress=bar and bar.format("test"))
+    raw, features = served_outputs(predictor, images, rows=split.test, progress=bar and bar.format("test"))
     probs = predictor.trust.calibrate(raw)
     decisions = predictor.trust.decide(probs)
     ece_before, bins_before = expected_calibration_error(y_test, raw)
