@@ -6,7 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from galaxylib.data.galaxy10 import DatasetError, folder_to_h5, open_galaxy10, resized_cache
+from galaxylib.data.galaxy10 import DatasetError, open_galaxy10, resized_cache
+from galaxylib.data.labelled_images import folder_to_h5
 from galaxylib.data.split import SplitError, load_split, make_split, save_split
 from galaxylib.preprocessing import load_image
 

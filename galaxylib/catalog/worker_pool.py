@@ -23,6 +23,7 @@ from galaxylib.catalog.sources import CatalogError
 from galaxylib.inference.classify import Classified, ImageInput, classify
 from galaxylib.inference.predictor import Predictor
 from galaxylib.inference.threads import single_threaded_children
+from galaxylib.processes import without_main_module
 
 _POOL_PREDICTOR: Predictor | None = None  # this worker process's own, set by _worker_init
 
@@ -75,7 +76,7 @@ def worker_pool(model_dir: str | os.PathLike, processes: int, threads: int) -> P
     )
     try:
         # Each submit starts a process while none is idle yet, so all of them start inside the block.
-        with single_threaded_children(), _without_main_module(), _ctrl_c_ignored():
+        with single_threaded_children(), without_main_module(), _ctrl_c_ignored():
             ready = [pool.submit(_worker_ready) for _ in range(processes)]
         for future in ready:
             future.result()
@@ -136,20 +137,3 @@ def _ctrl_c_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def _without_main_module() -> Iterator[None]:
-    """Spawned workers skip re-importing the caller's ``__main__`` (they need nothing from it), so a
-    plain script without an ``if __name__ == "__main__":`` guard works, and a guarded one is not
-    imported twice more. multiprocessing reads ``sys.modules["__main__"]`` only while starting a
-    process, which is all that happens inside this block."""
-    import types
-
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main

@@ -17,9 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from galaxylib.classes import CLASS_NAMES
-from galaxylib.data.labels import LabelsError, read_labelled_folder
-from galaxylib.files import file_sha256
-from galaxylib.preprocessing import decode_image, preprocess_uint8
+from galaxylib.files import atomic_path, file_sha256
+from galaxylib.preprocessing import preprocess_uint8
 
 CUTOUT_SIZE = 256
 
@@ -93,47 +92,6 @@ def dataset_fingerprint(path: str | os.PathLike) -> str:
     return file_sha256(path, show_progress=Path(path).stat().st_size > 256 * 1024 * 1024)
 
 
-def folder_to_h5(
-    folder: str | os.PathLike, out_path: str | os.PathLike, show_progress: bool = True, label_column: str = "label"
-) -> Path:
-    """Convert a folder of cutouts + labels.csv into the Galaxy10 h5 layout (256x256), with the
-    folder's class table in the ``class_names`` attribute."""
-    folder, out_path = Path(folder), Path(out_path)
-    try:
-        listing = read_labelled_folder(folder, label_column)
-    except LabelsError as exc:
-        raise DatasetError(str(exc)) from exc
-    used = sorted(set(listing.labels))
-    if len(used) < 2:  # refused here, before training, not when the artifact is written
-        raise DatasetError(
-            f"{folder / 'labels.csv'}: every image is labelled "
-            f"{listing.class_names[used[0]]!r} (column {label_column!r}); a classifier needs "
-            "images of at least two classes"
-        )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    n = len(listing)
-    try:
-        with h5py.File(tmp, "w") as f:
-            images = f.create_dataset(
-                "images", (n, CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8, chunks=(1, CUTOUT_SIZE, CUTOUT_SIZE, 3)
-            )
-            for i, src in enumerate(tqdm(listing.paths, desc="Converting images", disable=not show_progress)):
-                images[i] = preprocess_uint8(decode_image(src), CUTOUT_SIZE)
-            f.create_dataset("ans", data=np.array(listing.labels, np.uint8))
-            for key in ("ra", "dec", "redshift", "pxscale"):
-                f.create_dataset(key, data=np.full(n, np.nan))
-            f.create_dataset("filenames", data=np.array(listing.filenames, dtype=h5py.string_dtype()))
-            f.attrs["source_folder"] = str(folder.resolve())
-            f.attrs["label_column"] = label_column
-            f.attrs["class_names"] = list(listing.class_names)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, out_path)
-    return out_path
-
-
 def resized_cache(
     data: Galaxy10File, image_size: int, cache_dir: Path, show_progress: bool = True, crop: float = 1.0
 ) -> np.ndarray:
@@ -150,14 +108,14 @@ def resized_cache(
         arr = np.load(target, mmap_mode="r")
         if arr.shape == shape and arr.dtype == np.uint8:
             return arr
-    tmp = target.with_name(target.name + ".tmp")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    with tqdm(total=data.n_images, desc=f"Resizing to {image_size}px", disable=not show_progress) as bar:
-        for start, chunk in data.iter_chunks():
-            for j, img in enumerate(chunk):
-                out[start + j] = preprocess_uint8(img, image_size, crop)
-            bar.update(len(chunk))
-    out.flush()
-    del out
-    os.replace(tmp, target)
+    # a temporary file of this process's own: workers of a cluster may build the same cache at once
+    with atomic_path(target) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        with tqdm(total=data.n_images, desc=f"Resizing to {image_size}px", disable=not show_progress) as bar:
+            for start, chunk in data.iter_chunks():
+                for j, img in enumerate(chunk):
+                    out[start + j] = preprocess_uint8(img, image_size, crop)
+                bar.update(len(chunk))
+        out.flush()
+        del out
     return np.load(target, mmap_mode="r")

@@ -39,7 +39,9 @@ class LabelledFolder:
         return len(self.filenames)
 
 
-def _class_table(folder: Path, values: list[str], csv_path: Path, label_column: str) -> tuple[str, ...]:
+def class_table(folder: Path, values: list[str]) -> tuple[str, ...]:
+    """The class names of a label column: ``classes.txt`` in ``folder`` if there is one, Galaxy10's
+    for integers without it, else the names sorted."""
     listed = folder / CLASSES_FILE
     if listed.is_file():
         names = tuple(line.strip() for line in listed.read_text().splitlines() if line.strip())
@@ -74,7 +76,7 @@ def read_labelled_folder(folder: str | os.PathLike, label_column: str = "label")
     for line, name, value in rows:
         if not name or not value:
             raise LabelsError(f"{csv_path}:{line}: empty filename or {label_column}")
-    class_names = _class_table(folder, [v for _, _, v in rows], csv_path, label_column)
+    class_names = class_table(folder, [v for _, _, v in rows])
     index_of = {name: i for i, name in enumerate(class_names)}
     filenames, paths, labels = [], [], []
     for line, name, value in rows:

@@ -10,7 +10,8 @@ import hashlib
 from pathlib import Path
 
 from galaxylib.config import GALAXY10_FILENAME, user_path
-from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, folder_to_h5, open_galaxy10
+from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
+from galaxylib.data.labelled_images import CATALOGUE_SUFFIXES, catalogue_to_h5, folder_to_h5
 from galaxylib.files import sha256_file
 
 
@@ -23,11 +24,14 @@ def resolve_dataset(
     download: bool = True,
     show_progress: bool = True,
     label_column: str = "label",
+    max_unreadable: int = 0,
 ) -> Galaxy10File:
-    """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv -> an opened h5.
+    """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv | a labelled catalogue
+    (.parquet or .csv with ``file_loc`` and the label column) -> an opened h5.
 
-    Everything derived (the synthetic set, converted folders, the downloaded real file under
-    ``raw/``) lives in ``workdir``, the run's data folder.
+    Everything derived (the synthetic set, converted folders and catalogues, the downloaded real
+    file under ``raw/``) lives in ``workdir``, the run's data folder. A folder or catalogue may
+    have up to ``max_unreadable`` images that cannot be read: they are listed and left out.
     """
     spec = str(spec).strip()
     if spec == "synthetic":
@@ -49,10 +53,25 @@ def resolve_dataset(
         out = workdir / f"folder_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
         if out.is_file():
             return open_galaxy10(out)
-        return open_galaxy10(folder_to_h5(path, out, show_progress=show_progress, label_column=label_column))
+        return open_galaxy10(
+            folder_to_h5(
+                path, out, show_progress=show_progress, label_column=label_column, max_unreadable=max_unreadable
+            )
+        )
+    if path.is_file() and path.suffix.lower() in CATALOGUE_SUFFIXES:
+        # Keyed by the catalogue's content and the label column
+        key = f"{sha256_file(path)}|{label_column}"
+        out = workdir / f"catalogue_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
+        if out.is_file():
+            return open_galaxy10(out)
+        return open_galaxy10(
+            catalogue_to_h5(
+                path, out, show_progress=show_progress, label_column=label_column, max_unreadable=max_unreadable
+            )
+        )
     if path.is_file():
         return open_galaxy10(path)
     raise DatasetError(
         f"dataset {spec!r} not found: use 'synthetic', 'real', a Galaxy10-format .h5 file, "
-        "or a folder of images with labels.csv"
+        "a folder of images with labels.csv, or a catalogue (.parquet or .csv with file_loc and a label column)"
     )

@@ -20,7 +20,9 @@ DEFAULTS: dict[str, Any] = {
     "split_fractions": [0.70, 0.15, 0.15],
     "image_size": 224,
     "crop": 1.0,  # central fraction of the cutout kept before resizing (part of the artifact's contract)
-    "data": {"label_column": "label"},  # the labels.csv column of a folder dataset
+    # the label column of a folder's labels.csv or of a labelled catalogue, and how many of its
+    # images may be unreadable (listed and left out) before preparation stops
+    "data": {"label_column": "label", "max_unreadable": 0},
     "model": {},
     "train": {},
     "evaluate": {"max_misclassified": 24, "gz1_max_images": 0, "ood_cases": 40},  # ood_cases: images per OOD case
