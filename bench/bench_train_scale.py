@@ -8,9 +8,10 @@
 2. Speed: training images/s of the streamed input against the in-memory tensor it replaced
    (the train and validation rows copied into one tf.constant), the same model and steps, in
    alternating rounds, at 56 and 128 px. Goal: streaming >= 0.9 times in-memory at 56 px.
-3. Distribution: the validation loss after the same global steps, global batch and seed, with
-   ``mirrored`` on 2 logical CPU devices (BatchNormalization synchronised) and with ``one``.
-   Goal: within 5 %.
+3. Distribution: the validation loss after the same global steps, global batch, seed and initial
+   weights, with ``mirrored`` on 2 logical CPU devices (BatchNormalization synchronised) and with
+   ``one`` computing BatchNormalization the same way (Keras' arithmetic; the fused kernel, which a
+   synchronised layer cannot use, is shown for scale). Goal: within 5 %.
 
 Each part runs in child processes (a fresh TensorFlow each, as splitting the CPU needs).
 
@@ -182,8 +183,9 @@ def child_speed(size: int, rounds: int, steps: int, folder: Path) -> dict:
     }
 
 
-def child_distribution(strategy: str, steps: int) -> dict:
-    """Validation loss after ``steps`` global steps of the tiny network, one or mirrored."""
+def child_distribution(strategy: str, steps: int, fused: bool = True) -> dict:
+    """Validation loss after ``steps`` global steps of the tiny network, one or mirrored (``fused``:
+    the fused BatchNormalization kernel on one device, else Keras' own arithmetic)."""
     from galaxylib.data.split import make_split
     from galaxylib.modeling.distribute import make_placement
     from galaxylib.modeling.model import ModelParams, build_model
@@ -197,20 +199,22 @@ def child_distribution(strategy: str, steps: int) -> dict:
     split = make_split(labels, "1" * 64, seed=0, fractions=(0.70, 0.25, 0.05))
     import keras
 
+    params = ModelParams(
+        image_size=32,
+        weights="none",
+        trainable_layers="all",
+        freeze_batchnorm=False,
+        dropout=0.0,
+        drop_connect_rate=0.0,  # no random drops: the strategies differ only in how they compute
+        learning_rate=1e-3,
+        bn_momentum=0.9,
+    )
     keras.utils.set_random_seed(0)
+    start = build_model(params, N_CLASSES).get_weights()  # the same initial weights under both
     with placement.strategy.scope():
-        model = build_model(
-            ModelParams(
-                image_size=32,
-                weights="none",
-                trainable_layers="all",
-                freeze_batchnorm=False,
-                dropout=0.0,
-                learning_rate=1e-3,
-                bn_momentum=0.9,
-            )
-        )
-    epochs = max(1, steps // (len(split.train) // 32))
+        model = build_model(params, N_CLASSES)
+    model.set_weights(start)
+    epochs = max(1, steps // (len(split.train) // 32))  # 14 global steps an epoch
     params = TrainParams(
         epochs=epochs,
         batch_size=32,
@@ -220,11 +224,13 @@ def child_distribution(strategy: str, steps: int) -> dict:
         augment_brightness=0,
         balance="none",
         seed=0,
+        fused_batchnorm=fused,
     )
     started = time.perf_counter()
     history = train_model(model, images, labels, split, params, N_CLASSES, placement=placement)
     return {
         "strategy": strategy,
+        "fused_batchnorm": fused,
         "replicas": placement.replicas,
         "epochs": epochs,
         "global_steps": epochs * (len(split.train) // 32),
@@ -245,6 +251,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=["memory", "speed", "mirrored"], action="append")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=28, help="global steps of the mirrored comparison")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     folder = Path(os.environ.get("BENCH_SCALE_DIR", Path(tempfile.gettempdir()) / "galaxy-bench-train-scale"))
@@ -256,7 +263,7 @@ def main() -> int:
         elif kind == "speed":
             result = child_speed(int(rest[0]), int(rest[1]), int(rest[2]), folder)
         else:
-            result = child_distribution(rest[0], int(rest[1]))
+            result = child_distribution(rest[0], int(rest[1]), rest[2] == "fused")
         print(json.dumps(result))
         return 0
     parts = args.only or ["memory", "speed", "mirrored"]
@@ -285,16 +292,28 @@ def main() -> int:
                 + (f"  (goal >= 0.9: {'met' if met else 'NOT met'})" if size == 56 else "")
             )
     if "mirrored" in parts:
+        steps = str(args.steps)
         print(
-            "Validation loss after the same global steps (global batch 32, seed 0), tiny EfficientNetB0, BN training:"
+            f"Validation loss after {steps} global steps (global batch 32, seed 0, same initial weights), "
+            "tiny EfficientNetB0, BatchNormalization training:"
         )
-        one, mirrored = run_child("mirrored", "one", "90"), run_child("mirrored", "mirrored", "90")
+        # Synchronised BatchNormalization cannot use the fused kernel: the one-device run to match is
+        # the one with Keras' own BatchNormalization arithmetic; the fused one shows how far the
+        # same maths in another order moves this loss (training this small set is chaotic).
+        one = run_child("mirrored", "one", steps, "keras")
+        fused = run_child("mirrored", "one", steps, "fused")
+        mirrored = run_child("mirrored", "mirrored", steps, "fused")
         diff = abs(mirrored["val_loss"] - one["val_loss"]) / one["val_loss"]
+        noise = abs(fused["val_loss"] - one["val_loss"]) / one["val_loss"]
         ok &= diff <= 0.05
         print(
             f"  one: {one['val_loss']:.4f} ({one['seconds']} s)   mirrored on {mirrored['replicas']} CPU devices: "
-            f"{mirrored['val_loss']:.4f} ({mirrored['seconds']} s), after {one['global_steps']} global steps   "
-            f"difference {diff:.1%} (goal <= 5 %: {'met' if diff <= 0.05 else 'NOT met'})"
+            f"{mirrored['val_loss']:.4f} ({mirrored['seconds']} s, tracing included), after {one['global_steps']} "
+            f"global steps: difference {diff:.2%} (goal <= 5 %: {'met' if diff <= 0.05 else 'NOT met'})"
+        )
+        print(
+            f"  for scale: one device with the fused BatchNormalization kernel (the same maths in another order): "
+            f"{fused['val_loss']:.4f}, {noise:.1%} from the first"
         )
     print("All goals met." if ok else "Some goals NOT met.")
     return 0 if ok else 1

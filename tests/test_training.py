@@ -75,32 +75,30 @@ def test_the_budget_schedule_needs_a_budget():
 
 
 def test_mixed_precision_trains_in_float16_and_hands_back_a_float32_model_with_the_same_answers(tmp_path):
-    """What a GPU run does (train.mixed_precision auto), forced here on the CPU."""
-    from galaxylib.modeling.export import export_tflite
-    from galaxylib.modeling.model import ModelParams, build_model
+    """What a GPU run does (train.mixed_precision auto), forced here on the CPU on a small head."""
+    import keras
+
+    from galaxylib.modeling.head import fit_head
+    from galaxylib.modeling.model import ModelParams, build_head
     from galaxylib.modeling.precision import as_float32, precision_policy, use_mixed_precision
 
     assert use_mixed_precision("auto") is False  # no GPU here
     with pytest.raises(ValueError, match="auto, true or false"):
         use_mixed_precision("half")
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (60, 32, 32, 3), dtype=np.uint8)
-    labels = np.arange(60) % 10
+    labels = np.arange(60) % 3
+    features = (rng.normal(size=(1, 60, 8)) + labels[None, :, None]).astype(np.float32)
     split = make_split(labels, "0" * 64, seed=0)
     with precision_policy(True):
-        model = build_model(
-            ModelParams(
-                image_size=32, weights="none", trainable_layers="all", freeze_batchnorm=False, learning_rate=1e-3
-            )
-        )
-        assert type(model.optimizer).__name__ == "LossScaleOptimizer"
-        assert model.get_layer("probabilities").dtype_policy.name == "float32"  # the softmax stays in float32
-        assert model.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
-        train_model(
-            model, images, labels, split, TrainParams(epochs=1, batch_size=16, augment_zoom=0, lr_schedule="cosine"), 10
-        )
-        mixed = model.predict(images[:8].astype(np.float32), verbose=0)
-    served = as_float32(model)
+        head = build_head(ModelParams(dense_units=[16], dropout=0.0), 8, 3)
+        assert head.get_layer("probabilities").dtype_policy.name == "float32"  # the softmax stays in float32
+        assert head.get_layer("head_dense_0").dtype_policy.name == "mixed_float16"
+        fit_head(head, features, labels, split.train, split.val, TrainParams(head_epochs=3, head_batch_size=16), 3)
+        assert type(head.optimizer).__name__ == "LossScaleOptimizer"
+        mixed = head.predict(features[0, :8], verbose=0)
+    served = as_float32(head)
     assert {layer.dtype_policy.name for layer in served.layers} == {"float32"}
-    np.testing.assert_allclose(served.predict(images[:8].astype(np.float32), verbose=0), mixed, atol=1e-3)
-    assert export_tflite(served, tmp_path / "model.tflite").stat().st_size > 0
+    np.testing.assert_allclose(served.predict(features[0, :8], verbose=0), mixed, atol=2e-3)
+    served.save(tmp_path / "head.keras")  # saved as the plain float32 kind
+    reloaded = keras.models.load_model(tmp_path / "head.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
