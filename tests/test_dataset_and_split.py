@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from galaxylib.data.galaxy10 import DatasetError, open_galaxy10, resized_cache
-from galaxylib.data.labelled_images import folder_to_h5
+from galaxylib.data.labelled_images import convert_labelled
 from galaxylib.data.split import SplitError, load_split, make_split, save_split
 from galaxylib.preprocessing import load_image
 
@@ -53,7 +53,7 @@ def test_the_resized_cache_is_the_preprocessing_function_applied_to_each_row(tmp
 
 
 def test_a_folder_of_real_cutouts_with_labels_csv_becomes_a_galaxy10_file(samples_dir, tmp_path):
-    data = open_galaxy10(folder_to_h5(samples_dir, tmp_path / "samples.h5", show_progress=False))
+    data = open_galaxy10(convert_labelled(samples_dir, tmp_path / "samples.h5", show_progress=False))
     assert data.n_images == 40
     assert np.bincount(data.labels(), minlength=10).tolist() == [4] * 10
 

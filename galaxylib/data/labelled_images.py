@@ -177,40 +177,27 @@ def labelled_to_h5(
     return out_path
 
 
-def folder_to_h5(
-    folder: str | os.PathLike,
+def read_labelled(path: str | os.PathLike, label_column: str = "label") -> LabelledFolder:
+    """A folder with labels.csv, or a labelled catalogue file."""
+    path = Path(path)
+    return read_labelled_folder(path, label_column) if path.is_dir() else read_labelled_catalogue(path, label_column)
+
+
+def convert_labelled(
+    path: str | os.PathLike,
     out_path: str | os.PathLike,
     show_progress: bool = True,
     label_column: str = "label",
     max_unreadable: int = 0,
 ) -> Path:
-    """A folder of cutouts + labels.csv in the Galaxy10 h5 layout (256x256), with the folder's
-    class table in the ``class_names`` attribute."""
-    folder = Path(folder)
+    """A folder of cutouts + labels.csv, or a labelled catalogue, in the Galaxy10 h5 layout
+    (256x256), with its class table in the ``class_names`` attribute."""
     try:
-        listing = read_labelled_folder(folder, label_column)
+        listing = read_labelled(path, label_column)
     except LabelsError as exc:
         raise DatasetError(str(exc)) from exc
     return labelled_to_h5(
-        listing, out_path, source=str(folder.resolve()), max_unreadable=max_unreadable, show_progress=show_progress
-    )
-
-
-def catalogue_to_h5(
-    catalogue: str | os.PathLike,
-    out_path: str | os.PathLike,
-    show_progress: bool = True,
-    label_column: str = "label",
-    max_unreadable: int = 0,
-) -> Path:
-    """A labelled catalogue (``file_loc`` and ``label_column``) in the Galaxy10 h5 layout."""
-    catalogue = Path(catalogue)
-    try:
-        listing = read_labelled_catalogue(catalogue, label_column)
-    except LabelsError as exc:
-        raise DatasetError(str(exc)) from exc
-    return labelled_to_h5(
-        listing, out_path, source=str(catalogue.resolve()), max_unreadable=max_unreadable, show_progress=show_progress
+        listing, out_path, source=str(Path(path).resolve()), max_unreadable=max_unreadable, show_progress=show_progress
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from galaxylib.config import GALAXY10_FILENAME, user_path
 from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
-from galaxylib.data.labelled_images import CATALOGUE_SUFFIXES, catalogue_to_h5, folder_to_h5
+from galaxylib.data.labelled_images import CATALOGUE_SUFFIXES, convert_labelled
 from galaxylib.files import sha256_file
 
 
@@ -46,26 +46,15 @@ def resolve_dataset(
 
         return open_galaxy10(ensure_galaxy10(workdir / "raw" / GALAXY10_FILENAME, download=download))
     path = user_path(spec)
-    if path.is_dir():
-        # Keyed by the folder, its labels and the label column: editing labels.csv makes a new h5.
-        labels = path / "labels.csv"
+    if path.is_dir() or path.suffix.lower() in CATALOGUE_SUFFIXES and path.is_file():
+        # Keyed by the folder or catalogue, its labels and the label column: editing them makes a new h5.
+        kind, labels = ("folder", path / "labels.csv") if path.is_dir() else ("catalogue", path)
         key = f"{path.resolve()}|{sha256_file(labels) if labels.is_file() else ''}|{label_column}"
-        out = workdir / f"folder_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
+        out = workdir / f"{kind}_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
         if out.is_file():
             return open_galaxy10(out)
         return open_galaxy10(
-            folder_to_h5(
-                path, out, show_progress=show_progress, label_column=label_column, max_unreadable=max_unreadable
-            )
-        )
-    if path.is_file() and path.suffix.lower() in CATALOGUE_SUFFIXES:
-        # Keyed by the catalogue's content and the label column
-        key = f"{sha256_file(path)}|{label_column}"
-        out = workdir / f"catalogue_{hashlib.sha256(key.encode()).hexdigest()[:12]}.h5"
-        if out.is_file():
-            return open_galaxy10(out)
-        return open_galaxy10(
-            catalogue_to_h5(
+            convert_labelled(
                 path, out, show_progress=show_progress, label_column=label_column, max_unreadable=max_unreadable
             )
         )
