@@ -124,20 +124,20 @@ def test_a_wall_clock_budget_is_refused_across_machines(monkeypatch):
 
 
 def test_the_cluster_and_the_chief_come_from_tf_config_or_slurm(monkeypatch):
-    from galaxylib.modeling.distribute import cluster_from_environment, is_chief_process
+    from galaxylib.modeling.distribute import cluster_from_environment
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
-    assert cluster_from_environment() is None and is_chief_process()
+    assert cluster_from_environment() is None
     cluster = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
-    assert cluster_from_environment() == ("TF_CONFIG", 1, 3) and not is_chief_process()
+    assert cluster_from_environment() == ("TF_CONFIG", 1, 3)  # task 1 of 3: not the chief
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "chief", "index": 0}}))
-    assert is_chief_process()
+    assert cluster_from_environment() == ("TF_CONFIG", 0, 3)  # the chief is task 0
     monkeypatch.delenv("TF_CONFIG")
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
-    assert cluster_from_environment() == ("Slurm", 3, 4) and not is_chief_process()
+    assert cluster_from_environment() == ("Slurm", 3, 4)
 
 
 SYNC_BN_SCRIPT = """

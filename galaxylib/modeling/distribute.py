@@ -38,9 +38,6 @@ class Placement:
     workers: int = 1
     is_chief: bool = True
 
-    def describe(self) -> dict[str, Any]:
-        return {"strategy": self.name, "replicas": self.replicas, "workers": self.workers}
-
 
 def cluster_from_environment() -> tuple[str, int, int] | None:
     """(source, this task's index, number of workers) from ``TF_CONFIG`` or Slurm, or None."""
@@ -57,13 +54,6 @@ def cluster_from_environment() -> tuple[str, int, int] | None:
     if os.environ.get("SLURM_PROCID") is not None and os.environ.get("SLURM_STEP_NUM_TASKS"):
         return "Slurm", int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_STEP_NUM_TASKS"])
     return None
-
-
-def is_chief_process() -> bool:
-    """Whether this process writes the artifact and the reports: always, except the non-chief
-    workers of a multi-worker cluster."""
-    cluster = cluster_from_environment()
-    return cluster is None or cluster[1] == 0
 
 
 def check_strategy(strategy: str, cpu_devices: int, batch_size: int, max_train_minutes: float) -> None:

@@ -46,12 +46,6 @@ def precision_policy(mixed: bool) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def is_mixed() -> bool:
-    import keras
-
-    return keras.config.dtype_policy().name == MIXED
-
-
 def _to_float32(config: Any) -> Any:
     """A model config with every mixed_float16 policy replaced by float32."""
     if isinstance(config, dict):

@@ -100,6 +100,7 @@ def fit_classifier(
     import keras
 
     from galaxylib.modeling.distribute import make_placement
+    from galaxylib.modeling.head import feature_views, mean_over_views, train_head, view_features
     from galaxylib.modeling.orientation import with_orientation_average
     from galaxylib.modeling.precision import as_float32, precision_policy, use_mixed_precision
 
@@ -110,21 +111,35 @@ def fit_classifier(
     keras.utils.set_random_seed(int(train_params.seed))
     mixed = use_mixed_precision(train_params.mixed_precision) and train_params.mode != "head"
     with precision_policy(mixed):
-        model, history, train_features, feature_rows = _fit_mode(
-            model_params,
-            train_params,
-            placement,
-            start,
-            images,
-            labels,
-            split,
-            n_classes,
-            cache_dir=cache_dir,
-            dataset_key=dataset_key,
-            crop=crop,
-            show_progress=show_progress,
-            on_epoch=on_epoch,
-        )
+        with placement.strategy.scope():
+            model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
+        train_features = feature_rows = None
+        if train_params.mode == "full":
+            history = train_model(
+                model, images, labels, split, train_params, n_classes, on_epoch=on_epoch, placement=placement
+            )
+        else:
+            features = view_features(
+                model,
+                images,
+                show_progress=show_progress,
+                cache_file=features_cache_file(cache_dir, dataset_key, start, model_params.image_size, crop),
+                views=feature_views(start),
+            )
+            history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
+            if train_params.mode == "finetune":
+                compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
+                head_history = {f"head_{k}": v for k, v in history.items()}
+                history = {
+                    **train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
+                    **head_history,
+                }
+            else:  # a frozen backbone's features are the cached ones
+                feature_rows = np.asarray(split.train)
+                if len(feature_rows) > OOD_TRAIN_ROWS:
+                    rng = np.random.default_rng(int(train_params.seed))
+                    feature_rows = np.sort(rng.choice(feature_rows, OOD_TRAIN_ROWS, replace=False))
+                train_features = mean_over_views(features, feature_rows)
     if mixed:
         model = as_float32(model)  # what is saved, exported and served
     if model_params.average_orientations:
@@ -140,54 +155,3 @@ def fit_classifier(
         feature_rows=feature_rows,
         mixed_precision=mixed,
     )
-
-
-def _fit_mode(
-    model_params,
-    train_params,
-    placement,
-    start,
-    images,
-    labels,
-    split,
-    n_classes,
-    *,
-    cache_dir,
-    dataset_key,
-    crop,
-    show_progress,
-    on_epoch,
-):
-    """Build the model under the strategy and fit it as ``train.mode`` says."""
-    from galaxylib.modeling.head import feature_views, mean_over_views, train_head, view_features
-
-    with placement.strategy.scope():
-        model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
-    train_features = feature_rows = None
-    if train_params.mode == "full":
-        history = train_model(
-            model, images, labels, split, train_params, n_classes, on_epoch=on_epoch, placement=placement
-        )
-    else:
-        features = view_features(
-            model,
-            images,
-            show_progress=show_progress,
-            cache_file=features_cache_file(cache_dir, dataset_key, start, model_params.image_size, crop),
-            views=feature_views(start),
-        )
-        history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
-        if train_params.mode == "finetune":
-            compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
-            head_history = {f"head_{k}": v for k, v in history.items()}
-            history = {
-                **train_model(model, images, labels, split, train_params, n_classes, on_epoch=on_epoch),
-                **head_history,
-            }
-        else:  # a frozen backbone's features are the cached ones
-            feature_rows = np.asarray(split.train)
-            if len(feature_rows) > OOD_TRAIN_ROWS:
-                rng = np.random.default_rng(int(train_params.seed))
-                feature_rows = np.sort(rng.choice(feature_rows, OOD_TRAIN_ROWS, replace=False))
-            train_features = mean_over_views(features, feature_rows)
-    return model, history, train_features, feature_rows

@@ -53,8 +53,8 @@ def train(
     from galaxylib.modeling.export import save_artifact
     from galaxylib.pipeline.trust import fit_trust
 
-    model_params, train_params = training_params(config)
     fitted = _fit(config, data, split, cache_dir, show_progress, on_epoch)
+    model_params, train_params = training_params(config)
     model, history, labels, crop = fitted.model, fitted.history, data.labels(), float(config["crop"])
     # Built whole in models/<run>.partial, then renamed into place: a run that stops anywhere
     # before the end leaves no models/<run> for predict.sh, the API or the dashboard to serve.
@@ -134,10 +134,10 @@ def check_training(config: dict) -> None:
 
 
 def _fit(config: dict, data: Galaxy10File, split: Split, cache_dir: Path, show_progress: bool, on_epoch):
-    from galaxylib.modeling.train_modes import fit_classifier
+    from galaxylib.modeling.train_modes import check_mode, fit_classifier
 
     model_params, train_params = training_params(config)
-    check_training(config)  # before the resized cache is made
+    check_mode(model_params, train_params)  # before the resized cache is made
     crop = float(config["crop"])
     images = resized_cache(data, model_params.image_size, cache_dir, show_progress=show_progress, crop=crop)
     return fit_classifier(
