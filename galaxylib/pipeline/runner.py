@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset",
         default=None,
-        help="synthetic | real (download Galaxy10 DECaLS) | PATH.h5 | IMAGE_DIR with labels.csv",
+        help="synthetic | real (download Galaxy10 DECaLS) | PATH.h5 | IMAGE_DIR with labels.csv | "
+        "CATALOGUE.parquet or .csv with file_loc and a label column (docs/scaling.md)",
     )
     parser.add_argument("--run-name", default=None, help="names reports/<run>/ and models/<run>/")
     parser.add_argument(
