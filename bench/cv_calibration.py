@@ -37,7 +37,7 @@ def main() -> int:
 
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
-    from galaxylib.config import DATA_DIR
+    from galaxylib.config import CACHE_DIR, DATA_DIR
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.evaluation.metrics import ece_noise_floor, expected_calibration_error
     from galaxylib.fitting.calibration_fit import fit_calibration, fit_temperature, negative_log_likelihood
@@ -52,17 +52,17 @@ def main() -> int:
     config = load_config(
         REPO / "configs" / "finetune-cpu.yaml", {"dataset": args.dataset, "data.label_column": args.label_column}
     )
-    data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
+    data, split = steps.prepare_data(config, DATA_DIR, CACHE_DIR, show_progress=False)
     labels = data.labels()
     names = data.class_names
     model_params = ModelParams.from_dict(config["model"])
     train_params = TrainParams.from_dict({**config["train"], "seed": config["seed"]})
     start, size, crop = model_params.weights, model_params.image_size, float(config["crop"])
-    images = resized_cache(data, size, DATA_DIR / "cache", crop=crop)
+    images = resized_cache(data, size, CACHE_DIR, crop=crop)
     x = view_features(
-        build_model(model_params, len(names), DATA_DIR / "cache" / "weights"),
+        build_model(model_params, len(names), CACHE_DIR / "weights"),
         images,
-        cache_file=features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, crop),
+        cache_file=features_cache_file(CACHE_DIR, data.fingerprint(), start, size, crop),
         views=feature_views(start),
     )
     pool = np.concatenate([split.train, split.val])

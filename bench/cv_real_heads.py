@@ -46,7 +46,7 @@ def main() -> int:
     from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
     from sklearn.model_selection import StratifiedKFold
 
-    from galaxylib.config import DATA_DIR
+    from galaxylib.config import CACHE_DIR, DATA_DIR
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.modeling.head import feature_views, fit_head, view_features
     from galaxylib.modeling.model import ModelParams, build_head, build_model
@@ -58,16 +58,16 @@ def main() -> int:
     recipe = load_config(
         REPO / "configs" / "finetune-cpu.yaml", {"dataset": args.dataset, "data.label_column": args.label_column}
     )
-    data, split = steps.prepare_data(recipe, DATA_DIR, show_progress=False)
+    data, split = steps.prepare_data(recipe, DATA_DIR, CACHE_DIR, show_progress=False)
     labels = data.labels()
 
     def features(start: str) -> np.ndarray:
         size = int(recipe["image_size"]) if start == "morphology" else args.cnn_size
-        images = resized_cache(data, size, DATA_DIR / "cache", crop=float(recipe["crop"]))
+        images = resized_cache(data, size, CACHE_DIR, crop=float(recipe["crop"]))
         params = ModelParams.from_dict({**recipe["model"], "weights": start, "image_size": size})
-        cache = features_cache_file(DATA_DIR / "cache", data.fingerprint(), start, size, float(recipe["crop"]))
+        cache = features_cache_file(CACHE_DIR, data.fingerprint(), start, size, float(recipe["crop"]))
         return view_features(
-            build_model(params, len(data.class_names), DATA_DIR / "cache" / "weights"),
+            build_model(params, len(data.class_names), CACHE_DIR / "weights"),
             images,
             cache_file=cache,
             views=feature_views(start),

@@ -66,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from galaxylib.artifact import read_artifact
-    from galaxylib.config import DATA_DIR
+    from galaxylib.config import CACHE_DIR, DATA_DIR
     from galaxylib.pipeline import steps
     from galaxylib.pipeline.run_config import load_config, parse_value
 
@@ -96,7 +96,7 @@ def main() -> int:
     for name in chosen:
         config = load_config(REPO / "configs" / "finetune-cpu.yaml", {**common, **rows[name]})
         started = time.monotonic()
-        data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
+        data, split = steps.prepare_data(config, DATA_DIR, CACHE_DIR, show_progress=False)
         with tempfile.TemporaryDirectory() as tmp:
             result = steps.train(
                 config,
@@ -104,7 +104,7 @@ def main() -> int:
                 split,
                 run_name=name,
                 model_dir=Path(tmp) / name,
-                cache_dir=DATA_DIR / "cache",
+                cache_dir=CACHE_DIR,
                 show_progress=False,
             )
         val = result["val"]

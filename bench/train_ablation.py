@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--dataset", default="synthetic")
     args = parser.parse_args()
 
-    from galaxylib.config import DATA_DIR
+    from galaxylib.config import CACHE_DIR, DATA_DIR
     from galaxylib.data.galaxy10 import resized_cache
     from galaxylib.evaluation.metrics import evaluate
     from galaxylib.modeling.orientation import inner_network
@@ -46,7 +46,7 @@ def main() -> int:
             parser.error(f"{item!r} is not KEY=VALUE")
         overrides[key] = parse_value(value)
     config = load_config(args.config, overrides)
-    data, split = steps.prepare_data(config, DATA_DIR, show_progress=False)
+    data, split = steps.prepare_data(config, DATA_DIR, CACHE_DIR, show_progress=False)
     started = time.monotonic()
     result = steps.train(
         config,
@@ -54,13 +54,11 @@ def main() -> int:
         split,
         run_name=args.name,
         model_dir=Path("/tmp/galaxy-ablation") / args.name,
-        cache_dir=DATA_DIR / "cache",
+        cache_dir=CACHE_DIR,
         show_progress=False,
     )
     train_seconds = time.monotonic() - started
-    images = resized_cache(
-        data, int(config["image_size"]), DATA_DIR / "cache", crop=float(config["crop"]), show_progress=False
-    )
+    images = resized_cache(data, int(config["image_size"]), CACHE_DIR, crop=float(config["crop"]), show_progress=False)
     labels = data.labels()
     names = data.class_names
     test = evaluate(labels[split.test], predict_probabilities(result["model"], images, split.test), names)

@@ -189,7 +189,7 @@ def tiny_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("anycat")
     config = load_config(PROJECT_ROOT / "configs" / "tiny.yaml", {"model.average_orientations": False})
-    data, split = steps.prepare_data(config, root / "data", show_progress=False)
+    data, split = steps.prepare_data(config, root / "data", root / "data" / "cache", show_progress=False)
     return root, config, data, split
 
 

@@ -52,10 +52,14 @@ def test_the_resized_cache_is_the_preprocessing_function_applied_to_each_row(tmp
     np.testing.assert_array_equal(cache[4].astype(np.float32), load_image(data.read_images([4])[0], 48))
 
 
-def test_a_folder_of_real_cutouts_with_labels_csv_becomes_a_galaxy10_file(samples_dir, tmp_path):
-    data = open_galaxy10(convert_labelled(samples_dir, tmp_path / "samples.h5", show_progress=False))
+def test_a_folder_of_real_cutouts_with_labels_csv_becomes_a_galaxy10_listing(samples_dir, tmp_path):
+    listing = convert_labelled(
+        samples_dir, tmp_path / "samples.h5", image_size=64, cache_dir=tmp_path / "cache", show_progress=False
+    )
+    data = open_galaxy10(listing)
     assert data.n_images == 40
     assert np.bincount(data.labels(), minlength=10).tolist() == [4] * 10
+    assert resized_cache(data, 64, tmp_path / "cache", show_progress=False).shape == (40, 64, 64, 3)
 
 
 def test_the_split_is_stratified_seeded_and_disjoint():

@@ -1,8 +1,8 @@
 """A labelled catalogue trains like a folder: ``--dataset labels.parquet -p data.label_column NAME``.
 
 The catalogue is the format ``--catalog`` reads (``id_str``, ``file_loc``, any other columns) with
-a label column. Preparation decodes on every core, resumes where it stopped, and lists the
-images it cannot read, up to ``data.max_unreadable`` of them.
+a label column. Preparation decodes each file once, straight to the model's size, on every core;
+it resumes where it stopped, and lists the images it cannot read, up to ``data.max_unreadable``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import numpy as np
 import pytest
 
 from galaxylib.config import PROJECT_ROOT
-from galaxylib.data import labelled_images
-from galaxylib.data.galaxy10 import DatasetError, open_galaxy10
-from galaxylib.data.labelled_images import labelled_to_h5, read_labelled_catalogue
+from galaxylib.data import decoded_files
+from galaxylib.data.galaxy10 import DatasetError, cache_path, open_galaxy10, resized_cache
+from galaxylib.data.labelled_images import prepare_labelled, read_labelled_catalogue
 from galaxylib.data.labels import LabelsError
 from galaxylib.data.resolve import resolve_dataset
+from galaxylib.preprocessing import load_image
 
 
 def write_catalogue(path: Path, rows: list[dict]) -> Path:
@@ -53,7 +54,7 @@ def real_rows(sample_files, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
-def test_a_catalogue_becomes_an_h5_with_its_class_table_and_ids(real_rows, tmp_path, suffix):
+def test_a_catalogue_becomes_a_listing_with_its_class_table_and_ids(real_rows, tmp_path, suffix):
     catalogue = write_catalogue(tmp_path / "cat" / f"labels{suffix}", real_rows)
     data = resolve_dataset(str(catalogue), workdir=tmp_path / "data", label_column="shape", show_progress=False)
     assert data.class_names == ("disk", "round") and data.n_images == len(real_rows)
@@ -62,6 +63,43 @@ def test_a_catalogue_becomes_an_h5_with_its_class_table_and_ids(real_rows, tmp_p
         assert [n.decode() for n in f["filenames"][:3]] == ["DESI-000", "DESI-001", "DESI-002"]
     again = resolve_dataset(str(catalogue), workdir=tmp_path / "data", label_column="shape", show_progress=False)
     assert again.path == data.path  # made once, then reused
+
+
+def test_preparation_decodes_the_files_straight_to_the_model_size_with_no_256px_copy(real_rows, tmp_path):
+    catalogue = write_catalogue(tmp_path / "cat" / "labels.parquet", real_rows)
+    cache = tmp_path / "data" / "cache"
+    data = resolve_dataset(
+        str(catalogue),
+        workdir=tmp_path / "data",
+        cache_dir=cache,
+        image_size=40,
+        crop=0.8,
+        label_column="shape",
+        show_progress=False,
+    )
+    with h5py.File(data.path, "r") as f:
+        assert "images" not in f and f["file_loc"].shape == (len(real_rows),)
+    assert data.image_files and data.path.stat().st_size < 100_000  # names and labels, no pixels
+    assert [p.name for p in cache.iterdir() if p.suffix == ".npy"] == [cache_path(data, 40, cache, 0.8).name]
+    pixels = resized_cache(data, 40, cache, show_progress=False, crop=0.8)  # found, not rebuilt
+    first = tmp_path / "cat" / real_rows[0]["file_loc"]
+    np.testing.assert_array_equal(pixels[0].astype(np.float32), load_image(first, 40, 0.8))  # as served
+    assert data.read_images([0]).shape == (1, 256, 256, 3)  # galleries still see the cutout
+
+
+def test_another_size_is_decoded_from_the_files_and_a_vanished_file_is_named(real_rows, tmp_path):
+    catalogue = write_catalogue(tmp_path / "cat" / "labels.parquet", real_rows)
+    cache = tmp_path / "data" / "cache"
+    data = resolve_dataset(
+        str(catalogue), workdir=tmp_path / "data", image_size=32, label_column="shape", show_progress=False
+    )
+    bigger = resized_cache(data, 48, cache, show_progress=False)
+    second = tmp_path / "cat" / real_rows[1]["file_loc"]
+    np.testing.assert_array_equal(bigger[1].astype(np.float32), load_image(second, 48))
+    second.unlink()
+    with pytest.raises(DatasetError, match=rf"1 image file\(s\) .* can no longer be read.*{second.name}"):
+        resized_cache(data, 56, cache, show_progress=False)
+    assert not cache_path(data, 56, cache).exists()
 
 
 def test_a_catalogue_without_its_columns_or_labels_is_refused_with_what_it_has(real_rows, tmp_path):
@@ -98,36 +136,57 @@ def test_unreadable_images_are_listed_and_left_out_up_to_the_limit(real_rows, tm
 def test_a_stopped_preparation_resumes_where_it_stopped(real_rows, tmp_path, monkeypatch):
     catalogue = write_catalogue(tmp_path / "cat" / "labels.parquet", real_rows)
     listing = read_labelled_catalogue(catalogue, "shape")
-    monkeypatch.setattr(labelled_images, "CHUNK", 8)
+    monkeypatch.setattr(decoded_files, "CHUNK", 8)
     decoded: list[str] = []
-    real_decode = labelled_images._decode_chunk
+    real_decode = decoded_files._decode_chunk
 
-    def decode_then_stop(paths):
+    def decode_then_stop(paths, size, crop):
         if len(decoded) >= 16:
             raise KeyboardInterrupt  # Ctrl-C after two chunks
         decoded.extend(paths)
-        return real_decode(paths)
+        return real_decode(paths, size, crop)
 
-    monkeypatch.setattr(labelled_images, "_decode_chunk", decode_then_stop)
-    out = tmp_path / "data" / "cat.h5"
+    monkeypatch.setattr(decoded_files, "_decode_chunk", decode_then_stop)
+    out, cache = tmp_path / "data" / "cat.h5", tmp_path / "data" / "cache"
+    prepare = dict(source="test", image_size=32, cache_dir=cache, workers=1, show_progress=False)
     with pytest.raises(KeyboardInterrupt):
-        labelled_to_h5(listing, out, source="test", workers=1, show_progress=False)
-    assert not out.exists() and out.with_name("cat.h5.partial").is_file()
+        prepare_labelled(listing, out, **prepare)
+    assert not out.exists() and [p.name for p in cache.glob("*.partial.npy")]
     first = list(decoded)
-    monkeypatch.setattr(labelled_images, "_decode_chunk", lambda paths: decoded.extend(paths) or real_decode(paths))
-    labelled_to_h5(listing, out, source="test", workers=1, show_progress=False)
+    monkeypatch.setattr(
+        decoded_files,
+        "_decode_chunk",
+        lambda paths, size, crop: decoded.extend(paths) or real_decode(paths, size, crop),
+    )
+    prepare_labelled(listing, out, **prepare)
     assert decoded[len(first) :] == [str(p) for p in listing.paths[16:]]  # only what was left
-    assert open_galaxy10(out).n_images == len(real_rows) and not out.with_name("cat.h5.partial").exists()
+    data = open_galaxy10(out)
+    assert data.n_images == len(real_rows) and not list(cache.glob("*.partial*.npy"))
+    whole = prepare_labelled(listing, tmp_path / "again" / "cat.h5", **{**prepare, "cache_dir": tmp_path / "again"})
+    np.testing.assert_array_equal(
+        resized_cache(data, 32, cache, show_progress=False),
+        resized_cache(open_galaxy10(whole), 32, tmp_path / "again", show_progress=False),
+    )
 
 
 def test_several_workers_decode_the_same_pixels_as_one(real_rows, tmp_path, monkeypatch):
-    monkeypatch.setattr(labelled_images, "CHUNK", 8)  # five chunks, so the two processes share them
+    monkeypatch.setattr(decoded_files, "CHUNK", 8)  # five chunks, so the two processes share them
     catalogue = write_catalogue(tmp_path / "cat" / "labels.parquet", real_rows)
     listing = read_labelled_catalogue(catalogue, "shape")
-    one = labelled_to_h5(listing, tmp_path / "one.h5", source="one", workers=1, show_progress=False)
-    two = labelled_to_h5(listing, tmp_path / "two.h5", source="two", workers=2, show_progress=False)
-    with h5py.File(one, "r") as a, h5py.File(two, "r") as b:
-        np.testing.assert_array_equal(a["images"][:], b["images"][:])
+    caches = []
+    for workers in (1, 2):
+        folder = tmp_path / f"workers{workers}"
+        out = prepare_labelled(
+            listing,
+            folder / "cat.h5",
+            source="t",
+            image_size=32,
+            cache_dir=folder,
+            workers=workers,
+            show_progress=False,
+        )
+        caches.append(resized_cache(open_galaxy10(out), 32, folder, show_progress=False))
+    np.testing.assert_array_equal(caches[0], caches[1])
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Which dataset a training run means: ``synthetic``, ``real``, an h5, or a folder with labels.csv.
+"""Which dataset a training run means: ``synthetic``, ``real``, an h5, a folder with labels.csv, or a catalogue.
 
 A training-side step (the synthetic renderer needs SciPy): it makes or finds the Galaxy10-layout
 h5 that everything downstream reads (``galaxylib.data.galaxy10``), in the run's data folder.
@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from galaxylib.config import GALAXY10_FILENAME, user_path
-from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
+from galaxylib.data.galaxy10 import CUTOUT_SIZE, DatasetError, Galaxy10File, open_galaxy10
 from galaxylib.data.labelled_images import CATALOGUE_SUFFIXES, convert_labelled
 from galaxylib.files import sha256_file
 
@@ -19,6 +19,9 @@ def resolve_dataset(
     spec: str,
     *,
     workdir: Path,
+    cache_dir: Path | None = None,
+    image_size: int = CUTOUT_SIZE,
+    crop: float = 1.0,
     seed: int = 0,
     synthetic_per_class: int = 100,
     download: bool = True,
@@ -29,9 +32,11 @@ def resolve_dataset(
     """``synthetic`` | ``real`` | a path to an h5 | a folder with labels.csv | a labelled catalogue
     (.parquet or .csv with ``file_loc`` and the label column) -> an opened h5.
 
-    Everything derived (the synthetic set, converted folders and catalogues, the downloaded real
-    file under ``raw/``) lives in ``workdir``, the run's data folder. A folder or catalogue may
-    have up to ``max_unreadable`` images that cannot be read: they are listed and left out.
+    Everything derived (the synthetic set, the listings of folders and catalogues, the downloaded
+    real file under ``raw/``) lives in ``workdir``, the run's data folder. A folder's or
+    catalogue's images are decoded straight into the ``image_size`` cache in ``cache_dir``
+    (``workdir/cache`` unless given); up to ``max_unreadable`` of them may be unreadable: they are
+    listed and left out.
     """
     spec = str(spec).strip()
     if spec == "synthetic":
@@ -55,7 +60,14 @@ def resolve_dataset(
             return open_galaxy10(out)
         return open_galaxy10(
             convert_labelled(
-                path, out, show_progress=show_progress, label_column=label_column, max_unreadable=max_unreadable
+                path,
+                out,
+                image_size=image_size,
+                crop=crop,
+                cache_dir=cache_dir or workdir / "cache",
+                show_progress=show_progress,
+                label_column=label_column,
+                max_unreadable=max_unreadable,
             )
         )
     if path.is_file():

@@ -173,7 +173,7 @@ def run_worker(config: dict, paths, cluster: tuple[str, int, int]) -> int:
 
     source, index, workers = cluster
     print(f"Worker {index} of {workers} ({source}): training with the chief; it writes the artifact and the reports")
-    data, split = steps.prepare_data(config, paths.data, show_progress=False)
+    data, split = steps.prepare_data(config, paths.data, paths.cache, show_progress=False)
     result = steps.train_as_worker(config, data, split, cache_dir=paths.cache)
     print(
         f"Worker {index}: done after {len(result['history'].get('loss', []))} epochs on {result['replicas']} replicas"

@@ -19,11 +19,17 @@ from galaxylib.data.resolve import resolve_dataset
 from galaxylib.data.split import Split, make_split
 
 
-def prepare_data(config: dict, data_dir: Path, show_progress: bool = True) -> tuple[Galaxy10File, Split]:
-    """Resolve the dataset into ``data_dir`` and make its seeded, stratified split."""
+def prepare_data(
+    config: dict, data_dir: Path, cache_dir: Path, show_progress: bool = True
+) -> tuple[Galaxy10File, Split]:
+    """Resolve the dataset into ``data_dir`` and make its seeded, stratified split. A labelled
+    folder or catalogue is decoded straight into its model-size cache in ``cache_dir``."""
     data = resolve_dataset(
         config["dataset"],
         workdir=data_dir,
+        cache_dir=cache_dir,
+        image_size=int(config["image_size"]),
+        crop=float(config["crop"]),
         seed=int(config["seed"]),
         synthetic_per_class=int(config["synthetic_per_class"]),
         show_progress=show_progress,

@@ -30,11 +30,16 @@ class H5Source(Source):
         """Every other per-row dataset (ra, dec, redshift, ans, filenames...) passes through."""
         import h5py
 
+        from galaxylib.data.galaxy10 import FILES_DATASET
+
         with h5py.File(self.path, "r") as f:
             return sorted(
                 k
                 for k, v in f.items()
-                if k != "images" and isinstance(v, h5py.Dataset) and v.shape == (self.data.n_images,) and k != ID_COLUMN
+                if k not in ("images", FILES_DATASET)
+                and isinstance(v, h5py.Dataset)
+                and v.shape == (self.data.n_images,)
+                and k != ID_COLUMN
             )
 
     def describe(self) -> dict[str, Any]:
@@ -70,13 +75,11 @@ class H5Source(Source):
         checksum = canonical_checksum(table, {"file": self.fingerprint(), "start": spec.start, "stop": stop})
 
         def chunks() -> Iterator[tuple[Any, list[ImageInput]]]:
-            with h5py.File(self.path, "r") as f:
-                images = f["images"]
-                for a in range(spec.start, stop, chunk_rows):
-                    b = min(a + chunk_rows, stop)
-                    part = table.slice(a - spec.start, b - a)
-                    names = part.column(ID_COLUMN).to_pylist()
-                    pixels = images[a:b]
-                    yield part, [ImageInput.from_array(img, name) for img, name in zip(pixels, names)]
+            for a in range(spec.start, stop, chunk_rows):
+                b = min(a + chunk_rows, stop)
+                part = table.slice(a - spec.start, b - a)
+                names = part.column(ID_COLUMN).to_pylist()
+                pixels = self.data.read_range(a, b)
+                yield part, [ImageInput.from_array(img, name) for img, name in zip(pixels, names)]
 
         return ShardInput(checksum, chunks())
