@@ -21,9 +21,17 @@ for _name, _folder in (
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_scratch / 'mlflow.db'}")
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from support import ADMIN_TOKEN, temporary_postgres_database  # noqa: E402
 
 from galaxylib.config import SAMPLES_DIR  # noqa: E402
+
+# Property tests: no example database (it would be written into the checkout), no per-example
+# deadline (the host's speed varies), and the same examples on every run of CI.
+settings.register_profile(
+    "kit", database=None, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile("kit")
 
 
 @pytest.fixture(scope="session")
