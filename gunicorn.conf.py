@@ -4,7 +4,6 @@ Command-line flags override these (``gunicorn -w 4 -b 0.0.0.0:$PORT serve.app:ap
 """
 
 import os
-import select
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +17,10 @@ limit_native_threads()
 
 bind = [f"0.0.0.0:{os.environ['PORT']}"] if os.environ.get("PORT") else ["127.0.0.1:8000"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-# CPU-bound requests, one at a time per process: a sync worker, woken alone per connection
-# (serve/gunicorn_worker.py; stock sync workers all wake for every connection).
-worker_class = "serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE") else "sync"
+# Threads, so a client trickling its upload holds a thread, not the worker (serve/gunicorn_worker.py);
+# the model still runs one batch at a time per process, and BODY_TIMEOUT_S bounds a body's arrival.
+worker_class = "serve.gunicorn_worker.ThreadedJsonWorker"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))  # a 32-image batch queued behind others
 graceful_timeout = 30
 # The model and the database pool are created in each worker, after the fork: a LiteRT

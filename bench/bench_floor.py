@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import select
 import signal
 import statistics
 import subprocess
@@ -74,9 +73,7 @@ def http_floor(rounds: int) -> dict[tuple[str, float], float]:
         (Path(tmp) / "floor_apps.py").write_text(APPS)
         env = {**os.environ, "PYTHONPATH": f"{tmp}:{REPO}"}
         servers = {}
-        worker = (
-            "serve.gunicorn_worker.ExclusiveAcceptWorker" if hasattr(select, "EPOLLEXCLUSIVE") else "sync"
-        )  # as gunicorn.conf.py
+        worker = ["-k", "serve.gunicorn_worker.ThreadedJsonWorker", "--threads", "4"]  # as gunicorn.conf.py
         for name, target in (
             ("bare WSGI function", "floor_apps:bare"),
             ("one-line Flask view", "floor_apps:flask_app"),
@@ -85,7 +82,7 @@ def http_floor(rounds: int) -> dict[tuple[str, float], float]:
             servers[name] = (
                 port,
                 subprocess.Popen(
-                    [str(gunicorn), "-w", "4", "-k", worker, "-b", f"127.0.0.1:{port}", target],
+                    [str(gunicorn), "-w", "4", *worker, "-b", f"127.0.0.1:{port}", target],
                     cwd=tmp,
                     env=env,
                     stderr=subprocess.DEVNULL,

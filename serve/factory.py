@@ -13,6 +13,7 @@ from pathlib import Path
 
 from flask import Flask, Response
 
+from serve.body_deadline import BodyDeadline
 from serve.errors import register_error_handlers
 from serve.logs import configure_logging
 from serve.metrics import install_metrics
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.bp)
     register_error_handlers(app)
     install_metrics(app, runtime.model.model_version)
+
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings.body_timeout_s)  # type: ignore[method-assign]
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -72,6 +72,9 @@ class Settings:
     # at the same images/s (docs/performance.md).
     forward_batch: int = 8
     db_retry_seconds: float = 2.0
+    # Seconds from a request's start to the end of its body (serve/body_deadline.py): a client
+    # trickling its upload gets 408 instead of holding a worker thread. 0 turns it off.
+    body_timeout_s: float = 30.0
     # A Server-Timing header on POST /predict (read, decode, forward, store): for profiling
     # and bench/bench_serve.py. Off by default: timings are internal detail.
     server_timing: bool = False
@@ -105,6 +108,7 @@ class Settings:
             "num_threads": _number(env, "GALAXY_NUM_THREADS", cpu_cores(), 1),
             "forward_batch": _number(env, "GALAXY_FORWARD_BATCH", 8, 1),
             "db_retry_seconds": _number(env, "DB_RETRY_SECONDS", 2.0, 0.0, float),
+            "body_timeout_s": _number(env, "BODY_TIMEOUT_S", 30.0, 0.0, float),
             "server_timing": _flag(env, "SERVER_TIMING", False),
         }
         return cls(**kwargs)

@@ -7,77 +7,17 @@ batches and bad files; no 5xx, and exactly one row per successful prediction.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import requests
-from support import ADMIN_TOKEN, encode_image, random_rgb, row_count, temporary_postgres_database
+from support import ADMIN_TOKEN, Gunicorn, encode_image, random_rgb, row_count, temporary_postgres_database
 
 pytestmark = pytest.mark.slow  # starts gunicorn servers
 
-REPO = Path(__file__).resolve().parent.parent
-GUNICORN = Path(sys.executable).with_name("gunicorn")
 INTERPRETER_THREADS = 2
-
-
-class Gunicorn:
-    def __init__(self, env: dict[str, str], workers: int, log_path: Path):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "w")
-        full_env = {
-            k: v
-            for k, v in os.environ.items()
-            if k
-            not in ("DATABASE_URL", "MODEL_PATH", "MODEL_URL", "ADMIN_TOKEN", "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS")
-        }
-        full_env.update(env)
-        self.proc = subprocess.Popen(
-            [str(GUNICORN), "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "serve.app:app"],
-            cwd=REPO,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_until_serving(self, workers: int, timeout: float = 120) -> None:
-        """Until every worker has logged that it finished starting (ready or not)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.proc.returncode}:\n{self.log()}")
-            if self.log().count("serve: ready:") >= workers:
-                return
-            time.sleep(0.1)
-        pytest.fail(f"gunicorn workers did not start in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def worker_pids(self) -> set[int]:
-        import psutil
-
-        return {c.pid for c in psutil.Process(self.proc.pid).children()}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)  # quick shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+REQUEST_THREADS = 4  # gunicorn's threads per worker (GUNICORN_THREADS)
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +39,7 @@ def server(tiny_artifact, module_postgres_url, tmp_path_factory):
             "MAX_UPLOAD_MB": "1",
             "MAX_BATCH": "8",
             "GALAXY_NUM_THREADS": str(INTERPRETER_THREADS),
+            "GUNICORN_THREADS": str(REQUEST_THREADS),
         },
         workers=4,
         log_path=tmp / "log",
@@ -145,14 +86,15 @@ def test_four_workers_answer_eight_parallel_clients_without_a_5xx_and_store_each
     assert row_count(module_postgres_url) - before == len(successes)
 
 
-def test_each_worker_runs_no_more_threads_than_the_interpreter_needs(server):
-    """No TensorFlow, BLAS or OpenMP pools: the main thread plus the interpreter's threads."""
+def test_each_worker_runs_no_more_threads_than_its_requests_and_the_interpreter_need(server):
+    """No TensorFlow, BLAS or OpenMP pools: the main thread, gunicorn's request threads and the
+    interpreter's threads."""
     import psutil
 
     threads = [psutil.Process(pid).num_threads() for pid in server.worker_pids()]
 
     assert len(threads) == 4
-    assert max(threads) <= 1 + INTERPRETER_THREADS, threads
+    assert max(threads) <= 1 + REQUEST_THREADS + INTERPRETER_THREADS, threads
 
 
 def _exclusive_epoll_targets(pid: int) -> set[int]:
