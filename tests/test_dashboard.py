@@ -14,12 +14,14 @@ never skips, without it: CI must run this test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -107,25 +109,18 @@ def wait_for_port(port: int, proc: subprocess.Popen, log: Path, seconds: float) 
     pytest.fail(f"the dashboard did not listen on port {port} within {seconds:.0f}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module")
-def dashboard_url(trained_model, db_url, tmp_path_factory):
-    """``MODEL_PATH=<run> ./dashboard.sh --port N`` as a user runs it from the folder that holds the
-    run (a relative MODEL_PATH, though the script changes directory), with DATABASE_URL set."""
+@contextlib.contextmanager
+def running_dashboard(
+    log: Path, cwd: Path, env: dict[str, str], *options: str
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``./dashboard.sh --port N [options]`` on a free port, run from ``cwd`` with ``env``: yields
+    the URL it printed and the process (voila itself: the script execs it), stopped afterwards."""
     port = free_port()
-    log = tmp_path_factory.mktemp("voila") / "dashboard.log"
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "MODEL_PATH": trained_model.name,
-        "DATABASE_URL": db_url,
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("GALAXY_USER_CWD", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)],
-            cwd=trained_model.parent,
-            env=env,
+            [str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port), *options],
+            cwd=cwd,
+            env={**env, "PYTHONUNBUFFERED": "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -134,7 +129,7 @@ def dashboard_url(trained_model, db_url, tmp_path_factory):
         wait_for_port(port, proc, log, SERVER_START_S)
         url = f"http://localhost:{port}/"
         assert log.read_text().splitlines()[0] == f"Galaxy10 dashboard: {url}"  # the script prints the URL
-        yield url
+        yield url, proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)  # voila shuts its kernels down on SIGTERM
@@ -143,6 +138,17 @@ def dashboard_url(trained_model, db_url, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(trained_model, db_url, tmp_path_factory):
+    """``MODEL_PATH=<run> ./dashboard.sh --port N`` as a user runs it from the folder that holds the
+    run (a relative MODEL_PATH, though the script changes directory), with DATABASE_URL set."""
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL_PATH": trained_model.name, "DATABASE_URL": db_url}
+    env.pop("GALAXY_USER_CWD", None)
+    log = tmp_path_factory.mktemp("voila") / "dashboard.log"
+    with running_dashboard(log, trained_model.parent, env) as (url, _):
+        yield url
 
 
 # ------------------------------------------------------------------ the browser

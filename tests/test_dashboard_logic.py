@@ -9,15 +9,20 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from traitlets.utils.importstring import import_item
 
 from galaxylib.apps.dashboard import app as dash_app
 from galaxylib.apps.dashboard import render, sources
 from galaxylib.apps.dashboard import uploads as dash_uploads
+from galaxylib.apps.dashboard.server import DashboardKernelManager
 from galaxylib.artifact import SIDECAR, list_runs
 from galaxylib.classes import CLASS_NAMES
 from galaxylib.config import PROJECT_ROOT
@@ -197,6 +202,48 @@ def test_voila_config_makes_the_documented_limit_the_real_one():
     assert config["Voila"]["port_retries"] == 0  # dashboard.sh prints the URL voila really serves
     assert config["VoilaConfiguration"]["show_tracebacks"] is False
     assert dash_uploads.UPLOAD_LIMIT_LABEL in (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
+
+
+def test_voila_config_frees_the_kernels_of_closed_pages_and_caps_visitors():
+    """Each page load starts a kernel of about a gigabyte. voila.json must serve through the capped
+    kernel manager, and jupyter_server's culler must free a kernel whose page went away without
+    a word within two minutes (its timeout plus one interval), never one whose page is open."""
+    config = json.loads((PROJECT_ROOT / "voila.json").read_text())
+    assert import_item(config["VoilaConfiguration"]["multi_kernel_manager_class"]) is DashboardKernelManager
+    assert config["DashboardKernelManager"]["max_kernels"] >= 1
+    culler = config["MappingKernelManager"]
+    assert culler["cull_idle_timeout"] > 0
+    assert culler["cull_idle_timeout"] + culler["cull_interval"] <= 120
+    assert culler["cull_connected"] is False  # an open page keeps its kernel, however quiet its visitor
+    docs = (PROJECT_ROOT / "docs" / "dashboard.md").read_text()
+    for section, settings in (("DashboardKernelManager", ["max_kernels"]), ("MappingKernelManager", culler)):
+        for setting in settings:
+            assert f"{section}.{setting}" in docs, setting  # spelled as voila.json and the command line spell it
+    for override in ("--max-kernels", "DASHBOARD_MAX_KERNELS", "--MappingKernelManager.cull_idle_timeout="):
+        assert override in docs, override
+
+
+def test_a_taken_port_is_a_one_line_error_that_says_how_to_choose_another(tmp_path):
+    """voila.json's port_retries is 0 (the URL the script prints must be the one served), so voila
+    itself would log "trying another port" and then stop: the script says what is wrong instead."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [str(PROJECT_ROOT / "dashboard.sh"), "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHON": sys.executable},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 2  # as for the script's other wrong arguments
+    assert result.stderr.splitlines() == [
+        f"error: port {port} is already in use on localhost; choose another with --port N"
+    ]
+    assert "trying another port" not in result.stdout + result.stderr
+    assert result.stdout == ""  # no URL for a server that never starts
 
 
 # ------------------------------------------------------------------ what the page shows

@@ -28,6 +28,7 @@ from galaxylib.apps.dashboard.render import (
     error_html,
     esc,
     history_html,
+    kernel_release_js,
     model_info_html,
     page_css,
     prediction_html,
@@ -442,6 +443,7 @@ def show(**kwargs) -> Dashboard:
 
     display(HTML(page_css()))
     display(Javascript(upload_guard_js()))
+    display(Javascript(kernel_release_js()))
     app = Dashboard(**kwargs)
     display(app.root)
     return app

@@ -1,4 +1,5 @@
-"""The page's HTML pieces, its CSS and its upload guard (static/): pure functions of their inputs."""
+"""The page's HTML pieces, its CSS, its upload guard and its kernel release (static/): pure
+functions of their inputs."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def upload_guard_js() -> str:
     can explain the limit instead of tornado closing the websocket on an over-size message.
     Files take their share of the limit in order while they fit (as in classify_uploads)."""
     return (STATIC / "upload_guard.js").read_text().replace("__UPLOAD_LIMIT_BYTES__", str(UPLOAD_LIMIT_BYTES))
+
+
+def kernel_release_js() -> str:
+    """Lets voila's page-close request shut the page's kernel down: it needs an ``_xsrf`` cookie
+    that voila 0.5 never sets (voila#1458), so without this every closed page kept its kernel."""
+    return (STATIC / "kernel_release.js").read_text()
 
 
 def format_probability(p: float) -> str:
