@@ -92,6 +92,87 @@ def test_a_missing_image_names_both_places_it_was_looked_for(tmp_path, sample_fi
         read_labelled_folder(folder, "coarse")
 
 
+def test_labels_csv_saved_by_excel_with_a_byte_order_mark_reads_as_any_other(tmp_path, sample_files):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark (and ends lines with CRLF): it
+    was refused with "needs the columns filename and 'label'; it has ['\\ufefffilename', ...]"."""
+    plain = labelled_folder(tmp_path / "plain", sample_files, ["smooth", "spiral", "merger"], column="label")
+    excel = labelled_folder(tmp_path / "excel", sample_files, ["smooth", "spiral", "merger"], column="label")
+    text = (plain / "labels.csv").read_text().replace("\r\n", "\n").replace("\n", "\r\n")
+    (excel / "labels.csv").write_bytes(text.encode("utf-8-sig"))
+    for folder in (plain, excel):  # classes.txt with a mark too: its first name is 'spiral', not '\\ufeffspiral'
+        (folder / "classes.txt").write_bytes("spiral\r\nsmooth\r\nmerger\r\n".encode("utf-8-sig"))
+
+    read = read_labelled_folder(excel)
+
+    assert read.class_names == ("spiral", "smooth", "merger")
+    assert [read.class_names[i] for i in read.labels] == ["smooth", "spiral", "merger"]
+    assert (read.filenames, read.labels) == (read_labelled_folder(plain).filenames, read_labelled_folder(plain).labels)
+
+
+def test_a_labels_csv_that_is_not_utf8_is_a_labels_error_that_says_so(tmp_path, sample_files):
+    folder = labelled_folder(tmp_path / "gz", sample_files, ["smooth", "spiral"], column="label")
+    (folder / "labels.csv").write_bytes("filename,label\ng0.jpg,sph\xe9rique\n".encode("latin-1"))
+    with pytest.raises(LabelsError, match="labels.csv: 'utf-8' codec can't decode .*save it as CSV in UTF-8"):
+        read_labelled_folder(folder)
+
+
+def test_a_labelled_catalogue_csv_reads_its_paths_labels_and_ids_as_written(tmp_path, sample_files):
+    """The same rules as predict.sh --catalog: a byte-order mark is skipped, a quoted label may hold
+    a comma, and id_str stays text (0012 keeps its zeros)."""
+    from galaxylib.data.labelled_images import read_labelled_catalogue
+
+    catalogue = tmp_path / "labels.csv"
+    rows = [["id_str", "file_loc", "label"]] + [
+        [f"{i:04d}", str(sample_files[i]), "disk, barred" if i % 2 else "round"] for i in range(6)
+    ]
+    with open(catalogue, "w", newline="", encoding="utf-8-sig") as fh:
+        csv.writer(fh, lineterminator="\r\n").writerows(rows)
+
+    listing = read_labelled_catalogue(catalogue)
+
+    assert listing.class_names == ("disk, barred", "round")
+    assert listing.filenames == ("0000", "0001", "0002", "0003", "0004", "0005")
+    assert listing.labels == (1, 0, 1, 0, 1, 0) and listing.paths == tuple(sample_files[:6])
+
+
+def test_a_class_too_small_for_train_validation_and_test_is_refused_before_training(tmp_path, sample_files):
+    """One merger among a dozen cutouts trained without a word: it could be in at most one of the
+    three parts. Refused, with its name and count, when the split is made (01_prepare_data)."""
+    from galaxylib.data.resolve import resolve_dataset
+    from galaxylib.data.split import SplitError, make_split
+
+    folder = labelled_folder(
+        tmp_path / "gz", sample_files, ["smooth"] * 6 + ["spiral"] * 6 + ["merger"], column="label"
+    )
+    data = resolve_dataset(str(folder), workdir=tmp_path / "data", image_size=32, show_progress=False)
+
+    with pytest.raises(SplitError, match=r"class 0 has 1 image\. Each class needs at least 3"):
+        make_split(data.labels(), data.fingerprint())  # what 01_prepare_data calls (steps.prepare_data)
+    with pytest.raises(SplitError, match=r"class 'merger' has 1 image\. Each class needs at least 3"):
+        make_split(data.labels(), data.fingerprint(), class_names=data.class_names)
+    with pytest.raises(SplitError, match=r"class 0 has 1 image, class 2 has 2 images"):
+        make_split(np.array([0, 1, 1, 1, 2, 2]), "0" * 64)
+
+
+def test_every_class_is_in_train_validation_and_test_even_when_rounding_leaves_it_out():
+    """Three images of a class among forty of two others: stratified rounding put two in train and
+    left the third to validation or test (seed 0: no test image of it), so the class was never
+    tested, or never seen when the model was selected."""
+    from galaxylib.data.split import make_split
+
+    labels = np.array([0] * 20 + [1] * 20 + [2] * 3)
+    for seed in range(20):
+        split = make_split(labels, "0" * 64, seed=seed)
+        for part in (split.train, split.val, split.test):
+            assert set(labels[part].tolist()) == {0, 1, 2}, seed
+        assert sorted(np.concatenate([split.train, split.val, split.test]).tolist()) == list(range(43))
+    # Ten classes of three: fewer validation and test images than classes, which scikit-learn's
+    # stratified split refused with a ValueError; each part now holds one of each.
+    labels = np.repeat(np.arange(10), 3)
+    split = make_split(labels, "0" * 64)
+    assert [sorted(labels[part].tolist()) for part in (split.train, split.val, split.test)] == [list(range(10))] * 3
+
+
 @pytest.fixture(scope="module")
 def four_class_artifact(tmp_path_factory):
     """An untrained 32 px model with GZ1's four classes; a large random last layer makes its

@@ -9,6 +9,7 @@ and PostgreSQL; the provenance in the Parquet schema metadata.
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import os
 import random
@@ -18,11 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 from support import add_trust_check, default_ctrl_c, row_count
@@ -374,6 +377,124 @@ def test_ids_written_from_floating_point_are_refused_in_a_csv_and_as_parquet_str
         ],
     )
     assert run(tiny_artifact, names, tmp_path / "o3").rows == 4  # names and integer ids pass
+
+
+def predict_sh(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(
+        [str(PROJECT_ROOT / "predict.sh"), *args], capture_output=True, text=True, env=env, timeout=120
+    )
+
+
+def test_ids_of_any_scalar_type_become_strings_and_duplicates_pass_as_with_strings(
+    tiny_artifact, sample_files, tmp_path
+):
+    """Integers, dates, decimals and categoricals are ids as Arrow writes them; a repeated id
+    goes through as a repeated string id does (ids should be unique: docs/catalog.md)."""
+    image = str(sample_files[0])
+    columns = {
+        "int64": pa.array([1237648720693755918, 7, 7]),
+        "uint8": pa.array([1, 2, 2], pa.uint8()),
+        "date": pa.array([datetime.date(2024, 5, 1), datetime.date(2024, 5, 2), datetime.date(2024, 5, 2)]),
+        "decimal": pa.array([Decimal("12"), Decimal("13"), Decimal("13")], pa.decimal128(20, 0)),
+        "categorical": pa.array(["NGC 1300", "M31", "M31"]).dictionary_encode(),
+        "string": pa.array(["a", "b", "b"]),
+    }
+    expected = {
+        "int64": ["1237648720693755918", "7", "7"],
+        "uint8": ["1", "2", "2"],
+        "date": ["2024-05-01", "2024-05-02", "2024-05-02"],
+        "decimal": ["12", "13", "13"],
+        "categorical": ["NGC 1300", "M31", "M31"],
+        "string": ["a", "b", "b"],
+    }
+    for name, ids in columns.items():
+        catalog = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"id_str": ids, "file_loc": [image] * 3}), catalog)
+        result = run(tiny_artifact, catalog, tmp_path / f"out-{name}")
+        out = pq.read_table(tmp_path / f"out-{name}")
+        assert result.rows == 3 and out.schema.field("id_str").type == pa.string(), name
+        assert out.column("id_str").to_pylist() == expected[name], name
+
+
+def test_ids_that_are_not_one_value_per_row_are_refused_with_a_message(tiny_artifact, sample_files, tmp_path):
+    """A list or struct id ended in pyarrow's ArrowNotImplementedError traceback; a boolean id
+    gave five galaxies two ids between them."""
+    image = str(sample_files[0])
+    refused = {  # the column, and what the message says of it (a regex)
+        "list": (
+            pa.array([[1], [2, 3], [4], [5], [6]]),
+            r"stores id_str as list<.*int64>: that is several values in a row",
+        ),
+        "struct": (
+            pa.array([{"n": i} for i in range(5)]),
+            r"stores id_str as struct<n: int64>: that is several values",
+        ),
+        "bool": (pa.array([True, False, True, True, False]), r"stores id_str as bool: true and false are two ids"),
+        "categorical-float": (pa.array([1.5, 2.5, 1.5, 2.5, 3.5]).dictionary_encode(), r"floating-point ids lose"),
+    }
+    for name, (ids, message) in refused.items():
+        catalog = tmp_path / f"{name}.parquet"
+        pq.write_table(pa.table({"id_str": ids, "file_loc": [image] * 5}), catalog)
+        with pytest.raises(CatalogError, match=message):
+            run(tiny_artifact, catalog, tmp_path / f"out-{name}")
+        assert not (tmp_path / f"out-{name}").exists(), name
+    paths = tmp_path / "list-paths.parquet"
+    pq.write_table(pa.table({"id_str": ["a", "b"], "file_loc": [[image], [image, image]]}), paths)
+    with pytest.raises(CatalogError, match=r"stores file_loc as list<.*string>: that is several values in a row"):
+        run(tiny_artifact, paths, tmp_path / "out-paths")
+
+    cli = predict_sh(
+        "--model", str(tiny_artifact), "--catalog", str(tmp_path / "list.parquet"), "--out", str(tmp_path / "o")
+    )
+    assert cli.returncode == 2, cli.stderr[-2000:]
+    assert "Traceback" not in cli.stderr and "ArrowNotImplementedError" not in cli.stderr
+    message = [line for line in cli.stderr.splitlines() if line.startswith("predict.sh:")]
+    assert len(message) == 1 and "stores id_str as list<element: int64>: that is several values" in message[0]
+
+
+def test_a_stray_quote_in_a_plain_field_and_a_quoted_line_break_later_are_read_as_pyarrow_reads_them(
+    tiny_artifact, sample_files, tmp_path
+):
+    """RFC 4180-lenient CSV, as pyarrow (and Excel, and pandas) read it: a quote opens a quoted
+    field only at the start of a field, so images/g"1.jpg is a plain path. The block reader
+    counted quotes, cut inside the quoted note further down, and the run stopped with "CSV parse
+    error: Row #2: Expected 4 columns, got 1" and a hint about column types. The catalogue is
+    larger than the first block (1 MiB), so the file is read in several."""
+    folder = tmp_path / "survey"
+    (folder / "images").mkdir(parents=True)
+    shutil.copy(sample_files[0], folder / "images" / 'g"1.jpg')
+    lines = ["id_str,file_loc,ra,note", 'a1,images/g"1.jpg,150.1,plain']
+    lines += [
+        f"b{i:05d},images/missing-{i}.jpg,{i / 100:.2f},a note that pads the row out a little" for i in range(20_000)
+    ]
+    lines += ['c1,images/missing-c.jpg,151.0,"seen twice,', 'see the ""log"""', "d1,images/missing-d.jpg,151.5,last"]
+    catalog = folder / "catalog.csv"
+    catalog.write_text("\n".join(lines) + "\n")
+    assert catalog.stat().st_size > 1024 * 1024
+
+    result = run(tiny_artifact, catalog, tmp_path / "out", shard_rows=8192)
+
+    whole = pcsv.read_csv(catalog, parse_options=pcsv.ParseOptions(newlines_in_values=True))
+    assert result.rows == whole.num_rows == 20_003
+    rows = {r["id_str"]: r for r in read_out(tmp_path / "out").to_pylist()}
+    assert rows["a1"]["error"] is None and rows["a1"]["predicted_class"]  # the real cutout behind the quote
+    assert rows["c1"]["note"] == 'seen twice,\nsee the "log"' and rows["d1"]["note"] == "last"
+
+
+def test_a_malformed_csv_is_a_one_line_message_about_quoting(tiny_artifact, tmp_path):
+    """A row short of a column, far down the file: the parse error, where, and what to check,
+    on one line, not a hint about column types."""
+    catalog = tmp_path / "catalog.csv"
+    lines = ["id_str,file_loc,note"] + [f"g{i},missing-{i}.jpg,fine" for i in range(60_000)]
+    catalog.write_text("\n".join([*lines, 'bad,"missing.jpg', '"', "g,x.jpg,y"]) + "\n")
+    with pytest.raises(CatalogError) as caught:
+        run(tiny_artifact, catalog, tmp_path / "out")
+    message = str(caught.value)
+    assert "at data row" in message and "CSV parse error: " in message and "Expected 3 columns, got 2" in message
+    assert "\n" not in message and 'missing.jpg\\n"' in message  # the row as pyarrow quotes it, escaped
+    assert "must be quoted" in message and "type" not in message
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_resumed_run_planned_by_older_code_is_checked_again(tiny_artifact, sample_files, tmp_path):

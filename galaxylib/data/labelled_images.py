@@ -32,17 +32,28 @@ UNREADABLE_FILE = "unreadable.json"  # beside the h5: the files left out, with w
 
 def read_labelled_catalogue(path: str | os.PathLike, label_column: str = "label") -> LabelledFolder:
     """A catalogue's rows as a listing: every row needs a ``file_loc`` and a label. The files are
-    not opened here (an unreadable one is found, listed and left out by the conversion)."""
+    not opened here (an unreadable one is found, listed and left out by the conversion). A CSV is
+    read with ``predict.sh --catalog``'s rules: quoted line breaks allowed, a byte-order mark
+    ignored, and ``file_loc``, the label and ``id_str`` read as text (an id ``0012`` keeps its zeros)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    from galaxylib.data.labels import is_index
 
     path = Path(path)
     try:
         if path.suffix.lower() == ".csv":
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+            text = {name: pa.string() for name in (PATH_COLUMN, label_column, ID_COLUMN)}
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(column_types=text, strings_can_be_null=True),
+            )
         else:
             table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise LabelsError(f"cannot read the catalogue {path}: {exc}") from exc
     missing = [c for c in (PATH_COLUMN, label_column) if c not in table.column_names]
     if missing:
@@ -51,7 +62,13 @@ def read_labelled_catalogue(path: str | os.PathLike, label_column: str = "label"
             f"{', '.join(missing)}; its columns: {', '.join(table.column_names)}); choose the label column with "
             "-p data.label_column NAME"
         )
-    locations = table.column(PATH_COLUMN).to_pylist()
+    try:
+        locations = pc.cast(table.column(PATH_COLUMN), pa.string()).to_pylist()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        raise LabelsError(
+            f"the catalogue {path} stores {PATH_COLUMN} as {table.schema.field(PATH_COLUMN).type}: "
+            "it needs one path per row, as text"
+        ) from exc
     values = ["" if v is None else str(v).strip() for v in table.column(label_column).to_pylist()]
     ids = table.column(ID_COLUMN).to_pylist() if ID_COLUMN in table.column_names else locations
     for row, (location, value) in enumerate(zip(locations, values), start=1):
@@ -67,7 +84,7 @@ def read_labelled_catalogue(path: str | os.PathLike, label_column: str = "label"
     for row, value in enumerate(values, start=1):
         if value in index_of:
             labels.append(index_of[value])
-        elif value.lstrip("-").isdigit() and 0 <= int(value) < len(names):
+        elif is_index(value) and 0 <= int(value) < len(names):
             labels.append(int(value))
         else:
             raise LabelsError(

@@ -1,5 +1,10 @@
 """Catalogues: a CSV or Parquet table with ``id_str`` and ``file_loc`` (relative to the
-catalogue's folder, or absolute); every other column passes through to the output."""
+catalogue's folder, or absolute); every other column passes through to the output.
+
+An id is one value per row, read as text: a string, or an integer, a date, a decimal... (Arrow
+writes it as text). A float (its last digits are gone), a boolean (two ids for a whole catalogue)
+and a list or struct (several values per row) are refused before any row is read.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,56 @@ from galaxylib.catalog.csv_blocks import iter_csv_batches
 from galaxylib.catalog.sources.base import BATCH_ROWS, EXPONENT_ID, ID_COLUMN, PATH_COLUMN, CatalogError
 from galaxylib.catalog.sources.table import TableSource, batch_slices, pyarrow_modules
 from galaxylib.files import remember_sha256, sha256_file, trusted_sha256
+
+
+def column_type_problem(name: str, column_type: Any) -> str | None:
+    """Why a Parquet column of this type cannot give ``name`` (``id_str`` or ``file_loc``) one
+    string per row, or None: Arrow then casts each value to its text (an integer to its digits, a
+    date to 2024-05-01...). Checked on the schema, before any row is read."""
+    pa, pc, _ = pyarrow_modules()
+    value_type = column_type.value_type if pa.types.is_dictionary(column_type) else column_type  # a categorical
+    if name == ID_COLUMN and pa.types.is_floating(value_type):
+        # A float64 id keeps 15-16 digits: an SDSS objid such as 1237648720693755918 would
+        # come out as '1.237648720693756e+18', shared by neighbouring objects.
+        return (
+            "floating-point ids lose digits (1237648720693755918 becomes 1.237648720693756e+18) and "
+            "two galaxies can share one. Casting the column back will not restore them: export the "
+            "ids again from their source, as integers or strings"
+        )
+    if name == ID_COLUMN and pa.types.is_boolean(value_type):
+        return "true and false are two ids for the whole catalogue. Give each row its own id, an integer or a string"
+    if pa.types.is_nested(value_type):
+        return f"that is several values in a row, and each row needs one {name}"
+    try:
+        pc.cast(pa.array([], value_type), pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return f"its values cannot be written as text, and {name} is text"
+    return None
+
+
+def read_error(path: Any, kind: str, exc: Exception, row: int | None) -> CatalogError:
+    """A one-line CatalogError for what pyarrow could not read (``row``: the rows read before it,
+    None while opening), with what to do about it: a parse error is the file's quoting, a
+    conversion error a column whose type changes after the rows its type was inferred from."""
+    text = str(exc).replace("\r", "\\r").replace("\n", "\\n")  # pyarrow quotes the bad row as it is
+    where = (
+        f"the catalogue {path} as {kind.upper()}"
+        if row is None
+        else f"the catalogue {path} at data row {row + 1} or later"
+    )
+    if "CSV parse error" in text:
+        hint = (
+            "A value holding a comma, a line break, or a quote at its start must be quoted "
+            '("..."), with each quote inside it doubled'
+        )
+    elif "conversion error" in text:
+        hint = (
+            "The catalogue's first rows gave that column another type: give the column one type "
+            "throughout, or convert the catalogue to Parquet"
+        )
+    else:
+        hint = ""
+    return CatalogError(f"cannot read {where}: {text}" + (f". {hint}" if hint else ""))
 
 
 class CatalogueSource(TableSource):
@@ -40,8 +95,8 @@ class CatalogueSource(TableSource):
             names, batches = self._open()
         except CatalogError:
             raise
-        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
-            raise CatalogError(f"cannot read the catalogue {self.path} as {self.kind.upper()}: {exc}") from exc
+        except (OSError, ValueError, pa.ArrowException) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise read_error(self.path, self.kind, exc, None) from exc
         missing = [c for c in (ID_COLUMN, PATH_COLUMN) if c not in names]
         if missing:
             raise CatalogError(
@@ -82,13 +137,10 @@ class CatalogueSource(TableSource):
                         columns[name] = batch.column(name)
                 row += batch.num_rows
                 yield pa.record_batch(columns)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, pa.ArrowException) as exc:
             if isinstance(exc, CatalogError):
                 raise
-            raise CatalogError(
-                f"cannot read the catalogue {self.path} (near row {row}): {exc}. Give the column a "
-                "consistent type, or convert the catalogue to Parquet"
-            ) from exc
+            raise read_error(self.path, self.kind, exc, row) from exc
 
 
 class CsvCatalogue(CatalogueSource):
@@ -104,18 +156,13 @@ class ParquetCatalogue(CatalogueSource):
     kind = "parquet"
 
     def _open(self) -> tuple[list[str], Iterator[Any]]:
-        pa, _, pq = pyarrow_modules()
+        _, _, pq = pyarrow_modules()
         pf = pq.ParquetFile(self.path)
         names = pf.schema_arrow.names
-        if ID_COLUMN in names:
-            id_type = pf.schema_arrow.field(ID_COLUMN).type
-            if pa.types.is_floating(id_type):
-                # A float64 id keeps 15-16 digits: an SDSS objid such as 1237648720693755918 would
-                # come out as '1.237648720693756e+18', shared by neighbouring objects.
-                raise CatalogError(
-                    f"the catalogue {self.path} stores {ID_COLUMN} as {id_type}: floating-point "
-                    "ids lose digits (1237648720693755918 becomes 1.237648720693756e+18) and "
-                    "two galaxies can share one. Casting the column back will not restore them: "
-                    "export the ids again from their source, as integers or strings"
-                )
+        for name in (ID_COLUMN, PATH_COLUMN):
+            if name in names:
+                column_type = pf.schema_arrow.field(name).type
+                problem = column_type_problem(name, column_type)
+                if problem:
+                    raise CatalogError(f"the catalogue {self.path} stores {name} as {column_type}: {problem}")
         return names, pf.iter_batches(batch_size=BATCH_ROWS)
