@@ -57,7 +57,7 @@ def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifac
     assert "test_accuracy" in result.stdout and "SYNTHETIC" in result.stdout
 
 
-def test_train_sh_names_the_failing_notebook(tmp_path):
+def test_a_dataset_train_sh_cannot_use_is_one_line_naming_the_notebook_and_exit_2(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable}
     result = subprocess.run(
         [
@@ -79,8 +79,10 @@ def test_train_sh_names_the_failing_notebook(tmp_path):
         timeout=300,
         cwd=PROJECT_ROOT,
     )
-    assert result.returncode == 1
-    assert "FAILED in notebook 01_prepare_data" in result.stderr and "DatasetError" in result.stderr
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("train.sh:")]
+    assert "missing.h5" in line and "not found" in line and "notebook 01_prepare_data" in line
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "models" / "pytest-fail").exists()
 
 

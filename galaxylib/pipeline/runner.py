@@ -18,6 +18,8 @@ from galaxylib.config import NOTEBOOKS_DIR, PROJECT_ROOT, user_path
 from galaxylib.pipeline import run_config
 from galaxylib.pipeline.run_folder import run_folder
 
+# Failures that describe the user's data, labels or split rather than a fault of the kit.
+INPUT_ERRORS = frozenset({"DatasetError", "LabelsError", "SplitError"})
 NOTEBOOKS = ("01_prepare_data", "02_train", "03_evaluate", "04_inference_tests")
 
 
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         except PapermillExecutionError as exc:
             export_html(out)
+            if exc.ename in INPUT_ERRORS:  # the user's data or labels: one line, exit 2, as for a bad option
+                print(f"train.sh: {exc.evalue} (in notebook {name}; executed copy: {out})", file=sys.stderr)
+                return 2
             print(
                 f"\nFAILED in notebook {name} (cell {exc.exec_count}): {exc.ename}: {exc.evalue}\n"
                 f"The executed notebook with the traceback: {out}",

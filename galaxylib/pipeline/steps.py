@@ -37,7 +37,7 @@ def prepare_data(
         max_unreadable=int(config["data"].get("max_unreadable", 0)),
     )
     fractions = tuple(float(f) for f in config["split_fractions"])
-    split = make_split(data.labels(), data.fingerprint(), int(config["seed"]), fractions)
+    split = make_split(data.labels(), data.fingerprint(), int(config["seed"]), fractions, class_names=data.class_names)
     return data, split
 
 
