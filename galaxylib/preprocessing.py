@@ -8,8 +8,10 @@ so nothing here rescales.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,7 @@ from PIL import Image, ImageFile
 # A cutout is 256x256; 64 Mpx leaves room for big mosaics but refuses a
 # 30000x30000 "bomb" from its header, before any pixel is decoded.
 MAX_IMAGE_PIXELS = int(os.environ.get("GALAXY_MAX_IMAGE_PIXELS", 64_000_000))
+MIN_IMAGE_SIDE = 8  # pixels; a smaller "cutout" cannot show a galaxy
 ALLOWED_FORMATS = ("JPEG", "PNG")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
@@ -73,25 +76,107 @@ def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     raise TypeError(f"cannot read an image from {type(source).__name__}")
 
 
+# Conversions go one strip of rows at a time, so their wide intermediates (the float64 of an F
+# image, the RGBA of one with transparency) hold about a megapixel, never the whole frame: a
+# full-frame float64 copy of a 64 Mpx image is 512 MB. docs/endpoint_documentation.md ("Memory")
+# gives the measured peak per megapixel.
+STRIP_PIXELS = 1 << 20
+# A centre crop larger than this is not copied whole but one band at a time (_crop_and_resize).
+CROP_COPY_PIXELS = 4 << 20
+_DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _row_strips(width: int, height: int) -> Iterator[tuple[int, int]]:
+    """(top, bottom) of consecutive strips of rows of about STRIP_PIXELS pixels each."""
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        yield top, min(height, top + rows)
+
+
+def _deep_to_grey8(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image -> 8-bit L, one strip of rows at a time.
+
+    The mapping of contract version 1: I;16 is scaled by 65535; I by 65535 if its maximum is over
+    255, else by 255 (both rounded); F is stretched from its minimum to its maximum (truncated;
+    all zero when flat or when a NaN makes the range unknown).
+    """
+    width, height = img.size
+    strips = list(_row_strips(width, height))
+
+    def strip(top: int, bottom: int) -> np.ndarray:
+        return np.asarray(img.crop((0, top, width, bottom)))
+
+    out = np.zeros((height, width), np.uint8)
+    if img.mode == "F":
+        ends = np.array([(part.min(), part.max()) for part in (strip(*rows) for rows in strips)], np.float64)
+        lo, hi = float(ends[:, 0].min()), float(ends[:, 1].max())  # a NaN propagates, as over the frame
+        if hi > lo:
+            for top, bottom in strips:
+                out[top:bottom] = ((strip(top, bottom).astype(np.float64) - lo) / (hi - lo) * 255.0).astype(np.uint8)
+        return Image.fromarray(out, "L")
+    deep = img.mode.startswith("I;16") or max(int(strip(*rows).max()) for rows in strips) > 255
+    top_value = 65535 if deep else 255
+    # Every value the integer modes can map to, by the float formula itself: a table lookup per
+    # pixel gives exactly its results (values outside 0..top clip to 0 or 255, as it does).
+    table = _grey8_table(top_value)
+    for top, bottom in strips:
+        values = strip(top, bottom)
+        out[top:bottom] = table[values if values.dtype.itemsize == 2 else np.clip(values, 0, top_value)]
+    return Image.fromarray(out, "L")
+
+
+@functools.cache
+def _grey8_table(top: int) -> np.ndarray:
+    """The 8-bit value of each integer 0..top under the rounded scaling above."""
+    values = np.arange(top + 1, dtype=np.float64)
+    return np.clip(values / float(top) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+
+
+def _on_black_sky(img: Image.Image, mode: str) -> Image.Image:
+    """Composite an image with transparency over opaque black (transparent = empty black sky),
+    strip by strip into an 8-bit ``mode`` image ("L" for greyscale + alpha, else "RGB")."""
+    width, height = img.size
+    out = Image.new(mode, img.size)
+    for top, bottom in _row_strips(width, height):
+        rgba = img.crop((0, top, width, bottom)).convert("RGBA")
+        sky = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        flat = Image.alpha_composite(sky, rgba)
+        out.paste(flat.getchannel("R") if mode == "L" else flat.convert("RGB"), (0, top))
+    return out
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Deep greyscale and images with transparency -> 8-bit L or RGB; anything else unchanged.
+
+    The first of two steps: a caller that owns the decoded image drops it between them, so the
+    wide input and the 4-byte-per-pixel RGB output never coexist (Pillow keeps RGB, RGBA and LA
+    at 4 bytes a pixel).
+    """
+    if img.mode in _DEEP_MODES:
+        return _deep_to_grey8(img)
+    if img.mode == "LA":  # grey stays grey: 1 byte a pixel until the RGB copy
+        return _on_black_sky(img, "L")
+    if _has_alpha(img):
+        return _on_black_sky(img, "RGB")
+    return img
+
+
 def _to_rgb8(img: Image.Image) -> Image.Image:
     """Greyscale, alpha, palette and 16-bit images all become 8-bit RGB."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        sky = Image.new("RGBA", rgba.size, (0, 0, 0, 255))  # transparent = empty black sky
-        return Image.alpha_composite(sky, rgba).convert("RGB")
-    if img.mode != "RGB":
-        return img.convert("RGB")
-    return img
+    img = _to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _check_size(width: int, height: int) -> None:
+    """The one size rule for files, uploads, arrays and decoded images."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageTooLargeError(f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels")
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise ImageError(f"{width}x{height} is too small to be a galaxy cutout")
 
 
 def decode_image(source: ImageSource, name: str | None = None) -> Image.Image:
@@ -100,12 +185,14 @@ def decode_image(source: ImageSource, name: str | None = None) -> Image.Image:
     Raises an ``ImageError`` subclass with a message fit to show a user
     (prefixed with ``name``, or the file's name, when known).
     """
-    if isinstance(source, Image.Image):
-        return _to_rgb8(source)
-    if isinstance(source, np.ndarray):
-        return Image.fromarray(_validate_array(source), "RGB")
-    data, found = _read_bytes(source)
+    found = ""
     try:
+        if isinstance(source, Image.Image):
+            _check_size(*source.size)
+            return _to_rgb8(source)
+        if isinstance(source, np.ndarray):
+            return Image.fromarray(_validate_array(source), "RGB")
+        data, found = _read_bytes(source)
         return _decode(data)
     except ImageError as exc:
         label = name or found
@@ -125,46 +212,73 @@ def _decode(data: bytes) -> Image.Image:
         raise UnsupportedImageError("not a JPEG or PNG image") from exc
     if img.format not in ALLOWED_FORMATS:
         raise UnsupportedImageError(f"{img.format} images are not accepted; send JPEG or PNG")
-    width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise ImageTooLargeError(f"{width}x{height} pixels is over the limit of {MAX_IMAGE_PIXELS:,} pixels")
-    if width < 8 or height < 8:
-        raise ImageError(f"{width}x{height} is too small to be a galaxy cutout")
+    _check_size(*img.size)
     try:
         img.load()
     except Exception as exc:
         raise ImageError(f"the image data is truncated or corrupt ({exc})") from exc
-    return _to_rgb8(img)
+    # Two steps, so that the decoded image (2 or 4 bytes a pixel) is freed before the RGB copy.
+    img = _to_8bit(img)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _validate_array(arr: np.ndarray) -> np.ndarray:
+    """A Galaxy10 h5 row or any (H, W, 3) uint8 array, under the same size rule as a file."""
     if arr.ndim != 3 or arr.shape[-1] != 3:
         raise ImageError(f"expected an (H, W, 3) RGB array, got shape {arr.shape}")
     if arr.dtype != np.uint8:
         raise ImageError(f"expected a uint8 array (as in Galaxy10_DECals.h5), got {arr.dtype}")
+    _check_size(arr.shape[1], arr.shape[0])
     return arr
+
+
+def _crop_box(size: tuple[int, int], crop: float) -> tuple[int, int, int, int]:
+    if not 0.1 <= crop <= 1.0:
+        raise ValueError(f"crop must be between 0.1 and 1, got {crop}")
+    width, height = size
+    if crop >= 1.0:
+        return 0, 0, width, height
+    cw, ch = max(1, round(width * crop)), max(1, round(height * crop))
+    left, top = (width - cw) // 2, (height - ch) // 2
+    return left, top, left + cw, top + ch
 
 
 def center_crop(img: Image.Image, crop: float) -> Image.Image:
     """Keep the central ``crop`` fraction of each side: the galaxy sits at the centre
     of a Galaxy10 cutout, so a crop spends the model's pixels on it."""
-    if not 0.1 <= crop <= 1.0:
-        raise ValueError(f"crop must be between 0.1 and 1, got {crop}")
-    if crop >= 1.0:
-        return img
-    width, height = img.size
-    cw, ch = max(1, round(width * crop)), max(1, round(height * crop))
-    left, top = (width - cw) // 2, (height - ch) // 2
-    return img.crop((left, top, left + cw, top + ch))
+    box = _crop_box(img.size, crop)
+    return img if box == (0, 0, *img.size) else img.crop(box)
+
+
+def _crop_and_resize(img: Image.Image, crop: float, image_size: int) -> Image.Image:
+    """``center_crop`` then a bilinear resize to the model's size, with the same pixels.
+
+    A large crop of a large image is not copied whole (4 bytes a pixel beside the image): each
+    band is cropped into an 8-bit plane, strip by strip, and resized on its own. Pillow resizes
+    every band of an 8-bit image with the same fixed-point arithmetic, so the result is
+    identical (tests/test_preprocessing.py checks it).
+    """
+    box = _crop_box(img.size, crop)
+    left, top, right, bottom = box
+    size = (image_size, image_size)
+    width, height = right - left, bottom - top
+    if box == (0, 0, *img.size) or (width, height) == size or width * height <= CROP_COPY_PIXELS:
+        region = center_crop(img, crop)
+        return region if region.size == size else region.resize(size, Image.Resampling.BILINEAR)
+    bands = []
+    for band in range(len(img.getbands())):
+        plane = Image.new("L", (width, height))
+        for y0, y1 in _row_strips(width, height):
+            plane.paste(img.crop((left, top + y0, right, top + y1)).getchannel(band), (0, y0))
+        bands.append(plane.resize(size, Image.Resampling.BILINEAR))
+        del plane  # one plane at a time
+    return Image.merge(img.mode, bands)
 
 
 def preprocess_image(image: Image.Image | np.ndarray, image_size: int, crop: float = 1.0) -> np.ndarray:
     """Decoded image or uint8 (H, W, 3) array -> float32 (size, size, 3) in 0..255."""
     img = decode_image(image) if isinstance(image, np.ndarray) else _to_rgb8(image)
-    img = center_crop(img, crop)
-    if img.size != (image_size, image_size):
-        img = img.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32)
+    return np.asarray(_crop_and_resize(img, crop, image_size), dtype=np.float32)
 
 
 def preprocess_uint8(image: Image.Image | np.ndarray, image_size: int, crop: float = 1.0) -> np.ndarray:

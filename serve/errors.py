@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, current_app, jsonify
+from flask import Flask, Response, current_app, has_request_context, jsonify, request
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
@@ -71,6 +71,26 @@ def error_response(
     return response
 
 
+def _too_large_message(limit: int | None) -> str:
+    """Werkzeug raises the same bare 413 for a body over MAX_CONTENT_LENGTH and for a form over
+    its parser's limits; only the first is "over the upload limit". (POST /predict names the
+    parser's limit itself, serve/multipart.py; this covers any other form read.)"""
+    length = request.content_length if has_request_context() else None
+    if limit and length is not None and length <= limit:
+        parts, field = request.max_form_parts, request.max_form_memory_size
+        limits = [
+            f"at most {parts:,} multipart parts" if parts else "",
+            f"form fields of at most {field:,} bytes" if field else "",
+        ]
+        return (
+            f"the request body is within the upload limit of {limit / 1048576:g} MB but over a limit of the "
+            f"form parser ({' and '.join(x for x in limits if x)})"
+        )
+    if limit:
+        return f"the request body is over the upload limit of {limit / 1048576:g} MB"
+    return "the request body is too large"
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError) -> Response:
@@ -81,12 +101,7 @@ def register_error_handlers(app: Flask) -> None:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = (
-                f"the request body is over the upload limit of {limit / 1048576:g} MB"
-                if limit
-                else "the request body is too large"
-            )
+            message = _too_large_message(app.config.get("MAX_CONTENT_LENGTH"))
         elif status == 405:
             message = "this method is not allowed on this URL"
         elif status == 404:

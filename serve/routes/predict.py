@@ -18,7 +18,7 @@ from galaxylib.inference.classify import Classified, ImageInput, classify
 from galaxylib.store.records import prediction_row
 from serve.errors import ApiError
 from serve.metrics import observe_predictions
-from serve.multipart import Upload, split_files
+from serve.multipart import Upload, read_files
 from serve.runtime import runtime
 
 bp = Blueprint("predict", __name__)
@@ -42,14 +42,11 @@ def clean_filename(raw: str | None, index: int) -> str:
 
 
 def read_uploads() -> list[Upload]:
-    """All file parts of the request; reading the body enforces MAX_CONTENT_LENGTH (a JSON 413)."""
+    """All file parts of the request. Reading the body enforces MAX_CONTENT_LENGTH, and parsing
+    it Werkzeug's limits on parts and form-field size: each a JSON 413 that names its limit."""
     body = request.get_data(cache=True)
     boundary = request.mimetype_params.get("boundary", "")
-    uploads = split_files(body, boundary, request.max_form_parts or 1000)
-    if uploads is None:  # unusual framing: Werkzeug's parser reads the cached body
-        files = request.files
-        uploads = [Upload(field, f.filename, f.read()) for field in files for f in files.getlist(field)]
-    return uploads
+    return read_files(body, boundary, request.max_form_parts, request.max_form_memory_size)
 
 
 def collect_uploads(max_batch: int) -> list[Upload]:
