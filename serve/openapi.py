@@ -111,8 +111,13 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
                             "No file, an empty, truncated or corrupt image (`no_file`, `empty_file`, `invalid_image`)."
                         ),
                         "413": _error(
-                            "Request over MAX_UPLOAD_MB, more files than MAX_BATCH, or an image over "
-                            "the pixel limit (`payload_too_large`, `too_many_files`, `image_too_large`)."
+                            "Request over MAX_UPLOAD_MB, more files than MAX_BATCH, an image over the pixel "
+                            "limit, more than 1,000 form parts or a form field over 500 kB (`payload_too_large`, "
+                            "`too_many_files`, `image_too_large`, `too_many_parts`, `form_field_too_large`)."
+                        ),
+                        "408": _error(
+                            "The request body did not arrive within BODY_TIMEOUT_S (`request_timeout`); nothing was "
+                            "stored."
                         ),
                         "415": _error("Not a JPEG or PNG (`unsupported_media_type`)."),
                         "503": _error("Model not loaded or database unavailable; nothing was stored."),

@@ -19,6 +19,9 @@ for _name, _folder in (
 ):
     os.environ.setdefault(_name, str(_scratch / _folder))
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_scratch / 'mlflow.db'}")
+# Hypothesis keeps caches (constants, unicode data) in .hypothesis/ under the working folder
+# unless told otherwise, even with no example database.
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(_scratch / "hypothesis"))
 
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -145,3 +148,10 @@ def make_app(tiny_artifact):
         return create_app(Settings(**values))
 
     return make
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The scratch folder goes with the session (its data, models and reports are the tests')."""
+    import shutil
+
+    shutil.rmtree(_scratch, ignore_errors=True)

@@ -102,7 +102,8 @@ def test_three_trickling_uploads_neither_block_other_clients_nor_last_past_the_b
             raw, seconds = trickler.result()
             status, headers, body = http_response(raw)
             assert status == 408 and headers["content-type"] == "application/json"
-            assert "did not arrive within 25 s" in json.loads(body)["error"]["message"]
+            error = json.loads(body)["error"]
+            assert error["code"] == "request_timeout" and "did not arrive within 25 s" in error["message"]
             assert seconds < BODY_TIMEOUT_S + 15
 
 
