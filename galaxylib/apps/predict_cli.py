@@ -8,7 +8,9 @@ With ``--catalog`` it runs survey-scale catalogue inference into a Parquet datas
 (``galaxylib.catalog``, docs/catalog.md); without it, it behaves as it always has.
 
 A broken file gets a CSV line with an ``error`` and no database row; it never stops the
-batch. Rows go to the database one transaction per batch, and the CSV appears (atomically)
+batch. So does anything else named, or found in a folder under an image's suffix, that is not a
+regular file (a FIFO is never opened), and an h5 that is not in the Galaxy10 layout (one line).
+A file is named by its path, written as ``classify.path_name`` says when it is not UTF-8. Rows go to the database one transaction per batch, and the CSV appears (atomically)
 only when the whole run has finished.
 """
 
@@ -23,6 +25,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import stat  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402
@@ -34,7 +37,7 @@ from tqdm import tqdm  # noqa: E402
 from galaxylib.artifact import ArtifactError  # noqa: E402
 from galaxylib.config import user_path  # noqa: E402
 from galaxylib.files import atomic_path  # noqa: E402
-from galaxylib.inference.classify import Classified, ImageInput, classify  # noqa: E402
+from galaxylib.inference.classify import Classified, ImageInput, classify, path_name, printable  # noqa: E402
 from galaxylib.inference.predictor import TOP_K  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
@@ -57,52 +60,114 @@ def exiting_on_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _mode(path: Path) -> int:
+    """The ``st_mode`` of what ``path`` names (links followed); 0 when it cannot be stat'ed."""
+    try:
+        return os.stat(path).st_mode
+    except (OSError, ValueError):  # missing, a dead link, no permission; ValueError: a NUL in the name
+        return 0
+
+
+def _is_dir(path: Path) -> bool:
+    return stat.S_ISDIR(_mode(path))
+
+
 def _is_h5(path: Path) -> bool:
-    return path.suffix.lower() in H5_SUFFIXES and path.is_file()
+    """A regular file named like an h5; anything else so named (a FIFO...) gets the file path's error line."""
+    return path.suffix.lower() in H5_SUFFIXES and stat.S_ISREG(_mode(path))
 
 
 def _walk_images(folder: Path) -> Iterator[Path]:
-    """The images under a folder, by suffix, in walk order; a link whose target is gone is kept,
-    so that it gets its error line rather than vanishing from the output."""
-    return (
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or (p.is_symlink() and not p.exists()))
-    )
+    """The images under a folder, by suffix, in walk order. Whatever bears an image's suffix and
+    is not a folder is kept, a link whose target is gone or a FIFO too, so that it gets its
+    error line rather than vanishing from the output (a FIFO is never opened: classify)."""
+    return (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _is_dir(p))
 
 
 def folder_images(folder: Path) -> list[Path]:
     return sorted(_walk_images(folder))
 
 
+H5_CHUNK_ROWS = 64  # rows of an h5 read at once, at most
+H5_CHUNK_BYTES = 64 << 20  # ... and at most this many bytes of pixels (one row, if a row is bigger)
+
+
+def _h5_rows(src: Path) -> Iterator[ImageInput]:
+    """The rows of an h5, each named ``FILE[i]``: an h5 that cannot be used is one error line
+    saying why, and a row that cannot be read is that row's error line.
+
+    No labels are needed (``labels=False``). A listing h5 (``file_loc`` in place of ``images``)
+    gives its files, each read, and refused if need be, on its own.
+    """
+    import h5py
+
+    from galaxylib.data.galaxy10 import DatasetError, open_galaxy10
+
+    name = path_name(src)
+    try:
+        data = open_galaxy10(src, labels=False)
+        files = data.file_locations() if data.image_files else None
+    except (DatasetError, OSError, KeyError, ValueError) as exc:
+        yield ImageInput.unusable(name, str(exc).replace(str(src), name))
+        return
+    if data.n_images == 0:
+        yield ImageInput.unusable(name, f"{name}: holds no images (0 rows)")
+        return
+    if files is not None:
+        for i, loc in enumerate(files):
+            yield ImageInput.from_path(loc, name=f"{name}[{i}]")
+        return
+    from galaxylib.preprocessing import MAX_IMAGE_PIXELS
+
+    try:
+        with h5py.File(src, "r") as f:
+            images = f["images"]
+            height, width = images.shape[1:3]
+            if height * width > MAX_IMAGE_PIXELS:  # as a file that big is refused; nor is it read into memory
+                yield ImageInput.unusable(
+                    name, f"{name}: its {width}x{height} images are over the limit of {MAX_IMAGE_PIXELS:,} pixels"
+                )
+                return
+            rows = max(1, min(H5_CHUNK_ROWS, H5_CHUNK_BYTES // max(1, height * width * 3)))
+            for start in range(0, data.n_images, rows):
+                stop = min(start + rows, data.n_images)
+                try:
+                    chunk = images[start:stop]
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:  # a corrupt chunk
+                    for i in range(start, stop):
+                        yield ImageInput.unusable(f"{name}[{i}]", f"{name}[{i}]: cannot be read from the file ({exc})")
+                    continue
+                for j, img in enumerate(chunk):
+                    yield ImageInput.from_array(img, f"{name}[{start + j}]")
+    except (OSError, KeyError) as exc:  # replaced or removed since it was checked
+        yield ImageInput.unusable(name, f"{name}: can no longer be read ({exc})")
+
+
 def iter_inputs(inputs: list[Path]) -> Iterator[ImageInput]:
     """Every image named by the command line: files, the images in folders, the rows of h5 files."""
     for src in inputs:
-        if src.is_dir():
+        if _is_dir(src):
             for p in folder_images(src):
                 yield ImageInput.from_path(p)
         elif _is_h5(src):
-            from galaxylib.data.galaxy10 import open_galaxy10
-
-            for start, chunk in open_galaxy10(src).iter_chunks(64):
-                for j, img in enumerate(chunk):
-                    yield ImageInput.from_array(img, f"{src}[{start + j}]")
+            yield from _h5_rows(src)
         else:
             yield ImageInput.from_path(src)  # a missing or odd file gets its error line
 
 
 def count_inputs(inputs: list[Path]) -> int:
+    """The lines ``iter_inputs`` will give (for the progress bar): an h5 that cannot be used, or
+    holds no rows, counts one, as does any file."""
     total = 0
     for src in inputs:
-        if src.is_dir():
+        if _is_dir(src):
             total += len(folder_images(src))
         elif _is_h5(src):
-            import h5py
+            from galaxylib.data.galaxy10 import DatasetError, open_galaxy10
 
             try:
-                with h5py.File(src, "r") as f:
-                    total += int(f["images"].shape[0])
-            except (OSError, KeyError):
+                total += max(1, open_galaxy10(src, labels=False).n_images)
+            except DatasetError:
                 total += 1
         else:
             total += 1
@@ -119,7 +184,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "  confidence and topK_p are calibrated probabilities; in_distribution is false when\n"
         "  ood_score is above the model's threshold (model.json: ood.threshold); both are empty\n"
         "  for a model without the check; error is set, and the rest empty, for a file that\n"
-        "  could not be read.\n"
+        "  could not be read. filename is the path (an h5 row: FILE[i]); bytes of it that are\n"
+        "  not UTF-8 are written \\xHH, and a backslash \\\\, as in the database.\n"
         "Exit status: 0 when at least one image was classified, 1 when every input failed,\n"
         "  2 for bad arguments, an unusable model or database, or nothing to classify,\n"
         "  130 after Ctrl-C (the CSV is then not written).\n"
@@ -127,7 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "  Dask): predict.sh --model M --catalog CATALOG --out DIR (see docs/catalog.md).",
     )
     parser.add_argument("--model", required=True, type=Path, help="a models/<run> folder from train.sh")
-    parser.add_argument("inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5")
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, help="jpg/png files, folders of them, or a Galaxy10 .h5 (labels not needed)"
+    )
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
@@ -169,11 +237,12 @@ def csv_destination_problem(out: Path, named_as_folder: bool = False) -> str | N
 
 
 def csv_line(item: Classified, model_version: str, prediction_id: int | None) -> dict[str, str]:
+    """One CSV line; every text in it is valid UTF-8 (``printable``), whatever the names it quotes."""
     if not item.ok:
-        return {"filename": item.name, "model_version": model_version, "error": str(item.error)}
+        return {"filename": printable(item.name), "model_version": model_version, "error": printable(str(item.error))}
     p = item.prediction
     line = {
-        "filename": item.name,
+        "filename": printable(item.name),
         "predicted_class": p.predicted_class,
         "class_index": str(p.class_index),
         "confidence": f"{p.confidence:.6f}",
@@ -333,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(a == "--catalog" or a.startswith("--catalog=") for a in argv):
         return catalog_main(argv)
     args = parse_args(argv)
-    empty = [src for src in args.inputs if src.is_dir() and next(_walk_images(src), None) is None]  # stops at one
+    empty = [src for src in args.inputs if _is_dir(src) and next(_walk_images(src), None) is None]  # stops at one
     if empty and len(empty) == len(args.inputs):
         print(
             f"predict.sh: nothing to classify: {', '.join(map(str, empty))} holds no "
@@ -366,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
     try:
-        n_ok, n_err, errors = _classify_into_csv(args, predictor, store)
+        n_ok, n_err, errors, unlogged = _classify_into_csv(args, predictor, store)
     except KeyboardInterrupt:  # the CSV is written whole or not at all (atomic_path)
         exiting_on_ctrl_c()
         logged = f"; the predictions made so far are in {store.url}" if store is not None else ""
@@ -374,18 +443,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for line in errors:
         print(f"  skipped {line}", file=sys.stderr)
-    where = f"; {n_ok} rows logged to {store.url}" if store is not None else ""
-    print(f"Classified {n_ok} image(s), {n_err} could not be read{where}. CSV: {args.out}")
+    if unlogged:
+        from galaxylib.store.table import FILENAME_MAX_LENGTH
+
+        for name in unlogged:
+            print(
+                f"  not logged to the database (a name over {FILENAME_MAX_LENGTH} characters; the CSV has it): {name}",
+                file=sys.stderr,
+            )
+    where = f"; {n_ok - len(unlogged)} rows logged to {store.url}" if store is not None else ""
+    print(f"Classified {n_ok} image(s), {n_err} could not be read{where}. CSV: {path_name(args.out)}")
     return 0 if n_ok or not n_err else 1
 
 
-def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int, int, list[str]]:
-    """Every input into ``args.out`` (atomically) and the database: (classified, unreadable, why)."""
+def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int, int, list[str], list[str]]:
+    """Every input into ``args.out`` (atomically) and the database: (classified, unreadable, why,
+    the names classified but not logged). The CSV is UTF-8 whatever the locale. A name longer than
+    the database's filename column is classified and in the CSV, but not logged: PostgreSQL would
+    refuse the whole batch for it."""
     from galaxylib.store.records import prediction_row
+    from galaxylib.store.table import FILENAME_MAX_LENGTH
 
     n_ok = n_err = 0
     errors: list[str] = []
-    with atomic_path(args.out) as tmp_out, open(tmp_out, "w", newline="") as fh:
+    unlogged: list[str] = []
+    with atomic_path(args.out) as tmp_out, open(tmp_out, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         pending: list[ImageInput] = []
@@ -394,12 +476,15 @@ def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int,
             nonlocal n_ok, n_err
             results = classify(predictor, pending, forward_batch=args.batch_size)
             good = [r for r in results if r.ok]
-            records = store.add_many([prediction_row(r, "predict.sh") for r in good]) if store else []
-            ids = iter(rec.id for rec in records)
+            to_log = [r for r in good if len(r.name) <= FILENAME_MAX_LENGTH] if store else []
+            if store:
+                unlogged.extend(printable(r.name) for r in good if len(r.name) > FILENAME_MAX_LENGTH)
+            records = store.add_many([prediction_row(r, "predict.sh") for r in to_log]) if to_log else []
+            ids = {id(item): rec.id for item, rec in zip(to_log, records)}
             for item in results:
-                writer.writerow(csv_line(item, predictor.model_version, next(ids, None) if item.ok else None))
+                writer.writerow(csv_line(item, predictor.model_version, ids.get(id(item))))
                 if not item.ok:
-                    errors.append(str(item.error))
+                    errors.append(printable(str(item.error)))
             n_ok += len(good)
             n_err += len(results) - len(good)
             pending.clear()
@@ -412,7 +497,7 @@ def _classify_into_csv(args: argparse.Namespace, predictor, store) -> tuple[int,
                 flush()
         if pending:
             flush()
-    return n_ok, n_err, errors
+    return n_ok, n_err, errors, unlogged
 
 
 if __name__ == "__main__":

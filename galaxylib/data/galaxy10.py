@@ -45,9 +45,10 @@ class Galaxy10File:
             return np.asarray(f["ans"][:], dtype=np.int64)
 
     def file_locations(self) -> list[str]:
-        """A listing's image files, one per row (absolute paths)."""
+        """A listing's image files, one per row (absolute paths); a path that is not UTF-8 comes
+        back as ``os.fsdecode`` gives it, so that it still opens."""
         with h5py.File(self.path, "r") as f:
-            return [v.decode() if isinstance(v, bytes) else str(v) for v in f[FILES_DATASET][:]]
+            return [os.fsdecode(v) if isinstance(v, bytes) else str(v) for v in f[FILES_DATASET][:]]
 
     def read_images(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Raw uint8 cutouts (256x256) for the given indices (h5py wants them sorted)."""
@@ -90,33 +91,59 @@ class Galaxy10File:
         return dataset_fingerprint(self.path)
 
 
-def open_galaxy10(path: str | os.PathLike) -> Galaxy10File:
-    """Open and validate a Galaxy10-format h5 (real, synthetic or converted)."""
+def _dataset(f: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """``f[key]``, refused unless it is a dataset (a group or named type there has no rows)."""
+    item = f[key]
+    if not isinstance(item, h5py.Dataset):
+        kind = "a group" if isinstance(item, h5py.Group) else f"a {type(item).__name__}"
+        raise DatasetError(f"{path}: {key!r} must be a dataset, found {kind}")
+    return item
+
+
+def open_galaxy10(path: str | os.PathLike, *, labels: bool = True) -> Galaxy10File:
+    """Open and validate a Galaxy10-format h5 (real, synthetic or converted).
+
+    Training needs the labels: ``ans`` must hold a class index for every image. Predicting
+    needs none, so ``labels=False`` neither requires nor reads ``ans`` (an unlabelled survey
+    h5 can be classified); the images, or a listing's ``file_loc``, are checked the same way.
+    Anything that makes the file unusable is a ``DatasetError`` that says why.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"no dataset file at {path}")
     try:
+        if not path.is_file():
+            raise DatasetError(f"no dataset file at {path}")
         with h5py.File(path, "r") as f:
             image_files = "images" not in f and FILES_DATASET in f
-            missing = [k for k in ("images", "ans") if k not in f and not (k == "images" and image_files)]
+            required = ("images", "ans") if labels else ("images",)
+            missing = [k for k in required if k not in f and not (k == "images" and image_files)]
             if missing:
                 raise DatasetError(f"{path} is not in the Galaxy10 layout: missing {missing}")
-            images, ans = f[FILES_DATASET if image_files else "images"], f["ans"]
+            images = _dataset(f, FILES_DATASET if image_files else "images", path)
             if image_files and images.ndim != 1:
                 raise DatasetError(f"{path}: {FILES_DATASET!r} must list one file per row, got shape {images.shape}")
             if not image_files and (images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8):
-                raise DatasetError(f"{path}: 'images' must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-            if ans.shape != (images.shape[0],):
-                raise DatasetError(f"{path}: 'ans' has {ans.shape[0]} labels for {images.shape[0]} images")
+                raise DatasetError(
+                    f"{path}: 'images' must be uint8 (N, H, W, 3), channels last, got {images.dtype} {images.shape}"
+                )
             names = f.attrs.get("class_names")
             class_names = tuple(str(n) for n in names) if names is not None else CLASS_NAMES
-            labels = ans[:]
-            if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-                raise DatasetError(f"{path}: labels must be 0..{len(class_names) - 1} (its {len(class_names)} classes)")
+            if labels:
+                ans = _dataset(f, "ans", path)
+                if ans.shape != (images.shape[0],):
+                    raise DatasetError(f"{path}: 'ans' has shape {ans.shape} for {images.shape[0]} images")
+                values = ans[:]
+                if values.size and (values.min() < 0 or values.max() >= len(class_names)):
+                    raise DatasetError(
+                        f"{path}: labels must be 0..{len(class_names) - 1} (its {len(class_names)} classes)"
+                    )
             synthetic = bool(f.attrs.get("synthetic", False))
             return Galaxy10File(path, int(images.shape[0]), synthetic, class_names, image_files)
+    except DatasetError:
+        raise
     except OSError as exc:
         raise DatasetError(f"{path} is not a readable HDF5 file: {exc}") from exc
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # h5py's word for a broken link, odd dtype...
+        raise DatasetError(f"{path} cannot be read as a Galaxy10 h5: {exc}") from exc
 
 
 def dataset_fingerprint(path: str | os.PathLike) -> str:

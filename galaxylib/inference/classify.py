@@ -8,6 +8,9 @@ gets its own ``ImageError`` and never stops the others.
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +23,45 @@ from galaxylib.files import sha256_bytes
 from galaxylib.inference.predictor import Prediction, Predictor
 from galaxylib.preprocessing import ImageError, decode_image, preprocess_image
 
+_ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
+
+
+def path_name(path: str | bytes | os.PathLike) -> str:
+    r"""How a file's path is named in every output (the CSV, the database, messages).
+
+    A path is bytes, and not every path is UTF-8, but the CSV and a PostgreSQL text column take
+    only valid UTF-8. So the name is the path's bytes read as UTF-8, with each byte that is not
+    part of valid UTF-8 written as the backslash escape ``\xHH`` (two lower-case hex digits), and
+    each backslash written ``\\``: ``b"bad\xffname.jpg"`` is named ``bad\xffname.jpg`` (a
+    backslash, ``x``, ``f``, ``f``). A UTF-8 path without a backslash (nearly every path) is
+    named as it is, and :func:`path_from_name` gives back the exact bytes of any name.
+    """
+    return os.fsencode(path).replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
+
+
+def path_from_name(name: str) -> bytes:
+    """The path's bytes from its :func:`path_name` (e.g. to open the file a CSV line names)."""
+    parts = _ESCAPE.split(name)  # text, escape, text, escape, ..., text
+    return b"".join(
+        part.encode("utf-8") if i % 2 == 0 else b"\\" if part == "\\" else bytes([int(part[1:], 16)])
+        for i, part in enumerate(parts)
+    )
+
+
+def printable(text: str) -> str:
+    r"""``text`` as valid UTF-8, for a message that may quote a path that is not UTF-8 (its bytes
+    come through Python as lone surrogates, which no UTF-8 writer takes): each such byte becomes
+    ``\xHH``, as in :func:`path_name`."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")  # the bytes os.fsdecode escaped
+        except UnicodeEncodeError:  # some other lone surrogate
+            raw = text.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+    return text
+
 
 @dataclass(frozen=True)
 class ImageInput:
@@ -29,10 +71,12 @@ class ImageInput:
     data: bytes | None = None  # an encoded JPEG/PNG
     path: Path | None = None  # a file, read when classified
     array: np.ndarray | None = None  # uint8 (H, W, 3), a Galaxy10 h5 row
+    problem: str | None = None  # why it cannot be classified, known before any read (an unusable h5)
 
     @classmethod
     def from_path(cls, path: str | Path, name: str | None = None) -> ImageInput:
-        return cls(name=name or str(path), path=Path(path))
+        """A file, named by :func:`path_name` unless ``name`` is given."""
+        return cls(name=name or path_name(path), path=Path(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, name: str) -> ImageInput:
@@ -41,6 +85,12 @@ class ImageInput:
     @classmethod
     def from_array(cls, array: np.ndarray, name: str) -> ImageInput:
         return cls(name=name, array=array)
+
+    @classmethod
+    def unusable(cls, name: str, problem: str) -> ImageInput:
+        """An input that is never read and gets an error line saying ``problem`` (e.g. an h5
+        that is not in the Galaxy10 layout): a line of its own, like a file that cannot be read."""
+        return cls(name=name, problem=printable(problem))
 
 
 @dataclass
@@ -69,23 +119,71 @@ class Classified:
         return self.decode_ms + self.forward_ms
 
 
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _refusal(mode: int, label: str) -> ImageError | None:
+    """Why a file of this ``st_mode`` is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return ImageError(f"{label}: is a folder, not an image")
+    return ImageError(f"{label}: not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'of an odd type')})")
+
+
+def read_regular_file(path: Path, label: str) -> bytes:
+    """The bytes of the regular file at ``path``; anything else is an ``ImageError`` naming ``label``.
+
+    A FIFO, socket or device is refused from its ``stat``, never opened: reading a FIFO with no
+    writer blocks forever, and a device may never end. Should the path be swapped for one of
+    those between the check and the open, the open does not block (``O_NONBLOCK``) and the type
+    is checked again on what was opened.
+    """
+    try:
+        refused = _refusal(os.stat(path).st_mode, label)
+        if refused is not None:
+            raise refused
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:  # closes fd whatever happens; O_NONBLOCK changes nothing for a regular file
+            refused = _refusal(os.fstat(fd).st_mode, label)
+            if refused is not None:
+                raise refused
+            return fh.read()
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # a NUL in the name (a listing or catalogue can hold one)
+        raise ImageError(f"{label}: cannot be read ({exc})") from exc
+
+
 def _read(item: ImageInput) -> tuple[Image.Image, bytes]:
+    if item.problem is not None:
+        raise ImageError(item.problem)
     if item.array is not None:
-        image = decode_image(item.array)
+        try:
+            image = decode_image(item.array)
+        except ImageError as exc:  # an array's error names no row: say which, as a file's does
+            raise type(exc)(f"{item.name}: {exc}") from exc
         return image, np.ascontiguousarray(item.array).tobytes()
-    data = item.data
+    data, label = item.data, item.name
     if data is None:
         if item.path is None:
             raise ImageError(f"{item.name}: nothing to read")
-        try:
-            data = item.path.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{item.name}: no such file") from None
-        except IsADirectoryError:
-            raise ImageError(f"{item.name}: is a folder, not an image") from None
-        except OSError as exc:
-            raise ImageError(f"{item.name}: cannot be read ({exc.strerror or exc})") from exc
-    return decode_image(data, name=item.name), data
+        shown = path_name(item.path)
+        if shown != item.name:  # e.g. row 3 of a listing h5: say which file
+            label = f"{item.name} ({shown})"
+        data = read_regular_file(item.path, label)
+    return decode_image(data, name=label), data
 
 
 def classify(

@@ -15,6 +15,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 MetadataJSON = JSON().with_variant(JSONB(), "postgresql")
+# The longest ``filename`` a row holds: PostgreSQL refuses a longer one (SQLite would take it;
+# predict.sh keeps to the limit on both, and names a file by its path: classify.path_name).
+FILENAME_MAX_LENGTH = 512
 
 
 class Base(DeclarativeBase):
@@ -29,7 +32,7 @@ class PredictionRecord(Base):
     __tablename__ = "predictions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    filename: Mapped[str] = mapped_column(String(512), nullable=False)
+    filename: Mapped[str] = mapped_column(String(FILENAME_MAX_LENGTH), nullable=False)
     predicted_class: Mapped[str] = mapped_column(String(64), nullable=False)
     confidence: Mapped[float] = mapped_column(Float, nullable=False)
     # "metadata" is reserved on declarative classes, so the attribute is ``meta``.

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from galaxylib.catalog.sources.base import ID_COLUMN, CatalogError, ShardInput, ShardSpec, Source, canonical_checksum
-from galaxylib.inference.classify import ImageInput
+from galaxylib.inference.classify import ImageInput, path_name
 
 
 class H5Source(Source):
-    """A Galaxy10-format h5: work shard i is rows [i * shard_rows, ...), read a chunk at a time."""
+    """A Galaxy10-format h5: work shard i is rows [i * shard_rows, ...), read a chunk at a time.
+    Labels (``ans``) are not needed to predict; when present they pass through like any column."""
 
     kind = "h5"
 
@@ -21,7 +22,7 @@ class H5Source(Source):
 
         self.path = Path(path)
         try:
-            self.data = open_galaxy10(self.path)
+            self.data = open_galaxy10(self.path, labels=False)
         except DatasetError as exc:
             raise CatalogError(str(exc)) from exc
         self._columns = self._find_columns()
@@ -64,7 +65,7 @@ class H5Source(Source):
         stop = spec.start + int(spec.rows or 0)
         with h5py.File(self.path, "r") as f:
             columns: dict[str, Any] = {
-                ID_COLUMN: pa.array([f"{self.path.name}[{i}]" for i in range(spec.start, stop)], pa.string())
+                ID_COLUMN: pa.array([f"{path_name(self.path.name)}[{i}]" for i in range(spec.start, stop)], pa.string())
             }
             for name in self._columns:
                 values = f[name][spec.start : stop]
