@@ -211,6 +211,7 @@ def classify(
             out.image, out.model_input = image, model_input
         arrays.append(model_input)
         good.append(out)
+        del image, raw  # freed before the next decode: two full frames at once would double the peak
     for start in range(0, len(good), max(1, forward_batch)):
         part = arrays[start : start + forward_batch]
         batch = part[0][None] if len(part) == 1 else np.stack(part)  # [None] is a view, no copy
