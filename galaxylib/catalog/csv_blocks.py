@@ -4,9 +4,8 @@ Where one record ends is pyarrow's call, not this module's: ``pyarrow.csv.open_c
 ``newlines_in_values=True`` cuts its blocks with the same rules as its parser (a quote opens a
 quoted field only at the start of a field, so ``img"1.jpg`` is a plain value; a quoted field may
 hold commas, doubled quotes and line breaks). Whatever ``pyarrow.csv.read_csv`` accepts with
-``PARSE_OPTIONS``, this reader accepts, with the same rows. (An earlier version cut the file
-itself by counting quotes: a stray quote in an unquoted field made it cut inside a later quoted
-field, and a valid catalogue was refused.)
+``PARSE_OPTIONS``, this reader accepts, with the same rows (counting quotes to find record ends
+would cut inside a quoted field after a stray quote in an unquoted one).
 
 Memory: the streaming reader reads at most 32 blocks ahead of its consumer (Arrow's background
 generator), so the peak is a few megabytes whatever the file's size. Measured here (pyarrow 26):
