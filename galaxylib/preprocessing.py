@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -65,12 +66,59 @@ def preprocessing_contract(image_size: int, crop: float = 1.0) -> dict:
     }
 
 
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _refusal(mode: int, label: str) -> ImageError | None:
+    """Why a file of this ``st_mode`` is not read, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return ImageError(f"{label}: is a folder, not an image")
+    return ImageError(f"{label}: not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'of an odd type')})")
+
+
+def read_regular_file(path: Path, label: str) -> bytes:
+    """The bytes of the regular file at ``path``; anything else is an ``ImageError`` naming ``label``.
+
+    A FIFO, socket or device is refused from its ``stat``, never opened: reading a FIFO with no
+    writer blocks forever, and a device may never end. Should the path be swapped for one of
+    those between the check and the open, the open does not block (``O_NONBLOCK``) and the type
+    is checked again on what was opened.
+    """
+    try:
+        refused = _refusal(os.stat(path).st_mode, label)
+        if refused is not None:
+            raise refused
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with open(fd, "rb") as fh:  # closes fd whatever happens; O_NONBLOCK changes nothing for a regular file
+            refused = _refusal(os.fstat(fd).st_mode, label)
+            if refused is not None:
+                raise refused
+            return fh.read()
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{label}: is a folder, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # a NUL in the name (a listing or catalogue can hold one)
+        raise ImageError(f"{label}: cannot be read ({exc})") from exc
+
+
 def _read_bytes(source: ImageSource) -> tuple[bytes, str]:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source), ""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        return path.read_bytes(), path.name
+        return read_regular_file(path, path.name), path.name
     if hasattr(source, "read"):
         return source.read(), str(getattr(source, "name", ""))
     raise TypeError(f"cannot read an image from {type(source).__name__}")

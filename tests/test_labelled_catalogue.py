@@ -130,7 +130,7 @@ def test_unreadable_images_are_listed_and_left_out_up_to_the_limit(real_rows, tm
     assert data.n_images == len(real_rows)
     listed = json.loads(data.path.with_name(data.path.stem + ".unreadable.json").read_text())["left_out"]
     assert [Path(r["file"]).name for r in listed] == ["broken.jpg", "missing.jpg"]
-    assert "FileNotFoundError" in listed[1]["error"]
+    assert "no such file" in listed[1]["error"]
 
 
 def test_a_stopped_preparation_resumes_where_it_stopped(real_rows, tmp_path, monkeypatch):
@@ -230,3 +230,20 @@ def test_a_catalogue_of_real_cutouts_trains_end_to_end_and_its_model_classifies(
     )
     assert classified.returncode == 0, classified.stderr
     assert {row["predicted_class"] for row in csv.DictReader(open(out))} <= {"disk", "round"}
+
+
+def test_a_fifo_in_a_catalogue_is_listed_as_unreadable_not_waited_on(real_rows, tmp_path):
+    """A FIFO with no writer would block a reader forever: it is refused from its stat, unopened."""
+    os.mkfifo(tmp_path / "cat" / "cutouts" / "pipe.jpg")
+    rows = [*real_rows, {"id_str": "pipe", "file_loc": "cutouts/pipe.jpg", "shape": "disk"}]
+    catalogue = write_catalogue(tmp_path / "cat" / "labels.parquet", rows)
+    script = (
+        "import json, sys; from pathlib import Path; from galaxylib.data.resolve import resolve_dataset; "
+        f"d = resolve_dataset({str(catalogue)!r}, workdir=Path({str(tmp_path / 'data')!r}), label_column='shape', "
+        "show_progress=False, max_unreadable=1); "
+        "print(json.dumps(json.loads(d.path.with_name(d.path.stem + '.unreadable.json').read_text())['left_out']))"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    (left_out,) = json.loads(run.stdout.strip().splitlines()[-1])
+    assert Path(left_out["file"]).name == "pipe.jpg" and "not a regular file (a FIFO)" in left_out["error"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from PIL import Image
 
 from galaxylib.files import sha256_bytes
 from galaxylib.inference.predictor import Prediction, Predictor
-from galaxylib.preprocessing import ImageError, decode_image, preprocess_image
+from galaxylib.preprocessing import ImageError, decode_image, preprocess_image, read_regular_file
 
 _ESCAPE = re.compile(r"\\(\\|x[0-9a-f]{2})")
 
@@ -117,53 +116,6 @@ class Classified:
     @property
     def latency_ms(self) -> float:
         return self.decode_ms + self.forward_ms
-
-
-_FILE_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-
-
-def _refusal(mode: int, label: str) -> ImageError | None:
-    """Why a file of this ``st_mode`` is not read, or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return ImageError(f"{label}: is a folder, not an image")
-    return ImageError(f"{label}: not a regular file ({_FILE_KINDS.get(stat.S_IFMT(mode), 'of an odd type')})")
-
-
-def read_regular_file(path: Path, label: str) -> bytes:
-    """The bytes of the regular file at ``path``; anything else is an ``ImageError`` naming ``label``.
-
-    A FIFO, socket or device is refused from its ``stat``, never opened: reading a FIFO with no
-    writer blocks forever, and a device may never end. Should the path be swapped for one of
-    those between the check and the open, the open does not block (``O_NONBLOCK``) and the type
-    is checked again on what was opened.
-    """
-    try:
-        refused = _refusal(os.stat(path).st_mode, label)
-        if refused is not None:
-            raise refused
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-        with open(fd, "rb") as fh:  # closes fd whatever happens; O_NONBLOCK changes nothing for a regular file
-            refused = _refusal(os.fstat(fd).st_mode, label)
-            if refused is not None:
-                raise refused
-            return fh.read()
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError(f"{label}: no such file") from None
-    except IsADirectoryError:
-        raise ImageError(f"{label}: is a folder, not an image") from None
-    except OSError as exc:
-        raise ImageError(f"{label}: cannot be read ({exc.strerror or exc})") from exc
-    except ValueError as exc:  # a NUL in the name (a listing or catalogue can hold one)
-        raise ImageError(f"{label}: cannot be read ({exc})") from exc
 
 
 def _read(item: ImageInput) -> tuple[Image.Image, bytes]:
