@@ -85,6 +85,9 @@ def test_preparation_decodes_the_files_straight_to_the_model_size_with_no_256px_
     first = tmp_path / "cat" / real_rows[0]["file_loc"]
     np.testing.assert_array_equal(pixels[0].astype(np.float32), load_image(first, 40, 0.8))  # as served
     assert data.read_images([0]).shape == (1, 256, 256, 3)  # galleries still see the cutout
+    picked = data.read_images([3, 1, 3])  # any order, repeats allowed, as for an h5 of pixels
+    np.testing.assert_array_equal(picked, np.stack([data.read_images([i])[0] for i in (3, 1, 3)]))
+    assert not np.array_equal(picked[0], picked[1])
 
 
 def test_another_size_is_decoded_from_the_files_and_a_vanished_file_is_named(real_rows, tmp_path):

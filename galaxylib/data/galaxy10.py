@@ -44,23 +44,30 @@ class Galaxy10File:
         with h5py.File(self.path, "r") as f:
             return np.asarray(f["ans"][:], dtype=np.int64)
 
-    def file_locations(self) -> list[str]:
-        """A listing's image files, one per row (absolute paths); a path that is not UTF-8 comes
-        back as ``os.fsdecode`` gives it, so that it still opens."""
+    def file_locations(self, indices: np.ndarray | None = None) -> list[str]:
+        """A listing's image files (absolute paths), of every row or of ``indices`` only (a chunk
+        of a 300,000-row listing reads its own rows, not the whole column); a path that is not
+        UTF-8 comes back as ``os.fsdecode`` gives it, so that it still opens."""
         with h5py.File(self.path, "r") as f:
-            return [os.fsdecode(v) if isinstance(v, bytes) else str(v) for v in f[FILES_DATASET][:]]
+            column = f[FILES_DATASET]
+            if indices is None:
+                values = column[:]
+            else:
+                rows, where = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)
+                values = column[rows][where] if len(rows) else column[:0]
+            return [os.fsdecode(v) if isinstance(v, bytes) else str(v) for v in values]
 
     def read_images(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Raw uint8 cutouts (256x256) for the given indices (h5py wants them sorted)."""
         idx = np.asarray(indices, dtype=np.int64)
         if self.image_files:
-            files = self.file_locations()
+            files = self.file_locations(idx)
             out = np.empty((len(idx), CUTOUT_SIZE, CUTOUT_SIZE, 3), np.uint8)
-            for j, i in enumerate(idx):
+            for j, (i, file) in enumerate(zip(idx, files)):
                 try:
-                    out[j] = preprocess_uint8(decode_image(Path(files[i])), CUTOUT_SIZE)
+                    out[j] = preprocess_uint8(decode_image(Path(file)), CUTOUT_SIZE)
                 except (OSError, ImageError) as exc:
-                    raise DatasetError(f"{files[i]} (row {i} of {self.path.name}) cannot be read: {exc}") from exc
+                    raise DatasetError(f"{file} (row {i} of {self.path.name}) cannot be read: {exc}") from exc
             return out
         order = np.argsort(idx)
         with h5py.File(self.path, "r") as f:
