@@ -20,13 +20,15 @@ from galaxylib.files import atomic_path
 from galaxylib.modeling.layer_names import MORPHOLOGY, features_layer
 from galaxylib.modeling.model import backbone_of, head_on_features
 from galaxylib.modeling.orientation import VIEWS, orient
+from galaxylib.modeling.scratch_cnn import is_fused
 from galaxylib.modeling.training import TrainParams, class_weights, training_loss
 
 
 def feature_views(start: str) -> tuple:
-    """The views head mode computes for a start: all 8, or one for the morphology
-    measurements, which are the same in every orientation."""
-    return VIEWS[:1] if start == MORPHOLOGY else VIEWS
+    """The views head mode computes for a start: all 8, or one for a backbone that is the same
+    in every orientation: the morphology measurements, and a fused backbone (its CNN averages
+    over the 8 views inside the graph)."""
+    return VIEWS[:1] if start == MORPHOLOGY or is_fused(start) else VIEWS
 
 
 def view_features(

@@ -10,6 +10,10 @@ the start:
 - ``morphology``: no network at all: 94 classical measurements of the light (concentration,
   asymmetry, clumpiness, colour, isophote shape; ``galaxylib/modeling/morphology.py``),
   computed in the graph. Nothing in it trains, so it goes with ``train.mode: head``;
+- ``scratch-small``: a small CNN from scratch, sized for a CPU (``scratch_cnn.py``), with
+  ``train.mode: full``;
+- ``morphology+scratch-small``: both side by side: the CNN trains first, then a head reads its
+  features beside the measurements (``train.mode: head``);
 - ``none``: EfficientNetB0 from scratch.
 The backbone's features come from its layer ``avg_pool`` (pooled; ``morphology`` for the
 morphology backbone: ``features_layer``); the head's layers are named
@@ -28,6 +32,7 @@ import numpy as np
 from galaxylib.classes import NUM_CLASSES as GALAXY10_CLASSES
 from galaxylib.config import CACHE_DIR, user_path
 from galaxylib.modeling.layer_names import MORPHOLOGY, features_layer
+from galaxylib.modeling.scratch_cnn import FUSED_SEPARATOR, SCRATCH, ScratchParams, fused_parts, is_fused
 
 LITE_VARIANTS = ("lite0", "lite1", "lite2")
 
@@ -60,6 +65,8 @@ class ModelParams:
     # The saved model averages its answer over the 8 rotations and flips of the input
     # (galaxylib/modeling/orientation.py): better accuracy for 8x the inference cost.
     average_orientations: bool = False
+    # the scratch-small CNN's shape and its own training (galaxylib/modeling/scratch_cnn.py)
+    scratch: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> ModelParams:
@@ -72,8 +79,10 @@ def describe_weights(weights: str | None) -> str:
     value = str(weights or "none").strip()
     if value.lower() in ("none", "null", "random", ""):
         return "none"
-    if value.lower() in ("imagenet", MORPHOLOGY, *LITE_VARIANTS):
+    if value.lower() in ("imagenet", MORPHOLOGY, SCRATCH, *LITE_VARIANTS):
         return value.lower()
+    if is_fused(value):
+        return FUSED_SEPARATOR.join(describe_weights(part) for part in fused_parts(value))
     path = user_path(value)
     if path.is_dir():
         from galaxylib.artifact import read_sidecar
@@ -145,6 +154,15 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
         from galaxylib.modeling.morphology import build_morphology
 
         return build_morphology(int(params.image_size))
+    if key == SCRATCH:
+        from galaxylib.modeling.scratch_cnn import build_scratch_backbone
+
+        return build_scratch_backbone(int(params.image_size), ScratchParams.from_dict(params.scratch))
+    if is_fused(key):
+        raise WeightsError(
+            f"weights {spec!r}: a fused start's CNN trains on the data first "
+            "(galaxylib.modeling.train_modes.fit_classifier builds it)"
+        )
     if key == "none":
         return _efficientnet_b0(params, None)
     if key == "imagenet":
@@ -155,7 +173,8 @@ def build_backbone(params: ModelParams, weights_cache: Path | None = None):
     if path.is_file():
         return _efficientnet_b0(params, str(path))
     raise WeightsError(
-        f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), morphology, none, "
+        f"weights {spec!r}: use imagenet (needs internet), lite0/lite1/lite2 (no network), morphology, "
+        f"{SCRATCH}, morphology+{SCRATCH}, none, "
         "a models/<run> folder, or a path to EfficientNetB0 no-top weights (.h5); "
         f"{path} does not exist"
     )
@@ -188,13 +207,22 @@ def build_head(params: ModelParams, n_features: int, n_classes: int):
     return keras.Model(inputs, x, name="head")
 
 
-def build_model(params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_cache: Path | None = None):
-    """Backbone + head as one flat Keras model (its layers are the backbone's, then the head's)."""
+def build_model(
+    params: ModelParams, n_classes: int = GALAXY10_CLASSES, weights_cache: Path | None = None, backbone=None
+):
+    """Backbone + head as one flat Keras model (its layers are the backbone's, then the head's).
+    ``backbone``: one already built (a fused start's, whose CNN has trained), else ``params.weights``'."""
     import keras
 
-    base = build_backbone(params, weights_cache)
-    fresh = describe_weights(params.weights) == "none"
-    set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
+    base = backbone if backbone is not None else build_backbone(params, weights_cache)
+    start = describe_weights(params.weights)
+    fresh = start == "none"
+    if start == SCRATCH:  # fresh weights, every one of them trains (BatchNormalization too)
+        set_trainable_layers(base, "all", freeze_batchnorm=False)
+    elif is_fused(start):  # its CNN has trained already; the head reads its features
+        set_trainable_layers(base, 0, freeze_batchnorm=True)
+    else:
+        set_trainable_layers(base, params.trainable_layers, params.freeze_batchnorm)
     if params.zero_init_residual and fresh:  # pretrained branches are kept as trained
         for layer in base.layers:
             if layer.name.endswith("_add"):  # blockNx_add joins the residual branch

@@ -86,6 +86,12 @@ def _layers():
     return OrientationViews, OrientationMean
 
 
+def view_layers() -> tuple:
+    """The two layer classes (views, mean), for a model that averages part of itself over the
+    8 orientations (galaxylib/modeling/scratch_cnn.py)."""
+    return _layers()
+
+
 def register() -> None:
     """Make the layers known to Keras, so that ``load_model`` can rebuild an averaged model."""
     _layers()
@@ -114,7 +120,8 @@ def with_orientation_average(network, output_names: tuple[str, ...] = ("orientat
 def inner_network(model):
     """The classifier inside an orientation-averaged model, or None for a plain one."""
     views_layer, _ = _layers()
-    if not any(isinstance(layer, views_layer) for layer in model.layers):
+    # by name: a fused backbone's CNN makes its own views in the graph (``cnn_views``) and holds no network
+    if not any(isinstance(layer, views_layer) and layer.name == "orientation_views" for layer in model.layers):
         return None
     nested = [layer for layer in model.layers if hasattr(layer, "layers")]
     if len(nested) != 1:

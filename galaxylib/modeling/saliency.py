@@ -10,7 +10,10 @@ feature map by the mean gradient of the class score, sum, keep the positive part
 In EfficientNetB0 that map is ``top_activation`` (the activated ``top_conv``), in
 EfficientNet-Lite ``head_activation``: ``image_size / 32`` pixels on a side, 7x7 at 224 px. The
 morphology backbone (galaxylib/modeling/morphology.py) has no convolutions: its map is gradient
-x input on its ``sky_subtracted`` image, at full resolution. For an
+x input on its ``sky_subtracted`` image, at full resolution. A fused backbone (measurements beside
+a small CNN, galaxylib/modeling/scratch_cnn.py) shows its CNN's map, ``cnn_activation``: the CNN
+reads the 8 views of the image inside the graph, so its 8 maps are turned back and averaged;
+how much of the answer came from the measurements is not shown. For an
 orientation-averaged model (galaxylib/orientation.py) the map is the mean of the
 network's maps for the 8 views, each turned back to the input's orientation.
 """
@@ -22,7 +25,8 @@ from PIL import Image
 
 # The last convolutional feature map, activated: EfficientNetB0's, then EfficientNet-Lite's;
 # for the morphology backbone, the sky-subtracted image its measurements read.
-FEATURE_MAP_LAYERS = ("top_activation", "head_activation", "sky_subtracted")
+# For a fused backbone, its CNN's last map (it comes before the measurements' image).
+FEATURE_MAP_LAYERS = ("top_activation", "head_activation", "cnn_activation", "sky_subtracted")
 DEFAULT_COLORMAP = "turbo"
 
 
@@ -55,6 +59,8 @@ class GradCam:
         # An image-like map (the morphology backbone's 3 colours) gets gradient x input per pixel:
         # Grad-CAM's one weight per channel would only re-colour the galaxy's own light.
         self.per_pixel = int(layer.output.shape[-1]) <= 3
+        # a map made from the 8 views of the image inside the graph (a fused backbone's CNN)
+        self.map_has_views = layer_name == "cnn_activation" and "cnn_views" in names
         # One forward pass gives both the feature map and the class probabilities.
         self._grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
 
@@ -83,6 +89,11 @@ class GradCam:
 
             views = self.model.get_layer("orientation_views")(batch)
             cams = self._cams(views, np.tile(classes, N_VIEWS))
+            cams = view_maps_back(cams.reshape(N_VIEWS, len(batch), *cams.shape[1:])).mean(axis=0)
+        elif self.map_has_views:  # (8N, h, w), view-major: each turned back, then averaged
+            from galaxylib.modeling.orientation import N_VIEWS, view_maps_back
+
+            cams = self._cams(batch, classes)
             cams = view_maps_back(cams.reshape(N_VIEWS, len(batch), *cams.shape[1:])).mean(axis=0)
         else:
             cams = self._cams(batch, classes)

@@ -18,6 +18,7 @@ import numpy as np
 from galaxylib.data.split import Split
 from galaxylib.modeling.layer_names import MORPHOLOGY
 from galaxylib.modeling.model import ModelParams, build_model, compile_model, describe_weights
+from galaxylib.modeling.scratch_cnn import SCRATCH, ScratchParams, fused_parts, is_fused
 from galaxylib.modeling.training import MODES, TrainParams, train_model
 
 
@@ -61,6 +62,26 @@ def check_mode(model_params: ModelParams, train_params: TrainParams) -> str:
         raise ValueError(
             f"the morphology start has no weights to train: use train.mode head, not {train_params.mode!r}"
         )
+    if start == SCRATCH and train_params.mode != "full":
+        raise ValueError(
+            f"the {SCRATCH} start is a CNN with fresh weights: use train.mode full, not {train_params.mode!r}"
+        )
+    if is_fused(start):
+        parts = fused_parts(start)
+        if sorted(parts) != sorted({MORPHOLOGY, SCRATCH}):
+            raise ValueError(f"weights {start!r}: a fused start is {MORPHOLOGY}+{SCRATCH} (each once)")
+        if model_params.average_orientations:
+            raise ValueError(
+                f"the fused start {start} is orientation-invariant already (its CNN averages its features "
+                "over the 8 views): set model.average_orientations false"
+            )
+        if train_params.mode != "head":
+            raise ValueError(
+                f"the fused start {start} trains its CNN first, then a head on both feature sources: "
+                f"use train.mode head, not {train_params.mode!r}"
+            )
+    if SCRATCH in fused_parts(start):
+        ScratchParams.from_dict(model_params.scratch)  # unknown settings named before any work
     return start
 
 
@@ -75,9 +96,14 @@ def features_cache_file(cache_dir: Path, dataset_key: str, start: str, image_siz
     return cache_dir / "features" / f"{dataset_key[:16]}_{tag}_{image_size}px_crop{crop:.3f}.npy"
 
 
-def describe_architecture(start: str, mode: str) -> str:
+def describe_architecture(start: str, mode: str, scratch: ScratchParams | None = None) -> str:
     if start == MORPHOLOGY:
         return f"morphology measurements + MLP head ({mode} training)"
+    if SCRATCH in fused_parts(start):
+        cnn = f"small CNN from scratch ({scratch.size} px, {'-'.join(map(str, scratch.filters))} filters)"
+        if is_fused(start):
+            return f"morphology measurements + {cnn}, averaged over 8 orientations, + MLP head"
+        return f"{cnn} + MLP head ({mode} training)"
     network = "EfficientNet-" + start.title() if start.startswith("lite") else "EfficientNetB0"
     return f"{network} ({start} start, {mode} training)"
 
@@ -110,9 +136,22 @@ def fit_classifier(
     )
     keras.utils.set_random_seed(int(train_params.seed))
     mixed = use_mixed_precision(train_params.mixed_precision) and train_params.mode != "head"
+    scratch = ScratchParams.from_dict(model_params.scratch) if SCRATCH in fused_parts(start) else None
+    cnn_history: dict[str, list[float]] = {}
+    backbone = None
+    if is_fused(start):  # the CNN learns from the labelled galaxies first; the head reads it frozen
+        from galaxylib.modeling.scratch_cnn import fit_scratch_cnn, fused_backbone, weights_digest
+
+        size = int(model_params.image_size)
+        cnn = fit_scratch_cnn(size, scratch, train_params, images, labels, split, n_classes)
+        cnn_history = cnn.history
+        backbone = fused_backbone(size, fused_parts(start), cnn)
+        start_key = f"{start}-{weights_digest(cnn.layers)}"  # the feature cache belongs to these weights
+    else:
+        start_key = start
     with precision_policy(mixed):
         with placement.strategy.scope():
-            model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights")
+            model = build_model(model_params, n_classes, weights_cache=cache_dir / "weights", backbone=backbone)
         train_features = feature_rows = None
         if train_params.mode == "full":
             history = train_model(
@@ -123,10 +162,11 @@ def fit_classifier(
                 model,
                 images,
                 show_progress=show_progress,
-                cache_file=features_cache_file(cache_dir, dataset_key, start, model_params.image_size, crop),
+                cache_file=features_cache_file(cache_dir, dataset_key, start_key, model_params.image_size, crop),
                 views=feature_views(start),
             )
             history = train_head(model, features, labels, split, train_params, n_classes, on_epoch=on_epoch)
+            history = {**history, **cnn_history}
             if train_params.mode == "finetune":
                 compile_model(model, model_params.learning_rate)  # the head's weights stay as trained
                 head_history = {f"head_{k}": v for k, v in history.items()}
@@ -148,7 +188,7 @@ def fit_classifier(
         model=model,
         history=history,
         start=start,
-        architecture=describe_architecture(start, train_params.mode),
+        architecture=describe_architecture(start, train_params.mode, scratch),
         strategy=placement.name,
         replicas=placement.replicas,
         train_features=train_features,

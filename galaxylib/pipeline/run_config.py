@@ -110,6 +110,13 @@ def validate_config(config: dict) -> None:
         bad = set(config[section]) - _known(section)
         if bad:
             raise ConfigError(f"unknown {section} parameters: {sorted(bad)}")
+    if config["model"].get("scratch"):
+        from galaxylib.modeling.scratch_cnn import ScratchParams
+
+        try:
+            ScratchParams.from_dict(config["model"]["scratch"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
     size = int(config["image_size"])
     if not 32 <= size <= 600:
         raise ConfigError(f"image_size must be between 32 and 600, got {size}")
