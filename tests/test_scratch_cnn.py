@@ -63,6 +63,7 @@ def train(config, tiny_data, name: str):
 
 @pytest.mark.slow
 def test_the_fused_start_trains_its_cnn_then_a_head_on_both_and_serves_as_one_model(tiny_data):
+    from galaxylib.catalog.shards import orientation_views
     from galaxylib.inference.predictor import Predictor
     from galaxylib.modeling import loading
     from galaxylib.modeling.morphology import MEASUREMENTS
@@ -74,6 +75,7 @@ def test_the_fused_start_trains_its_cnn_then_a_head_on_both_and_serves_as_one_mo
 
     artifact = result["artifact"]
     assert artifact.sidecar["params"]["start"] == FUSED
+    assert orientation_views(artifact) == 8  # what a catalogue run records: its CNN reads 8 views
     assert "morphology measurements + small CNN from scratch (16 px, 4-8 filters)" in artifact.sidecar["architecture"]
     history = result["history"]
     assert len(history["cnn_loss"]) == 2 and "loss" in history  # the CNN's epochs, then the head's

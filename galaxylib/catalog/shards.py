@@ -50,10 +50,12 @@ def part_name(index: int) -> str:
 
 
 def orientation_views(artifact: Artifact) -> int:
-    """8 when the exported graph averages the 8 rotations and flips, else 1 (one decode either way)."""
+    """8 when the exported graph averages the 8 rotations and flips (the whole classifier, or a
+    fused start's CNN branch), else 1 (one decode either way)."""
     params = artifact.sidecar.get("params") or {}
     model = params.get("model") if isinstance(params.get("model"), dict) else {}
-    return 8 if bool(params.get("average_orientations") or model.get("average_orientations")) else 1
+    fused_cnn = "+" in str(params.get("start", "")) and "scratch-small" in str(params.get("start", ""))
+    return 8 if bool(params.get("average_orientations") or model.get("average_orientations") or fused_cnn) else 1
 
 
 def model_sha256(artifact: Artifact) -> str:

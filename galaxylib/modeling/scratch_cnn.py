@@ -225,7 +225,7 @@ def fused_backbone(image_size: int, parts: list[str], trained_cnn: TrainedCNN | 
                 raise ValueError("the fused backbone's CNN must be trained first (fit_scratch_cnn)")
             views_layer, mean_layer = view_layers()
             pool = downsample_layer(image_size, ScratchParams(size=trained_cnn.size))
-            x = pool(inputs) if pool is not None else inputs  # the views of the small image: 8x cheaper
+            x = pool(inputs) if pool is not None else inputs  # the views are made of the small image
             views = views_layer(name=CNN_VIEWS)(x)
             outputs.append(mean_layer(name=CNN_VIEW_MEAN)(chain(trained_cnn.layers, views)))
         else:
