@@ -64,12 +64,12 @@ class Settings:
     max_upload_mb: float = 16.0
     max_batch: int = 32
     # Interpreter threads per worker. All cores gives the lowest latency for one request and
-    # the best batch throughput; 1 gives ~7% more images/s when many clients post at once
+    # the best batch throughput; 1 gives ~19% more images/s when 8 clients post at once
     # (docs/performance.md).
     num_threads: int = field(default_factory=cpu_cores)
     # Images per forward pass; a larger request runs in several. EfficientNetB0 at 224 px needs
     # ~15 MB of activations per image, so 8 keeps a worker near 200 MB instead of ~540 MB at 32,
-    # at the same images/s (docs/performance.md).
+    # and faster per image (docs/performance.md).
     forward_batch: int = 8
     db_retry_seconds: float = 2.0
     # Seconds from a request's start to the end of its body (serve/body_deadline.py): a client
