@@ -99,8 +99,9 @@ def downsampled(images: np.ndarray, factor: int, out: np.ndarray, chunk: int = 5
     return out
 
 
-def cnn_layers(params: ScratchParams) -> list:
-    """The CNN as a chain of layers: image at ``params.size`` px (0..255) -> ``cnn_pool``."""
+def cnn_layers(params: ScratchParams, pool_name: str = CNN_POOL) -> list:
+    """The CNN as a chain of layers: image at ``params.size`` px (0..255) -> pooled features
+    (``pool_name``)."""
     import keras
 
     layers: list = [keras.layers.Rescaling(1 / 255.0, name="cnn_rescale")]
@@ -115,7 +116,7 @@ def cnn_layers(params: ScratchParams) -> list:
             layers.append(keras.layers.Activation("relu", name=CNN_MAP if final else f"cnn_b{b}_relu{c}"))
         if b != last:
             layers.append(keras.layers.MaxPooling2D(2, name=f"cnn_b{b}_pool"))
-    layers.append(keras.layers.GlobalAveragePooling2D(name=CNN_POOL))
+    layers.append(keras.layers.GlobalAveragePooling2D(name=pool_name))
     return layers
 
 
@@ -130,9 +131,10 @@ def build_scratch_backbone(image_size: int, params: ScratchParams):
     ``avg_pool``, the name every head and export looks for)."""
     import keras
 
+    from galaxylib.modeling.layer_names import FEATURES_LAYER
+
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    layers = cnn_layers(params)
-    layers[-1] = keras.layers.GlobalAveragePooling2D(name="avg_pool")
+    layers = cnn_layers(params, pool_name=FEATURES_LAYER)
     pool = downsample_layer(image_size, params)
     return keras.Model(inputs, chain([pool] * (pool is not None) + layers, inputs), name="scratch_small")
 
@@ -153,7 +155,6 @@ def fit_scratch_cnn(
     labels: np.ndarray,
     split,
     n_classes: int,
-    on_epoch=None,
 ) -> TrainedCNN:
     """Train the CNN end to end with a softmax of its own (the kit's augmentation, balance and
     epoch chosen on the validation loss, ``train_model``). The fused head reads its pooled
@@ -196,7 +197,7 @@ def fit_scratch_cnn(
             shape = (len(images), params.size, params.size, 3)
             small = np.lib.format.open_memmap(Path(tmp) / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
             downsampled(images, factor, small)
-        history = train_model(model, small, labels, split, cnn_train, n_classes, on_epoch=on_epoch)
+        history = train_model(model, small, labels, split, cnn_train, n_classes)
         del small
     for layer in layers:
         layer.trainable = False
@@ -239,10 +240,7 @@ def fused_backbone(image_size: int, parts: list[str], trained_cnn: TrainedCNN | 
 
 def weights_digest(layers: list) -> str:
     """A short hash of trained layers' weights: keys head mode's feature cache for a fused start."""
-    import hashlib
+    from galaxylib.files import sha256_bytes
 
-    digest = hashlib.sha256()
-    for layer in layers:
-        for weight in layer.weights:
-            digest.update(np.ascontiguousarray(np.asarray(weight.numpy(), np.float32)).tobytes())
-    return digest.hexdigest()[:12]
+    weights = [np.asarray(w.numpy(), np.float32).tobytes() for layer in layers for w in layer.weights]
+    return sha256_bytes(b"".join(weights))[:12]
