@@ -102,15 +102,22 @@ def _augmenter(params: TrainParams):
     import tensorflow as tf
 
     class RandomDihedral(keras.layers.Layer):
-        """One of the 8 rotations/flips per image: a galaxy has no preferred orientation."""
+        """One of the 8 rotations/flips drawn for each image: a galaxy has no preferred
+        orientation. Each element of the group is a transpose or not, then a left-right flip or
+        not, then an up-down flip or not: three coin tosses per image, three selects per batch
+        (a whole batch turned alike would give BatchNormalization batches of one orientation)."""
 
         def call(self, images, training=None):
             if not training:
                 return images
-            k = tf.random.uniform([], 0, 4, dtype=tf.int32)
-            images = tf.image.rot90(images, k)
-            flip = tf.random.uniform([]) < 0.5
-            return tf.cond(flip, lambda: tf.image.flip_left_right(images), lambda: images)
+            n = tf.shape(images)[0]
+
+            def toss():
+                return tf.reshape(tf.random.uniform([n]) < 0.5, [-1, 1, 1, 1])
+
+            images = tf.where(toss(), tf.transpose(images, [0, 2, 1, 3]), images)
+            images = tf.where(toss(), tf.reverse(images, [2]), images)
+            return tf.where(toss(), tf.reverse(images, [1]), images)
 
     layers = []
     if params.augment_dihedral:
