@@ -16,6 +16,7 @@ from typing import Any
 
 from galaxylib.catalog.dask_runner import parse_dask, run_on_dask
 from galaxylib.catalog.local_runner import run_locally
+from galaxylib.catalog.process_memory import use_system_allocator
 from galaxylib.catalog.shard_runner import DEFAULT_BATCH
 from galaxylib.catalog.shards import make_plan, parse_shard
 from galaxylib.catalog.sources import CatalogError
@@ -71,6 +72,7 @@ def predict_catalog(
     catalogue under ``PROCESS_MIN_ROWS`` rows)."""
     from galaxylib.artifact import read_artifact
 
+    use_system_allocator()
     started = time.perf_counter()
     k_n = shard if isinstance(shard, tuple) else parse_shard(shard)
     if isinstance(shard, tuple):

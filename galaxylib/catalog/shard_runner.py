@@ -21,6 +21,7 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 from galaxylib.catalog.output import build_output, kit_provenance
+from galaxylib.catalog.process_memory import use_system_allocator
 from galaxylib.catalog.shards import Plan, remove_stale_temporaries, write_parquet
 from galaxylib.catalog.sources import ID_COLUMN, CatalogError, ShardSpec
 from galaxylib.catalog.worker_pool import worker_classify
@@ -66,6 +67,7 @@ def run_shard(
     queued ahead; otherwise ``predictor`` does, with ``workers`` decoding threads."""
     import pyarrow as pa
 
+    use_system_allocator()  # a Dask worker's process too: it writes shard after shard
     if predictor is not None and (predictor.has_ood != plan.has_ood or list(predictor.class_names) != plan.class_names):
         raise CatalogError(f"the model at {predictor.path} is not the one this plan was made for")
     remove_stale_temporaries(plan, spec.index)
