@@ -196,3 +196,13 @@ def test_an_out_in_folders_that_do_not_exist_yet_creates_them(tiny_artifact, sam
     result = run_predict("--model", tiny_artifact, sample_files[0], "--out", out, env_db=sqlite_url)
     assert result.returncode == 0, result.stderr
     assert len(read_csv(out)) == 1
+
+
+def test_the_usage_line_names_both_modes_and_where_the_catalogue_options_are(capsys):
+    from galaxylib.apps.predict_cli import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert "INPUT [INPUT ...]" in usage
+    assert "--catalog CATALOG --out DIR" in usage and "predict.sh --catalog --help" in usage

@@ -177,6 +177,12 @@ def count_inputs(inputs: list[Path]) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="predict.sh",
+        # both modes in the first line a user reads; the catalogue mode's options: --catalog --help
+        usage=(
+            "predict.sh --model MODEL [--out CSV] [options] INPUT [INPUT ...]\n"
+            "       predict.sh --model MODEL --catalog CATALOG --out DIR [options]   "
+            "(predict.sh --catalog --help)"
+        ),
         description="Classify galaxy cutouts with a trained model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.fill("The CSV, one line per input: " + ", ".join(CSV_FIELDS) + ".", 86, subsequent_indent="  ")
