@@ -206,3 +206,14 @@ def test_the_usage_line_names_both_modes_and_where_the_catalogue_options_are(cap
     usage = capsys.readouterr().out.split("\n\n")[0]
     assert "INPUT [INPUT ...]" in usage
     assert "--catalog CATALOG --out DIR" in usage and "predict.sh --catalog --help" in usage
+
+
+def test_a_normal_run_writes_no_warning_or_native_log_line(tiny_artifact, sample_files, tmp_path, sqlite_url):
+    result = run_predict("--model", tiny_artifact, *sample_files[:3], "--out", tmp_path / "p.csv", env_db=sqlite_url)
+    assert result.returncode == 0, result.stderr
+    noise = [
+        line
+        for line in result.stderr.splitlines()
+        if any(word in line for word in ("INFO:", "WARNING", "Warning", "W0000", "I0000", "Traceback"))
+    ]
+    assert noise == []

@@ -8,8 +8,10 @@ so do the calibration and the out-of-distribution check it applies (``trust_chec
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,26 @@ from galaxylib.inference.trust_check import TrustCheck, trust_from_sidecar
 from galaxylib.preprocessing import ImageSource, decode_image, preprocess_image
 
 TOP_K = 3
+
+
+@contextlib.contextmanager
+def _native_info_silenced() -> Iterator[None]:
+    """LiteRT's C++ side writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight
+    to file descriptor 2 when an interpreter first allocates, on every predict.sh call and in every API
+    worker, and no Python setting lowers its log level; so descriptor 2 points at /dev/null for
+    the construction only. Errors still arrive: LiteRT raises them as Python exceptions."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,9 @@ class Predictor:
         self.crop = self.artifact.crop
         self.model_version = self.artifact.model_version
         self.num_threads = num_threads or default_threads()
-        self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path), num_threads=self.num_threads)
+        with _native_info_silenced():  # the delegate is made at the first allocation
+            self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path), num_threads=self.num_threads)
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output, self._features = self._find_outputs(self._interpreter.get_output_details())
         try:
