@@ -283,6 +283,16 @@ def openapi_spec(max_batch: int, max_upload_mb: float, class_names: Sequence[str
                             **({"maximum": len(class_names) - 1} if class_names else {}),
                         },
                         "confidence": {"type": "number"},
+                        "decision_rule": {
+                            "type": "string",
+                            "enum": ["most_probable", "balanced"],
+                            "description": (
+                                "how predicted_class was chosen: the most probable class, or (a model trained "
+                                "to balance its classes) the model's own balanced decision, which can differ "
+                                "from most_probable_class"
+                            ),
+                        },
+                        "most_probable_class": _class_schema(class_names),
                         "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
                         "in_distribution": {
                             "type": ["boolean", "null"],

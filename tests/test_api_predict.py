@@ -82,6 +82,8 @@ def test_a_real_cutout_is_classified_and_stored_with_its_metadata(client, db_url
     assert list(result["probabilities"]) == list(CLASS_NAMES)
     assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
     assert result["confidence"] == max(result["probabilities"].values())
+    # no class bias: the reported class is the most probable one, and the answer says so
+    assert result["decision_rule"] == "most_probable" and result["most_probable_class"] == result["predicted_class"]
     assert result["model_version"].startswith("tiny-")
     assert result["timestamp"].endswith("+00:00")
 

@@ -199,13 +199,16 @@ def test_an_out_in_folders_that_do_not_exist_yet_creates_them(tiny_artifact, sam
 
 
 def test_the_usage_line_names_both_modes_and_where_the_catalogue_options_are(capsys):
-    from galaxylib.apps.predict_cli import parse_args
+    from galaxylib.apps.predict_cli import main, parse_args
 
     with pytest.raises(SystemExit):
         parse_args(["--help"])
     usage = capsys.readouterr().out.split("\n\n")[0]
     assert "INPUT [INPUT ...]" in usage
     assert "--catalog CATALOG --out DIR" in usage and "predict.sh --catalog --help" in usage
+    with pytest.raises(SystemExit) as done:
+        main(["--catalog", "--help"])  # what the usage line tells the reader to run
+    assert done.value.code == 0 and "--shard K/N" in capsys.readouterr().out
 
 
 def test_a_normal_run_writes_no_warning_or_native_log_line(tiny_artifact, sample_files, tmp_path, sqlite_url):
@@ -217,3 +220,36 @@ def test_a_normal_run_writes_no_warning_or_native_log_line(tiny_artifact, sample
         if any(word in line for word in ("INFO:", "WARNING", "Warning", "W0000", "I0000", "Traceback"))
     ]
     assert noise == []
+
+
+def test_every_answer_names_its_decision_rule_and_a_balanced_one_shows_the_most_probable_class(
+    tiny_artifact, sample_files, tmp_path, sqlite_url
+):
+    """Without a class bias the reported class is the most probable; with one (a model trained
+    to balance its classes) the record, the CSV and the API say the rule is 'balanced' and name
+    the most probable class beside it."""
+    import dataclasses
+
+    from galaxylib.inference.classify import ImageInput, classify
+    from galaxylib.store.records import prediction_row
+
+    predictor = Predictor(tiny_artifact)
+    inputs = [ImageInput.from_path(p) for p in sample_files[:8]]
+    plain = classify(predictor, inputs)
+    assert {c.prediction.decision_rule for c in plain} == {"most_probable"}
+    assert all(c.prediction.most_probable_class == c.prediction.predicted_class for c in plain)
+
+    n = len(predictor.class_names)
+    bias = np.zeros(n)
+    bias[0] = -8.0  # the catalogue's prior says class 0 is rare: its calls are seldom the most probable
+    predictor.trust = dataclasses.replace(predictor.trust, bias=tuple(bias))
+    balanced = [c.prediction for c in classify(predictor, inputs)]
+    assert {p.decision_rule for p in balanced} == {"balanced"}
+    for p in balanced:
+        assert p.most_probable_class == max(p.probabilities, key=p.probabilities.get)
+    row = prediction_row(classify(predictor, inputs[:1])[0], "predict.sh")
+    assert row["metadata"]["decision_rule"] == "balanced"
+
+    out = tmp_path / "p.csv"
+    assert run_predict("--model", tiny_artifact, sample_files[0], "--out", out, "--no-db").returncode == 0
+    assert read_csv(out)[0]["decision_rule"] == "most_probable"

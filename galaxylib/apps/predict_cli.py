@@ -43,7 +43,7 @@ from galaxylib.inference.predictor import TOP_K  # noqa: E402
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 H5_SUFFIXES = {".h5", ".hdf5"}
 CSV_FIELDS = (
-    ["filename", "predicted_class", "class_index", "confidence"]
+    ["filename", "predicted_class", "class_index", "confidence", "decision_rule"]
     + [f"top{k}{suffix}" for k in range(1, TOP_K + 1) for suffix in ("", "_p")]
     + ["in_distribution", "ood_score", "model_version", "prediction_id", "error"]
 )
@@ -187,7 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.fill("The CSV, one line per input: " + ", ".join(CSV_FIELDS) + ".", 86, subsequent_indent="  ")
         + "\n"
-        "  confidence and topK_p are calibrated probabilities; in_distribution is false when\n"
+        "  confidence and topK_p are calibrated probabilities; decision_rule is most_probable\n"
+        "  (predicted_class is top1) or balanced (a model trained to find rare classes: its own\n"
+        "  decision, which can differ from top1; docs/trust.md); in_distribution is false when\n"
         "  ood_score is above the model's threshold (model.json: ood.threshold); both are empty\n"
         "  for a model without the check; error is set, and the rest empty, for a file that\n"
         "  could not be read. filename is the path (an h5 row: FILE[i]); bytes of it that are\n"
@@ -252,6 +254,7 @@ def csv_line(item: Classified, model_version: str, prediction_id: int | None) ->
         "predicted_class": p.predicted_class,
         "class_index": str(p.class_index),
         "confidence": f"{p.confidence:.6f}",
+        "decision_rule": p.decision_rule,
         "model_version": p.model_version,
         "prediction_id": "" if prediction_id is None else str(prediction_id),
         "error": "",
@@ -338,6 +341,9 @@ def parse_catalog_args(argv: list[str]) -> argparse.Namespace:
 
 def catalog_main(argv: list[str]) -> int:
     """``predict.sh --catalog``: one summary line, a clear message (exit 2) for bad input."""
+    if any(a in ("-h", "--help") for a in argv):
+        # "--catalog --help" asks for this mode's options; argparse would read --help as the catalogue
+        parse_catalog_args(["--help"])
     args = parse_catalog_args(argv)
     from galaxylib.catalog.run import DEFAULT_SHARD_ROWS, predict_catalog
     from galaxylib.catalog.shard_runner import DEFAULT_BATCH

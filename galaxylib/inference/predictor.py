@@ -58,6 +58,13 @@ class Prediction:
     in_distribution: bool | None = (
         None  # ood_score <= the artifact's threshold (>= 95 % of in-distribution cutouts pass)
     )
+    decision_rule: str = "most_probable"  # or "balanced": TrustCheck.decision_rule
+
+    @property
+    def most_probable_class(self) -> str:
+        """The class with the largest calibrated probability; under the balanced rule it can
+        differ from ``predicted_class``."""
+        return self.top_classes[0][0] if self.top_classes else self.predicted_class
 
 
 def default_threads() -> int:
@@ -183,6 +190,7 @@ class Predictor:
             top_classes=[(names[i], float(probs[i])) for i in order],
             ood_score=float(ood_score) if known else None,
             in_distribution=bool(ood_score <= self.trust.threshold) if known else None,
+            decision_rule=self.trust.decision_rule,
         )
 
     def predict(self, source: ImageSource) -> Prediction:

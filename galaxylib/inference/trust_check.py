@@ -17,6 +17,8 @@ import numpy as np
 from galaxylib.inference.calibration import apply_calibration, decide, remove_bias
 from galaxylib.inference.ood import OOD_FILE, UNION, OODScorer, load_scorer
 
+MOST_PROBABLE, BALANCED = "most_probable", "balanced"  # the two decision rules
+
 
 @dataclass(frozen=True)
 class TrustCheck:
@@ -31,6 +33,13 @@ class TrustCheck:
     @property
     def has_ood(self) -> bool:
         return self.scorer is not None and self.threshold is not None
+
+    @property
+    def decision_rule(self) -> str:
+        """How the reported class is chosen: ``most_probable`` (the calibrated argmax), or
+        ``balanced`` (the model's own argmax, which a class bias can set apart from the most
+        probable class: docs/trust.md, "The reported class is not always the most probable one")."""
+        return MOST_PROBABLE if self.bias is None else BALANCED
 
     @property
     def needs_pixels(self) -> bool:

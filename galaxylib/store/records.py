@@ -17,6 +17,7 @@ METADATA_TYPES: dict[str, type] = {
     "source": str,  # which entry point: one of SOURCES
     "model_version": str,
     "class_index": int,
+    "decision_rule": str,  # most_probable or balanced: how predicted_class was chosen
     "top_classes": list,  # [[name, probability], ...], most likely first
     "probabilities": dict,  # {class name: probability}, the artifact's classes
     "width": int,  # of the image as received, in pixels
@@ -42,6 +43,7 @@ def prediction_row(item: Classified, source: str, *, example: bool = False) -> d
         "source": source,
         "model_version": p.model_version,
         "class_index": int(p.class_index),
+        "decision_rule": p.decision_rule,
         "top_classes": [[name, float(prob)] for name, prob in p.top_classes],
         "probabilities": {name: float(prob) for name, prob in p.probabilities.items()},
         "width": int(item.width),

@@ -120,6 +120,8 @@ def _result(item: Classified, record) -> dict:
         "predicted_class": p.predicted_class,
         "class_index": p.class_index,
         "confidence": p.confidence,
+        "decision_rule": p.decision_rule,
+        "most_probable_class": p.most_probable_class,
         "probabilities": p.probabilities,
         "in_distribution": p.in_distribution,  # null for a model without an OOD check
         "ood_score": p.ood_score,
