@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from galaxylib.config import DATA_DIR, MODELS_DIR, PROJECT_ROOT, REPORTS_DIR
+from galaxylib.config import DATA_DIR, GALAXY10_FILENAME, MODELS_DIR, PROJECT_ROOT, REPORTS_DIR
 from galaxylib.data.galaxy10 import DatasetError, Galaxy10File, open_galaxy10
 from galaxylib.data.split import Split, load_split, save_split
 from galaxylib.files import atomic_write_json
@@ -167,6 +167,26 @@ def open_run(
     }
     p = {name: notebook_parameter(name, value) for name, value in given.items()}
     run = run_folder(p["run_name"], p["reports_root"], p["models_root"], p["data_root"])
+    config_chosen = config_path is not None or bool(os.environ.get(NOTEBOOK_PARAMETERS["config_path"][0]))
+    if not config_chosen and run.config_file.is_file():
+        # a notebook opened with only run_name set reopens that run, with the config it ran with
+        print(f"Reopening run {run.run_name!r} with the config it ran with ({run.config_file}).")
+        p["config_path"] = run.config_file
     config = load_config(p["config_path"], {"dataset": p["dataset"]} if p["dataset"] else None)
+    real_file = run.data / "raw" / GALAXY10_FILENAME
+    if (
+        not config_chosen
+        and not p["dataset"]
+        and config["dataset"] in ("real", "galaxy10", "")
+        and not real_file.is_file()
+    ):
+        # "Run All" as opened works offline: the default config names the real Galaxy10 file
+        # (2.5 GB), which is not here, so the synthetic set stands in, and the notebook says so.
+        print(
+            f"The real Galaxy10 DECaLS file is not in {real_file.parent}: this notebook uses the "
+            'synthetic set. For the real galaxies set dataset = "real" in the parameters cell '
+            "(it downloads 2.5 GB), or a path to your own .h5, folder or catalogue."
+        )
+        config["dataset"] = "synthetic"
     run.figures.mkdir(parents=True, exist_ok=True)
     return run, config
