@@ -41,6 +41,13 @@ def test_train_sh_leaves_executed_notebooks_html_metrics_figures_and_the_artifac
         cwd=PROJECT_ROOT,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # a normal run is quiet: no warning, no native log line (galaxylib/pipeline/stderr_filter.py)
+    noise = [
+        line
+        for line in result.stderr.replace("\r", "\n").splitlines()
+        if any(word in line for word in ("WARNING", "Warning", "INFO", "I0000", "W0000", "oneDNN", "Traceback"))
+    ]
+    assert noise == []
     reports = tmp_path / "reports" / "pytest-tiny"
     for name in ("01_prepare_data", "02_train", "03_evaluate", "04_inference_tests"):
         assert (reports / f"{name}.ipynb").is_file() and (reports / f"{name}.html").is_file()

@@ -17,6 +17,7 @@ from pathlib import Path
 from galaxylib.config import NOTEBOOKS_DIR, PROJECT_ROOT, user_path
 from galaxylib.pipeline import run_config
 from galaxylib.pipeline.run_folder import run_folder
+from galaxylib.pipeline.stderr_filter import native_noise_filtered
 
 # Failures that describe the user's data, labels or split rather than a fault of the kit.
 INPUT_ERRORS = frozenset({"DatasetError", "LabelsError", "SplitError"})
@@ -68,6 +69,11 @@ def export_html(notebook: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with native_noise_filtered():
+        return train(argv)
+
+
+def train(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {key: run_config.parse_value(value) for key, value in args.param}
     if args.dataset:
