@@ -30,7 +30,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-SETS = ("morphology", "scratch-small", "morphology+scratch-small", "cnn-softmax")
 
 
 def main() -> int:
@@ -40,6 +39,12 @@ def main() -> int:
     parser.add_argument("--config", default=str(REPO / "configs" / "fused-cpu.yaml"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument(
+        "--head-taus",
+        default="",
+        help="comma-separated logit_adjust_tau values for the heads, each scored in the same folds "
+        "(default: the recipe's); the CNN always trains with the recipe's",
+    )
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="config override")
     args = parser.parse_args()
 
@@ -98,10 +103,16 @@ def main() -> int:
         ]
         return np.concatenate(out)
 
-    results: dict[str, list] = {name: [] for name in SETS}
+    taus = [float(t) for t in args.head_taus.split(",") if t.strip()] or [float(train_params.logit_adjust_tau)]
+
+    def set_name(name: str, tau: float) -> str:
+        return name if len(taus) == 1 else f"{name} tau={tau:g}"
+
+    names = [set_name(n, t) for t in taus for n in columns] + ["cnn-softmax"]
+    results: dict[str, list] = {name: [] for name in names}
     started = time.monotonic()
     for repeat in range(args.repeats):
-        probs = {name: np.zeros((len(labels), n_classes)) for name in SETS}
+        probs = {name: np.zeros((len(labels), n_classes)) for name in names}
         folds = StratifiedKFold(args.folds, shuffle=True, random_state=repeat).split(pool, labels[pool])
         for fold, (fold_train, fold_test) in enumerate(folds):
             fold_started = time.monotonic()
@@ -116,11 +127,13 @@ def main() -> int:
             rows = np.concatenate([train_rows, test_rows])
             features = np.zeros((1, len(labels), backbone.output_shape[-1]), np.float32)
             features[0, rows] = predict(backbone, rows)
-            for name, cols in columns.items():
-                x = np.ascontiguousarray(features[..., cols])
-                head = build_head(model_params, x.shape[-1], n_classes)
-                fit_head(head, x, labels, train_rows, None, fold_params, n_classes)
-                probs[name][test_rows] = head.predict(x[0, test_rows], verbose=0, batch_size=1024)
+            for tau in taus:
+                head_params = dataclasses.replace(fold_params, logit_adjust_tau=tau)
+                for name, cols in columns.items():
+                    x = np.ascontiguousarray(features[..., cols])
+                    head = build_head(model_params, x.shape[-1], n_classes)
+                    fit_head(head, x, labels, train_rows, None, head_params, n_classes)
+                    probs[set_name(name, tau)][test_rows] = head.predict(x[0, test_rows], verbose=0, batch_size=1024)
             averaged = with_orientation_average(cnn.classifier)
             small = downsampled(
                 images[test_rows], size // cnn.size, np.zeros((len(test_rows), cnn.size, cnn.size, 3), np.uint8)
@@ -129,16 +142,18 @@ def main() -> int:
             print(f"repeat {repeat} fold {fold}: {(time.monotonic() - fold_started) / 60:.1f} min", flush=True)
         y = labels[pool]
         line = {"repeat": repeat}
-        for name in SETS:
+        for name in names:
             guess = probs[name][pool].argmax(axis=1)
             score = balanced_accuracy_score(y, guess)
             recall = recall_score(y, guess, average=None, labels=range(n_classes))
             results[name].append((score, recall))
             line[name] = round(float(score), 4)
-        line["fused_minus_morphology"] = round(line["morphology+scratch-small"] - line["morphology"], 4)
+        for tau in taus:
+            fused, alone = set_name("morphology+scratch-small", tau), set_name("morphology", tau)
+            line[set_name("fused_minus_morphology", tau)] = round(line[fused] - line[alone], 4)
         print(json.dumps(line), flush=True)
     minutes = (time.monotonic() - started) / 60
-    for name in SETS:
+    for name in names:
         scores = [s for s, _ in results[name]]
         print(
             json.dumps(

@@ -159,3 +159,19 @@ def test_the_fused_recipe_is_a_valid_config_of_the_fused_start():
     config = load_config(PROJECT_ROOT / "configs" / "fused-cpu.yaml")
     params = ModelParams.from_dict(config["model"])
     assert check_mode(params, TrainParams.from_dict(config["train"])) == FUSED
+
+
+def test_the_cnn_sees_each_galaxy_standardised_so_a_brighter_sky_changes_nothing(sample_files):
+    import keras
+
+    from galaxylib.modeling.scratch_cnn import ScratchParams, chain, cnn_layers
+    from galaxylib.preprocessing import load_image
+
+    keras.utils.set_random_seed(0)
+    params = ScratchParams(size=32, filters=[4, 8])
+    inputs = keras.Input((32, 32, 3))
+    cnn = keras.Model(inputs, chain(cnn_layers(params), inputs))
+    cutouts = np.stack([load_image(p, 32) for p in sample_files[:4]]).astype(np.float32)
+    features = cnn.predict(cutouts, verbose=0)
+    np.testing.assert_allclose(cnn.predict(cutouts + 30.0, verbose=0), features, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(features[0], features[1])  # it still tells galaxies apart

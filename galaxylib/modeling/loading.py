@@ -10,10 +10,14 @@ def load_keras_model(artifact: Artifact):
     holds layers of galaxylib's, which are registered first."""
     import keras
 
-    from galaxylib.modeling import morphology  # noqa: F401  (registers its layers for loading)
-    from galaxylib.modeling.orientation import register
+    from galaxylib.modeling import (
+        morphology,  # noqa: F401  (registers its layers for loading)
+        orientation,
+        scratch_cnn,
+    )
 
-    register()  # an orientation-averaged model holds galaxylib's own layers
+    orientation.register()  # an orientation-averaged model holds galaxylib's own layers
+    scratch_cnn.register()  # so does a CNN from scratch
     if not artifact.keras_path.is_file():
         raise ArtifactError(f"{artifact.path} is missing {KERAS_FILE}")
     return keras.models.load_model(artifact.keras_path, compile=False)

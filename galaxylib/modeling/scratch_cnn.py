@@ -3,11 +3,12 @@ features beside the morphology measurements.
 
 ImageNet filters look for edges in sharp photographs; SDSS cutouts are small and blurry, and on
 ``../shared/gz1_coarse`` a head on ImageNet features loses to the 94 morphology measurements. A
-network trained from scratch on the labelled galaxies themselves learns what the measurements
-miss (spiral arms above all), and a head reading both does better than either (docs/training.md,
-"A CNN beside the measurements"). Sized for a CPU: the image is averaged down to ``size`` px
-(64 by default) before four blocks of two 3x3 convolutions, so 3,000 galaxies train in minutes
-on 2 cores.
+network trained from scratch on the labelled galaxies themselves can learn what the
+measurements miss (spiral arms above all); whether a head reading both beats the measurements
+alone is measured by ``bench/cv_fused.py`` (docs/training.md, "A CNN beside the measurements").
+Sized for a CPU: each image is averaged down to ``size`` px (64 by default) and standardised
+(its own mean and spread) before four blocks of two 3x3 convolutions, so 3,000 galaxies train
+in minutes on 2 cores.
 
 - ``weights: scratch-small``: this CNN alone, trained end to end (``train.mode full``).
 - ``weights: morphology+scratch-small``: first the CNN trains end to end with a softmax of its
@@ -22,6 +23,7 @@ its last feature map, ``cnn_activation``.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -99,12 +101,41 @@ def downsampled(images: np.ndarray, factor: int, out: np.ndarray, chunk: int = 5
     return out
 
 
+@functools.cache
+def _standardise_layer():
+    """The layer class, defined (and registered for loading) once, on first use."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="galaxylib")
+    class PerImageStandardise(keras.layers.Layer):
+        """Each image minus its own mean, over its own standard deviation (all pixels and bands).
+
+        SDSS galaxies differ in brightness by far more than in shape; the CNN should see the
+        shape. ``floor`` (in units of the 0..255 scale) keeps a blank image from being blown up."""
+
+        def __init__(self, floor: float = 5.0, **kwargs):
+            super().__init__(**kwargs)
+            self.floor = float(floor)
+
+        def call(self, images):
+            from keras import ops
+
+            mean = ops.mean(images, axis=(1, 2, 3), keepdims=True)
+            std = ops.sqrt(ops.mean(ops.square(images - mean), axis=(1, 2, 3), keepdims=True))
+            return (images - mean) / (std + self.floor)
+
+        def get_config(self):
+            return {**super().get_config(), "floor": self.floor}
+
+    return PerImageStandardise
+
+
 def cnn_layers(params: ScratchParams, pool_name: str = CNN_POOL) -> list:
     """The CNN as a chain of layers: image at ``params.size`` px (0..255) -> pooled features
     (``pool_name``)."""
     import keras
 
-    layers: list = [keras.layers.Rescaling(1 / 255.0, name="cnn_rescale")]
+    layers: list = [_standardise_layer()(name="cnn_standardise")]
     last = len(params.filters) - 1
     for b, width in enumerate(params.filters):
         for c in range(2):
@@ -183,6 +214,7 @@ def fit_scratch_cnn(
         patience=int(params.epochs),  # the schedule runs out; the epoch with the lowest val loss is kept
         max_train_minutes=0,
         augment_zoom=0.0,
+        augment_brightness=0.0,  # the CNN standardises each image: a shift only clips the faint sky
         strategy="one",
     )
     print(
@@ -236,6 +268,11 @@ def fused_backbone(image_size: int, parts: list[str], trained_cnn: TrainedCNN | 
             )
     fused = keras.layers.Concatenate(name=FUSED_FEATURES)(outputs)
     return keras.Model(inputs, fused, name="fused")
+
+
+def register() -> None:
+    """Make the CNN's own layer known to Keras, so that ``load_model`` can rebuild the model."""
+    _standardise_layer()
 
 
 def weights_digest(layers: list) -> str:
