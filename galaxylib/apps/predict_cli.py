@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     from galaxylib.inference.predictor import Predictor
 
     try:
-        predictor = Predictor(args.model)
+        predictor = Predictor(args.model, quiet=True)
     except (ArtifactError, OSError, ValueError) as exc:
         print(f"predict.sh: cannot load the model: {exc}", file=sys.stderr)
         return 2

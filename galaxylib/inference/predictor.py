@@ -28,9 +28,11 @@ TOP_K = 3
 @contextlib.contextmanager
 def _native_info_silenced() -> Iterator[None]:
     """LiteRT's C++ side writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." straight
-    to file descriptor 2 when an interpreter first allocates, on every predict.sh call and in every API
-    worker, and no Python setting lowers its log level; so descriptor 2 points at /dev/null for
-    the construction only. Errors still arrive: LiteRT raises them as Python exceptions."""
+    to file descriptor 2 when an interpreter first allocates, on every predict.sh call, and no
+    Python setting lowers its log level; so descriptor 2 points at /dev/null for the construction
+    only. Errors still arrive: LiteRT raises them as Python exceptions. Only on the command
+    line: in the API's workers it left gunicorn's metrics folder behind at shutdown
+    (tests/test_serve_metrics.py), a cause not yet found."""
     try:
         saved = os.dup(2)
     except OSError:  # no stderr to silence
@@ -80,8 +82,11 @@ class Predictor:
         num_threads: int | None = None,
         verify_hashes: bool = True,
         trust: bool = True,
+        quiet: bool = False,
     ):
-        """``trust=False`` ignores the artifact's calibration and OOD check: for refitting them."""
+        """``trust=False`` ignores the artifact's calibration and OOD check: for refitting them.
+        ``quiet=True`` keeps LiteRT's delegate notice off stderr (``_native_info_silenced``): for
+        a single-threaded command line only, since descriptor 2 is the whole process's."""
         from ai_edge_litert.interpreter import Interpreter
 
         self.artifact: Artifact = read_artifact(model_dir, verify_hashes=verify_hashes)
@@ -90,7 +95,7 @@ class Predictor:
         self.crop = self.artifact.crop
         self.model_version = self.artifact.model_version
         self.num_threads = num_threads or default_threads()
-        with _native_info_silenced():  # the delegate is made at the first allocation
+        with _native_info_silenced() if quiet else contextlib.nullcontext():  # made at the first allocation
             self._interpreter = Interpreter(model_path=str(self.artifact.tflite_path), num_threads=self.num_threads)
             self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]["index"]
