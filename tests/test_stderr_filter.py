@@ -14,6 +14,7 @@ sys.stderr.write("train.sh: a real message\n")
 sys.stderr.write("Executing:  50%|##   | 1/2\rExecuting: 100%|#####| 2/2\r")
 sys.stderr.write("2026/12/08 02:20:00 INFO mlflow.store.db.utils: Creating initial MLflow database tables...\n")
 sys.stderr.write("[IPKernelApp] WARNING | Kernel is running over TCP without encryption. All communication ...\n")
+sys.stderr.write("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
 sys.stderr.write("a last line without an end")
 """
 

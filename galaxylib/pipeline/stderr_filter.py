@@ -3,8 +3,9 @@
 TensorFlow 2.21 writes "oneDNN custom operations are on" and absl's "All log messages before
 absl::InitializeLog()" straight to file descriptor 2 from C++ when it is imported, in every
 notebook kernel, whatever TF_CPP_MIN_LOG_LEVEL says (tensorflow#100442); the TFLite converter
-logs a deprecation through absl, MLflow announces its database set-up, and each kernel warns
-that it listens on TCP (on 127.0.0.1, for papermill alone). None of it is
+logs a deprecation through absl, MLflow announces its database set-up, each kernel warns that
+it listens on TCP (on 127.0.0.1, for papermill alone), and LiteRT announces its CPU delegate
+where a notebook loads the exported model. None of it is
 something a user can act on, and it made each run look as if it had failed. The kernels inherit
 train.sh's descriptor 2, so that is where it is filtered: a pipe, read by a thread that drops
 those lines and passes everything else through unchanged, progress bars' carriage returns included.
@@ -25,6 +26,7 @@ NOISE = re.compile(
     rb"|Please consider providing the trackable_obj argument"
     rb"|INFO mlflow\.store\.db\.utils: "
     rb"|\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
 )
 _SEPARATORS = re.compile(rb"(?<=[\r\n])")
 
